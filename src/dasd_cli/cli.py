@@ -1,0 +1,53 @@
+"""The ``dasd`` command: registers the subcommands, nothing else."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from dasd_cli import __version__, io
+from dasd_cli.commands.filter import filter_command
+
+app = typer.Typer(
+    name="dasd",
+    help="Distribution-Aligned Sequence Distillation over compressed JSONL: "
+    "sample | filter | score | mix | pack -> train.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"dasd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Distribution-Aligned Sequence Distillation over compressed JSONL."""
+
+
+app.command("filter")(filter_command)
+
+
+def main() -> None:
+    """Console entry point."""
+    io.route_library_logging_to_stderr()
+    try:
+        app(prog_name="dasd")
+    except BrokenPipeError:
+        io.silence_stdout_at_fd_level()
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""One module per subcommand: parse flags, open streams, call core, report."""

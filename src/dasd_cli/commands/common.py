@@ -1,0 +1,217 @@
+"""What every subcommand shares: the common flags (defined once) and the run loop.
+
+A command module declares its own flags plus the aliases below, builds a
+:class:`Common`, and hands a body function to :func:`run_command`, which opens the
+streams, counts, prints the summary line, writes ``--stats`` and maps every failure
+to its exit status (DESIGN.md "Errors and exit codes").
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Optional
+
+import typer
+
+from dasd_cli import io
+from dasd_cli.core.tally import Tally
+from dasd_cli.errors import DasdError, RecordError, UsageError
+
+# --------------------------------------------------------------------------- shared flags
+
+Inputs = Annotated[Optional[list[str]], typer.Argument(
+    help="Input record files (JSONL; zstd, gzip or plain, sniffed). None or '-' reads stdin.",
+    show_default=False, metavar="[FILE]...")]
+Output = Annotated[Optional[str], typer.Option(
+    "--output", "-o", help="Write records to PATH (atomically: temp file, then rename) instead of stdout.",
+    metavar="PATH", show_default=False)]
+Compress = Annotated[str, typer.Option(
+    "--compress", help="Output compression: auto (zstd on a pipe, plain on a terminal, "
+    "by extension for -o), zstd, gzip or none.", metavar="auto|zstd|gzip|none")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no summary line.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for every random choice (recorded in --stats).")]
+Stats = Annotated[Optional[str], typer.Option(
+    "--stats", help="Also write the summary counts as JSON to PATH.", metavar="PATH", show_default=False)]
+Rejects = Annotated[Optional[str], typer.Option(
+    "--rejects", help="Write every dropped or skipped record to PATH, with a 'rejected' "
+    "object {by, reason, detail}.", metavar="PATH", show_default=False)]
+OnError = Annotated[str, typer.Option(
+    "--on-error", help="On a bad record (malformed JSON, missing field): fail (exit 1) or "
+    "skip (count it, write it to --rejects, go on).", metavar="fail|skip")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+
+DEFAULT_SEED = 42
+
+
+@dataclass
+class Common:
+    """The shared flags of one invocation."""
+
+    inputs: list[str] | None = None
+    output: str | None = None
+    compress: str = "auto"
+    quiet: bool = False
+    seed: int = DEFAULT_SEED
+    stats: str | None = None
+    rejects: str | None = None
+    on_error: str = "fail"
+    debug: bool = False
+    options: dict[str, Any] = field(default_factory=dict)  # command flags, for --stats
+
+    def validate(self) -> None:
+        if self.on_error not in ("fail", "skip"):
+            raise UsageError(f"--on-error must be fail or skip, not {self.on_error!r}")
+        io.resolve_compression(self.compress, self.output)
+
+
+# --------------------------------------------------------------------------- the run loop
+
+
+class Session:
+    """The streams and counts of one command run."""
+
+    def __init__(self, command: str, common: Common, *, writes_records: bool = True) -> None:
+        self.command = command
+        self.common = common
+        self.tally = Tally(command)
+        self.writer: io.RecordWriter | None = None
+        self.rejects: io.RecordWriter | None = None
+        self._writes_records = writes_records
+        self.kept_word = "kept"
+        self.interrupted = False
+
+    def open(self) -> None:
+        if self.common.rejects:
+            self.rejects = io.RecordWriter(self.common.rejects, "auto")
+        if self._writes_records:
+            self.writer = io.RecordWriter(self.common.output, self.common.compress)
+
+    def close(self, success: bool) -> None:
+        errors: list[BaseException] = []
+        for writer in (self.writer, self.rejects):
+            if writer is None:
+                continue
+            try:
+                # An interrupted or failed run keeps every complete record it wrote to
+                # stdout; an -o temp file only takes its final name on success.
+                writer.close(success)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    # -- reading
+    def records(self, inputs: list[str] | None = None) -> Iterator[io.Line]:
+        """Every input record in order; each one read is counted."""
+        paths = io.check_inputs(self.common.inputs if inputs is None else inputs)
+        sink = io.SkipSink(self.tally, self.rejects, self.command)
+        for line in io.iter_lines(paths, self.common.on_error, sink):
+            self.tally.read += 1
+            yield line
+
+    # -- outcomes
+    def emit(self, record: dict[str, Any]) -> None:
+        """Write a kept record."""
+        assert self.writer is not None
+        self.writer.write(record)
+        self.tally.keep()
+
+    def drop(self, line: io.Line | dict[str, Any], by: str, reason: str, detail: str = "") -> None:
+        """Count a dropped record and route it to --rejects."""
+        self.tally.drop(reason)
+        if self.rejects is not None:
+            record = line.record if isinstance(line, io.Line) else line
+            self.rejects.write(io.with_rejection(record, by, reason, detail))
+
+    def bad_record(self, line: io.Line, err: RecordError) -> None:
+        """A record the command cannot use: stop, or skip it under --on-error skip."""
+        err.located(line.source, line.line)
+        if self.common.on_error != "skip":
+            raise err
+        self.tally.read -= 1  # Tally.skip counts the read itself
+        self.tally.skip(err.reason)
+        if self.rejects is not None:
+            self.rejects.write(io.with_rejection(line.record, self.command, err.reason,
+                                                 f"{err.message} ({err.source}:{err.line})"))
+
+    # -- reporting
+    def finish(self) -> None:
+        stats = self.tally.as_dict()
+        stats["seed"] = self.common.seed
+        stats["options"] = self.common.options
+        if self.interrupted:
+            stats["interrupted"] = True
+        if self.common.stats:
+            io.write_json_atomic(self.common.stats, stats)
+        if not self.common.quiet:
+            line = self.tally.summary(self.kept_word)
+            io.say(line + (" (interrupted)" if self.interrupted else ""))
+
+
+def run_command(command: str, common: Common, body: Callable[[Session], None], *,
+                writes_records: bool = True) -> None:
+    """Run ``body`` inside the stream and error discipline every command shares."""
+    code = 0
+    session = Session(command, common, writes_records=writes_records)
+    try:
+        io.install_interrupt_handler()
+        common.validate()
+        session.open()
+        success = False
+        try:
+            body(session)
+            success = True
+        except KeyboardInterrupt:
+            session.interrupted = True
+            raise
+        finally:
+            session.close(success)
+        session.finish()
+    except BrokenPipeError:
+        # The reader went away (`dasd ... | head`): not an error, and nothing to say.
+        io.silence_stdout_at_fd_level()
+        code = 0
+    except KeyboardInterrupt:
+        try:
+            session.finish()
+        except Exception:  # noqa: BLE001 - the interrupt is what matters now
+            pass
+        code = 130
+    except DasdError as err:
+        _print_error(command, err.render(command), common.debug)
+        code = err.exit_code
+    except typer.Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no locals dumped
+        _print_error(command, f"dasd {command}: error: internal error: {type(exc).__name__}: {exc}"
+                     + ("" if common.debug else "\n  hint: rerun with --debug for a traceback"),
+                     common.debug)
+        code = 1
+    if code:
+        raise typer.Exit(code)
+
+
+def _print_error(command: str, text: str, debug: bool) -> None:
+    if debug:
+        traceback.print_exc(file=sys.stderr)
+    try:
+        io.say(text)
+    except BrokenPipeError:  # stderr closed too: nothing more to do
+        pass
+
+
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    """``--shard K/N`` (K counts from 0) into (K, N)."""
+    if value is None:
+        return None
+    try:
+        k_text, n_text = value.split("/")
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        raise UsageError(f"--shard must look like K/N (e.g. 0/4), not {value!r}") from None
+    if n < 1 or not 0 <= k < n:
+        raise UsageError(f"--shard {value}: need 0 <= K < N")
+    return k, n

@@ -1,0 +1,1 @@
+"""Pure algorithms on records and arrays: no CLI, no terminal, no file handles."""

@@ -1,0 +1,132 @@
+"""Prompts and responses under a tokenizer's chat template.
+
+One rule everywhere (sample, filter, score, pack): the prompt is rendered by the chat
+template with the generation prompt, and the response is appended as raw text followed
+by the template's end-of-turn text. The final assistant turn is never rendered by the
+template itself, because templates that strip ``<think>`` from history (Qwen3-style)
+would strip it from the training target too.
+
+Prompt, response and end-of-turn are tokenized separately and concatenated, so every
+response token has a character offset into the response text and the token counts
+match what training sees. ``tokenizer`` is any object with the transformers tokenizer
+API (``apply_chat_template``, ``__call__`` with ``return_offsets_mapping``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dasd_cli.errors import RecordError
+
+_SENTINEL = "\x00DASD-END-OF-TURN-PROBE\x00"
+
+
+def prompt_messages(record: dict[str, Any], system_prompt: str | None = None) -> list[dict[str, str]]:
+    """The chat messages of a prompt or response record (``messages`` or ``prompt``).
+
+    ``system_prompt`` is added as a first system turn where the record has none.
+    """
+    messages = record.get("messages")
+    if messages is None:
+        prompt = record.get("prompt")
+        if not isinstance(prompt, str):
+            raise RecordError("record has neither 'messages' nor 'prompt'", reason="missing_field",
+                              hint="a prompt record needs 'messages' [{role, content}] or 'prompt' (str)")
+        messages = [{"role": "user", "content": prompt}]
+    if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise RecordError("'messages' must be a list of {role, content} objects",
+                          reason="bad_field")
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if system_prompt and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def response_text(record: dict[str, Any]) -> str:
+    """The record's ``response`` string, or a RecordError naming the problem."""
+    response = record.get("response")
+    if not isinstance(response, str):
+        raise RecordError("record has no 'response' string", reason="missing_field",
+                          hint="this command reads response records, as written by `dasd sample`")
+    return response
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The prompt text up to where the assistant's answer starts."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def end_of_turn(tokenizer: Any) -> str:
+    """The text the template writes after an assistant message (e.g. ``<|im_end|>\\n``).
+
+    Found by rendering a probe conversation; cached on the tokenizer object.
+    """
+    cached = getattr(tokenizer, "_dasd_end_of_turn", None)
+    if cached is not None:
+        return cached
+    probe = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _SENTINEL}]
+    text = tokenizer.apply_chat_template(probe, tokenize=False)
+    at = text.rfind(_SENTINEL)
+    eot = text[at + len(_SENTINEL):] if at >= 0 else (tokenizer.eos_token or "")
+    try:
+        tokenizer._dasd_end_of_turn = eot
+    except AttributeError:  # pragma: no cover - slotted tokenizer objects
+        pass
+    return eot
+
+
+def tokenize_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
+    """Token ids of ``text`` (no special tokens added) and each token's start character."""
+    if not text:
+        return [], []
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    offsets = [int(start) for start, _ in enc["offset_mapping"]]
+    return ids, offsets
+
+
+def encode_ids(tokenizer: Any, text: str) -> list[int]:
+    if not text:
+        return []
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@dataclass
+class Encoded:
+    """A prompt + response under a chat template, ready to score or train on."""
+
+    input_ids: list[int]
+    prompt_len: int  # tokens of context before the response (no loss there)
+    response_len: int  # tokens of the response text proper
+    end_len: int  # tokens of the end-of-turn text after the response (trained on)
+    response_offsets: list[int]  # start character of each response token in the response
+    prompt_text: str
+    end_text: str
+
+    @property
+    def labels(self) -> list[int]:
+        """-100 on the prompt, the token ids on the response and its end of turn."""
+        return [-100] * self.prompt_len + self.input_ids[self.prompt_len:]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode_example(tokenizer: Any, messages: list[dict[str, str]], response: str, *,
+                   add_end_of_turn: bool = True) -> Encoded:
+    """Tokenize prompt + response (+ end of turn) the way dasd scores and trains."""
+    prompt_text = render_prompt(tokenizer, messages)
+    prompt_ids = encode_ids(tokenizer, prompt_text)
+    response_ids, offsets = tokenize_with_offsets(tokenizer, response)
+    end_text = end_of_turn(tokenizer) if add_end_of_turn else ""
+    end_ids = encode_ids(tokenizer, end_text)
+    return Encoded(prompt_ids + response_ids + end_ids, len(prompt_ids), len(response_ids),
+                   len(end_ids), offsets, prompt_text, end_text)
+
+
+def count_training_tokens(tokenizer: Any, messages: list[dict[str, str]], response: str) -> int:
+    """Length of the full training sequence for one sample (what --max-tokens limits)."""
+    return len(encode_example(tokenizer, messages, response))

@@ -1,0 +1,26 @@
+"""Drop (never truncate) samples longer than the training cutoff, counted by the student."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dasd_cli.core.chat import count_training_tokens, prompt_messages, response_text
+from dasd_cli.core.filters.base import Drop
+
+
+class LengthFilter:
+    """Full training sequence (chat template + response + end of turn) over ``max_tokens``."""
+
+    name = "length"
+
+    def __init__(self, tokenizer: Any, max_tokens: int, system_prompt: str | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.system_prompt = system_prompt
+
+    def check(self, record: dict[str, Any]) -> Drop | None:
+        messages = prompt_messages(record, self.system_prompt)
+        tokens = count_training_tokens(self.tokenizer, messages, response_text(record))
+        if tokens > self.max_tokens:
+            return Drop("too_long", f"{tokens} tokens > --max-tokens {self.max_tokens}")
+        return None

@@ -1,0 +1,236 @@
+"""The stream contract every streaming command must keep (DESIGN.md "Streams", "Errors").
+
+A command joins by adding one StreamCase to STREAMING_COMMANDS: its extra flags and a
+function making the i-th valid input record (one the command keeps).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import (dasd_bin, decode, gzip_bytes, parse_records, run_dasd, to_jsonl,
+                      write_file, zstd_bytes)
+
+
+def response_record(i: int) -> dict[str, Any]:
+    """A well-formed teacher response that the default filters keep."""
+    return {"id": f"p{i}@0.6#0", "prompt_id": f"p{i}", "messages": [{"role": "user", "content": f"Question {i}?"}],
+            "response": f"<think>\nStep one for {i}. Then step two.\n</think>\n\nThe answer is {i}.",
+            "finish_reason": "stop", "domain": "math"}
+
+
+@dataclass
+class StreamCase:
+    command: str
+    make_record: Callable[[int], dict[str, Any]]
+    args: list[str] = field(default_factory=list)
+    # What identifies an input record in the output, and whether input order is kept.
+    output_ids: Callable[[list[dict[str, Any]]], list[str]] = lambda recs: [r["id"] for r in recs]
+    ordered: bool = True
+    big_records: int = 20000  # enough output that `| head -n1` closes the pipe early
+    marks: list[Any] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.command
+
+
+STREAMING_COMMANDS: list[StreamCase] = [
+    StreamCase("filter", response_record),
+]
+
+CASES = [pytest.param(case, id=case.command, marks=case.marks) for case in STREAMING_COMMANDS]
+
+
+def ids_of(case: StreamCase, records: list[dict[str, Any]]) -> list[str]:
+    ids = case.output_ids(records)
+    return ids if case.ordered else sorted(ids)
+
+
+def expected(case: StreamCase, indices: range | list[int]) -> list[str]:
+    ids = [case.make_record(i)["id"] for i in indices]
+    return ids if case.ordered else sorted(ids)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_empty_input(cli, case: StreamCase) -> None:
+    code, out, err = cli([case.command, *case.args, "-"], stdin=b"")
+    assert code == 0, err
+    assert parse_records(out) == []
+    assert f"dasd {case.command}: read 0" in err
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_dash_reads_stdin(cli, case: StreamCase) -> None:
+    records = [case.make_record(i) for i in range(5)]
+    code, out, err = cli([case.command, *case.args, "-"], stdin=to_jsonl(records))
+    assert code == 0, err
+    assert ids_of(case, parse_records(out)) == expected(case, range(5))
+
+
+@pytest.mark.parametrize("kind", ["plain", "zstd", "gzip"])
+@pytest.mark.parametrize("case", CASES)
+def test_compressed_inputs_sniffed(cli, tmp_path: Path, case: StreamCase, kind: str) -> None:
+    path = write_file(tmp_path / "in.data", [case.make_record(i) for i in range(4)], kind)
+    code, out, err = cli([case.command, *case.args, str(path)])
+    assert code == 0, err
+    assert ids_of(case, parse_records(out)) == expected(case, range(4))
+    # the same bytes on stdin are sniffed too
+    code, out, err = cli([case.command, *case.args], stdin=path.read_bytes())
+    assert code == 0, err
+    assert ids_of(case, parse_records(out)) == expected(case, range(4))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_concatenated_zstd_frames(cli, case: StreamCase) -> None:
+    a = zstd_bytes(to_jsonl([case.make_record(i) for i in range(3)]))
+    b = zstd_bytes(to_jsonl([case.make_record(i) for i in range(3, 7)]))
+    code, out, err = cli([case.command, *case.args], stdin=a + b)  # `cat a.zst b.zst |`
+    assert code == 0, err
+    assert ids_of(case, parse_records(out)) == expected(case, range(7))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_truncated_zstd_is_an_error(cli, tmp_path: Path, case: StreamCase) -> None:
+    data = zstd_bytes(to_jsonl([case.make_record(i) for i in range(50)]))
+    path = tmp_path / "cut.jsonl.zst"
+    path.write_bytes(data[: len(data) // 2])
+    code, _out, err = cli([case.command, *case.args, str(path)])
+    assert code == 1
+    assert "truncated zstd" in err and str(path) in err
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_several_files_in_order(cli, tmp_path: Path, case: StreamCase) -> None:
+    first = write_file(tmp_path / "a.jsonl.zst", [case.make_record(i) for i in range(2)], "zstd")
+    second = write_file(tmp_path / "b.jsonl", [case.make_record(i) for i in range(2, 5)])
+    third = write_file(tmp_path / "c.jsonl.gz", [case.make_record(i) for i in range(5, 6)], "gzip")
+    code, out, err = cli([case.command, *case.args, str(first), str(second), str(third)])
+    assert code == 0, err
+    assert ids_of(case, parse_records(out)) == expected(case, range(6))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_malformed_json_names_file_and_line(cli, tmp_path: Path, case: StreamCase) -> None:
+    good = to_jsonl([case.make_record(i) for i in range(3)]).splitlines(keepends=True)
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(good[0] + good[1] + b'{"id": "broken", \n' + good[2])
+    code, out, err = cli([case.command, *case.args, str(path)])
+    assert code == 1
+    assert f"({path}:3)" in err and "malformed JSON" in err
+    assert "Traceback" not in err
+    # --on-error skip: counted, skipped, and routed to --rejects
+    rejects = tmp_path / "rejects.jsonl"
+    code, out, err = cli([case.command, *case.args, "--on-error", "skip", "--rejects", str(rejects), str(path)])
+    assert code == 0, err
+    assert ids_of(case, parse_records(out)) == expected(case, [0, 1, 2])
+    assert "skipped 1 (malformed_json 1)" in err
+    rejected = parse_records(rejects.read_bytes())
+    assert [r["rejected"]["reason"] for r in rejected] == ["malformed_json"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_output_file_is_atomic(tmp_path: Path, case: StreamCase) -> None:
+    """-o killed mid-write leaves no file under the final name."""
+    final = tmp_path / "out.jsonl.zst"
+    proc = subprocess.Popen(dasd_bin() + [case.command, *case.args, "-o", str(final), "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(to_jsonl([case.make_record(i) for i in range(200)]))
+    proc.stdin.flush()
+    time.sleep(1.5)  # the command is now mid-stream, waiting for more input
+    proc.kill()
+    proc.wait(timeout=30)
+    assert not final.exists()
+    leftovers = sorted(p.name for p in tmp_path.iterdir())  # SIGKILL leaves its temp file
+    # and a finished run does produce it, leaving no temp file of its own
+    done = run_dasd([case.command, *case.args, "-o", str(final), "-"],
+                    stdin=to_jsonl([case.make_record(i) for i in range(3)]))
+    assert done.returncode == 0, done.stderr
+    assert ids_of(case, parse_records(final.read_bytes())) == expected(case, range(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(leftovers + [final.name])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_head_closes_pipe_quietly(tmp_path: Path, case: StreamCase) -> None:
+    """`dasd CMD big.zst | head -n1` exits 0 with nothing on stderr."""
+    big = write_file(tmp_path / "big.jsonl.zst", [case.make_record(i) for i in range(case.big_records)], "zstd")
+    script = (f"{' '.join(dasd_bin())} {case.command} {' '.join(case.args)} --compress none {big} "
+              f"| head -n1; echo \"status=${{PIPESTATUS[0]}}\" >&2")
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, timeout=300)
+    assert proc.stderr.decode().strip() == "status=0"
+    assert len(proc.stdout.splitlines()) == 1
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sigint_exits_130_with_valid_output(case: StreamCase) -> None:
+    """Ctrl-C: exit 130, and what reached stdout is complete JSONL (zstd frame closed)."""
+    proc = subprocess.Popen(dasd_bin() + [case.command, *case.args, "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(to_jsonl([case.make_record(i) for i in range(50)]))
+    proc.stdin.flush()
+    time.sleep(2.0)  # records processed; the command now waits on stdin
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    records = parse_records(out)
+    assert "Traceback" not in err.decode()
+    if case.ordered:
+        got = ids_of(case, records)
+        assert got == expected(case, range(len(got)))
+
+
+def test_gzip_output_and_plain_output(tmp_path: Path) -> None:
+    records = [response_record(i) for i in range(3)]
+    for name, magic in (("o.jsonl.gz", b"\x1f\x8b"), ("o.jsonl", b"{"), ("o.jsonl.zst", b"\x28\xb5\x2f\xfd")):
+        proc = run_dasd(["filter", "-o", str(tmp_path / name), "-"], stdin=to_jsonl(records))
+        assert proc.returncode == 0
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(magic)
+        assert len(parse_records(data)) == 3
+    proc = run_dasd(["filter", "--compress", "gzip", "-"], stdin=to_jsonl(records))
+    assert proc.stdout.startswith(b"\x1f\x8b") and len(parse_records(proc.stdout)) == 3
+    assert decode(proc.stdout).count(b"\n") == 3
+
+
+def test_bad_flag_is_usage_error(cli) -> None:
+    code, _out, _err = cli(["filter", "--compress", "lz4", "-"], stdin=b"")
+    assert code == 2
+    code, _out, _err = cli(["filter", "--no-such-flag"], stdin=b"")
+    assert code == 2
+
+
+def test_stats_json_balances(cli, tmp_path: Path) -> None:
+    import orjson
+
+    records = [response_record(i) for i in range(4)] + [{**response_record(9), "finish_reason": "length"}]
+    stats = tmp_path / "s.json"
+    code, _out, err = cli(["filter", "--stats", str(stats), "-"], stdin=to_jsonl(records))
+    assert code == 0, err
+    data = orjson.loads(stats.read_bytes())
+    assert data["read"] == 5 and data["kept"] == 4 and data["dropped_by_reason"] == {"truncated": 1}
+    assert data["read"] == data["kept"] + data["dropped"] + data["skipped"]
+    assert "dasd filter: read 5, kept 4, dropped 1 (truncated 1)" in err
+
+
+def test_terminal_stdin_is_usage_error() -> None:
+    """No FILE and stdin a terminal: a usage error, never a silent hang."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(dasd_bin() + ["filter"], stdin=follower, capture_output=True, timeout=60)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert proc.returncode == 2
+    assert b"stdin is a terminal" in proc.stderr
