@@ -1,0 +1,153 @@
+"""Packed records into micro-batches and optimizer steps.
+
+One packed sequence is one micro-batch. ``global_batch_size`` packed sequences make one
+optimizer step, spread over data-parallel ranks round-robin and over gradient
+accumulation within a rank. Every rank runs the same number of micro-batches per step
+(collectives such as ZeRO-3's parameter gathers need that); a rank left short in a
+step's last round re-runs a sequence with weight 0, which adds nothing to the gradient.
+
+The order of sequences is shuffled once per epoch from (seed, epoch), so a resumed run
+rebuilds exactly the same order and just skips the steps already done.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dasd_cli.errors import RecordError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class PackedSequence:
+    """One packed record as compact arrays (int32 to keep big datasets in memory)."""
+
+    input_ids: np.ndarray
+    labels: np.ndarray
+    position_ids: np.ndarray
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def target_count(self) -> int:
+        """Tokens that carry a loss after the next-token shift (boundaries excluded)."""
+        if len(self) < 2:
+            return 0
+        same_sample = self.position_ids[1:] == self.position_ids[:-1] + 1
+        return int(((self.labels[1:] != IGNORE_INDEX) & same_sample).sum())
+
+
+def packed_from_record(record: dict[str, Any], vocab_size: int | None = None) -> PackedSequence:
+    """Check one packed record (DESIGN.md) and turn it into arrays.
+
+    Raises :class:`RecordError` naming the problem: a missing field, lists of unequal
+    length, an empty sequence, or a token id outside the vocabulary.
+    """
+    arrays = {}
+    for name in ("input_ids", "labels", "position_ids"):
+        value = record.get(name)
+        if not isinstance(value, list):
+            raise RecordError(f"packed record has no '{name}' list", reason="missing_field",
+                              hint="dasd train reads packed records, as written by `dasd pack`")
+        try:
+            arrays[name] = np.asarray(value, dtype=np.int64)
+        except (TypeError, ValueError):
+            raise RecordError(f"'{name}' must be a list of integers", reason="bad_field") from None
+        if arrays[name].ndim != 1:
+            raise RecordError(f"'{name}' must be a flat list of integers", reason="bad_field")
+    lengths = {name: a.shape[0] for name, a in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise RecordError(f"packed record lists differ in length: {lengths}", reason="bad_field")
+    if lengths["input_ids"] == 0:
+        raise RecordError("packed record is empty", reason="empty")
+    ids = arrays["input_ids"]
+    if ids.min() < 0 or (vocab_size is not None and ids.max() >= vocab_size):
+        raise RecordError(f"token id {int(ids.max() if ids.min() >= 0 else ids.min())} outside the "
+                          f"model's vocabulary (size {vocab_size})", reason="bad_token",
+                          hint="pack with the tokenizer of the model you train")
+    labels = arrays["labels"]
+    bad = (labels != IGNORE_INDEX) & ((labels < 0) | ((labels >= vocab_size) if vocab_size else False))
+    if bad.any():
+        raise RecordError("label outside the vocabulary (and not -100)", reason="bad_token")
+    if arrays["position_ids"].min() < 0:
+        raise RecordError("negative position id", reason="bad_field")
+    record_ids = record.get("ids", [])
+    return PackedSequence(arrays["input_ids"].astype(np.int32), labels.astype(np.int32),
+                          arrays["position_ids"].astype(np.int32),
+                          [str(i) for i in record_ids] if isinstance(record_ids, list) else [])
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """One forward/backward of one rank: a sequence index and its weight (1 or 0)."""
+
+    index: int  # into the dataset
+    weight: float  # 0.0 for a filler micro-batch that only keeps ranks in step
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What each optimizer step consumes, for one rank."""
+
+    num_sequences: int
+    global_batch_size: int  # packed sequences per optimizer step, all ranks together
+    world_size: int = 1
+    rank: int = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch; the last one may be smaller."""
+        return math.ceil(self.num_sequences / self.global_batch_size)
+
+    def total_steps(self, epochs: int) -> int:
+        """Optimizer steps in the whole run."""
+        return self.steps_per_epoch * epochs
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Micro-batches per rank in a full step."""
+        return math.ceil(self.global_batch_size / self.world_size)
+
+    def epoch_order(self, epoch: int, seed: int, shuffle: bool = True) -> list[int]:
+        """The sequence order of an epoch (0-based), the same on every rank."""
+        order = list(range(self.num_sequences))
+        if shuffle:
+            random.Random(f"{seed}:{epoch}").shuffle(order)
+        return order
+
+    def step_indices(self, order: list[int], step_in_epoch: int) -> list[int]:
+        """All sequences (every rank's) of one step, 0-based within the epoch."""
+        start = step_in_epoch * self.global_batch_size
+        return order[start:start + self.global_batch_size]
+
+    def rank_micro_batches(self, step_sequences: list[int]) -> list[MicroBatch]:
+        """This rank's share of a step: round-robin, padded with weight-0 fillers so
+        every rank runs ``ceil(len(step_sequences) / world_size)`` micro-batches."""
+        rounds = math.ceil(len(step_sequences) / self.world_size)
+        mine = step_sequences[self.rank::self.world_size]
+        batches = [MicroBatch(i, 1.0) for i in mine]
+        while len(batches) < rounds:
+            batches.append(MicroBatch(step_sequences[0], 0.0))
+        return batches
+
+    def iter_steps(self, epochs: int, seed: int, start_step: int = 0,
+                   shuffle: bool = True) -> Iterator[tuple[int, int, list[int], list[MicroBatch]]]:
+        """(global step 1-based, epoch 0-based, all step sequences, this rank's
+        micro-batches) for every step after ``start_step`` steps already done."""
+        per_epoch = self.steps_per_epoch
+        for epoch in range(start_step // per_epoch, epochs):
+            order = self.epoch_order(epoch, seed, shuffle)
+            first = start_step - epoch * per_epoch if epoch == start_step // per_epoch else 0
+            for step_in_epoch in range(max(first, 0), per_epoch):
+                step_sequences = self.step_indices(order, step_in_epoch)
+                yield (epoch * per_epoch + step_in_epoch + 1, epoch, step_sequences,
+                       self.rank_micro_batches(step_sequences))
