@@ -1,0 +1,189 @@
+"""Divergence-aware sampling (DAS): sentence alignment, classification and provenance.
+
+Each model (teacher, student, optionally a distilled student) scores the same text with
+its own tokenizer; every token carries the character offset where it starts. A token
+belongs to the sentence holding its first character, and a sentence's probability under
+a model is exp(mean log-prob of its tokens), the geometric mean of token probabilities.
+
+A sentence that some model has no token for (its text lies inside a token that starts in
+the sentence before, e.g. a short sentence swallowed by a multi-character token) has no
+probability under that model. It is merged into the sentence before it (into the next
+one when it is the first), so every reported sentence has tokens under every model;
+:attr:`Analysis.merged` counts how many sentences were merged away.
+
+Classification with margin beta (METHOD.md): teacher if p_T - p_S > beta, student if
+p_T - p_S < -beta, else shared. With a distilled student p_D, a shared sentence whose
+p_D exceeds both p_T and p_S by more than alpha is boosted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dasd_cli.core.segment import sentence_spans
+
+TYPES = ("teacher", "shared", "student")
+BOOSTED = "boosted"
+DEFAULT_BETA = 0.1
+DEFAULT_ALPHA = 0.1
+
+
+@dataclass
+class TokenLogprobs:
+    """One model's view of the text: a log-prob and a start character per token."""
+
+    logprobs: Sequence[float]
+    offsets: Sequence[int]
+
+    def __post_init__(self) -> None:
+        if len(self.logprobs) != len(self.offsets):
+            raise ValueError(f"{len(self.logprobs)} logprobs but {len(self.offsets)} offsets")
+
+
+@dataclass
+class Analysis:
+    """The result for one response: sentences with probabilities and types."""
+
+    spans: list[tuple[int, int]]
+    p_sentences: list[list[float]]  # [model][sentence] geometric-mean probabilities
+    p_response: list[float]  # [model] geometric mean over every token in the scored part
+    types: list[str]
+    merged: int = 0  # sentences merged into a neighbour (no token under some model)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def score(self) -> int:
+        """The DAS selection score: the number of teacher sentences."""
+        return self.counts.get("teacher", 0)
+
+
+def geometric_mean(logprobs: Sequence[float]) -> float:
+    """exp(mean log-prob): the geometric mean of token probabilities (NaN if no tokens)."""
+    if len(logprobs) == 0:
+        return math.nan
+    return float(math.exp(float(np.mean(np.asarray(logprobs, dtype=np.float64)))))
+
+
+def classify(p_teacher: float, p_student: float, beta: float = DEFAULT_BETA) -> str:
+    """teacher / shared / student by the margin beta on p_T - p_S."""
+    diff = p_teacher - p_student
+    if diff > beta:
+        return "teacher"
+    if diff < -beta:
+        return "student"
+    return "shared"
+
+
+def in_range(model: TokenLogprobs, start: int, end: int) -> TokenLogprobs:
+    """Only the tokens that start inside [start, end) (e.g. past a student prefix)."""
+    offsets = np.asarray(model.offsets, dtype=np.int64)
+    keep = (offsets >= start) & (offsets < end)
+    return TokenLogprobs(np.asarray(model.logprobs, dtype=np.float64)[keep], offsets[keep])
+
+
+def sentence_sums(model: TokenLogprobs, spans: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per sentence: the sum of its tokens' log-probs and its token count.
+
+    A token belongs to the sentence holding its first character; tokens before the first
+    span or at/after the last span's end belong to none.
+    """
+    n = len(spans)
+    if n == 0:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    starts = np.asarray([a for a, _ in spans], dtype=np.int64)
+    offsets = np.asarray(model.offsets, dtype=np.int64)
+    logprobs = np.asarray(model.logprobs, dtype=np.float64)
+    index = np.searchsorted(starts, offsets, side="right") - 1
+    inside = (index >= 0) & (offsets < spans[-1][1])
+    index, logprobs = index[inside], logprobs[inside]
+    return (np.bincount(index, weights=logprobs, minlength=n),
+            np.bincount(index, minlength=n).astype(np.int64))
+
+
+def merge_untokenized(spans: Sequence[tuple[int, int]], sums: list[np.ndarray],
+                      counts: list[np.ndarray]) -> tuple[list[tuple[int, int]], list[np.ndarray],
+                                                         list[np.ndarray], int]:
+    """Merge every sentence some model has no token for into a neighbour.
+
+    Into the previous sentence, or the next one for leading sentences. Returns the new
+    spans, sums and counts, and how many sentences were merged away.
+    """
+    groups: list[list[int]] = []  # indices of the original sentences in each kept one
+    pending: list[int] = []  # leading sentences waiting for the first complete one
+    for i in range(len(spans)):
+        complete = all(c[i] > 0 for c in counts)
+        if complete:
+            groups.append(pending + [i])
+            pending = []
+        elif groups:
+            groups[-1].append(i)
+        else:
+            pending.append(i)
+    if pending:  # no sentence has tokens under every model: keep the text as one
+        groups.append(pending)
+    new_spans = [(spans[g[0]][0], spans[g[-1]][1]) for g in groups]
+    new_sums = [np.asarray([s[g].sum() for g in groups]) for s in sums]
+    new_counts = [np.asarray([c[g].sum() for g in groups], dtype=np.int64) for c in counts]
+    return new_spans, new_sums, new_counts, len(spans) - len(groups)
+
+
+def analyze(text: str, teacher: TokenLogprobs, student: TokenLogprobs, *,
+            beta: float = DEFAULT_BETA, start: int = 0, distilled: TokenLogprobs | None = None,
+            alpha: float = DEFAULT_ALPHA) -> Analysis:
+    """Segment ``text[start:]``, align every model's tokens to its sentences, classify.
+
+    ``start`` > 0 scores only the text from there on (mixed-policy records: the teacher
+    wrote ``response[prefix_chars:]``); offsets are always indices into ``text``.
+    """
+    models = [teacher, student] + ([distilled] if distilled is not None else [])
+    models = [in_range(m, start, len(text)) for m in models]
+    spans = [(a + start, b + start) for a, b in sentence_spans(text[start:])]
+    pairs = [sentence_sums(m, spans) for m in models]
+    sums, counts = [p[0] for p in pairs], [p[1] for p in pairs]
+    spans, sums, counts, merged = merge_untokenized(spans, sums, counts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_sentences = [np.exp(s / c).tolist() for s, c in zip(sums, counts)]
+    p_response = [geometric_mean(m.logprobs) for m in models]
+    types = [classify(pt, ps, beta) for pt, ps in zip(p_sentences[0], p_sentences[1])]
+    if distilled is not None:
+        types = [BOOSTED if kind == "shared" and pd - max(pt, ps) > alpha else kind
+                 for kind, pt, ps, pd in zip(types, *p_sentences)]
+    kinds = TYPES + ((BOOSTED,) if distilled is not None else ())
+    counts_by_type = {kind: types.count(kind) for kind in kinds}
+    return Analysis(spans, p_sentences, p_response, types, merged, counts_by_type)
+
+
+def _r(value: float) -> float | None:
+    """A probability for a record: 6 decimals, None (JSON null) for NaN."""
+    return None if math.isnan(value) else round(value, 6)
+
+
+def das_record(analysis: Analysis, *, student: str, beta: float, distilled: str | None = None,
+               alpha: float | None = None) -> dict[str, Any]:
+    """The ``das`` object of a scored record, exactly as DESIGN.md specifies.
+
+    With a distilled student it also carries ``distilled``, ``alpha``, ``p_distilled``,
+    ``counts.boosted`` and a ``p_distilled`` per sentence.
+    """
+    has_d = distilled is not None
+    sentences = []
+    for i, (a, b) in enumerate(analysis.spans):
+        row: dict[str, Any] = {"start": a, "end": b, "p_teacher": _r(analysis.p_sentences[0][i]),
+                               "p_student": _r(analysis.p_sentences[1][i])}
+        if has_d:
+            row["p_distilled"] = _r(analysis.p_sentences[2][i])
+        row["type"] = analysis.types[i]
+        sentences.append(row)
+    das: dict[str, Any] = {
+        "student": student, "beta": beta, "counts": dict(analysis.counts), "score": analysis.score,
+        "p_teacher": _r(analysis.p_response[0]), "p_student": _r(analysis.p_response[1]),
+    }
+    if has_d:
+        das.update({"distilled": distilled, "alpha": alpha, "p_distilled": _r(analysis.p_response[2])})
+    das["sentences"] = sentences
+    return das
