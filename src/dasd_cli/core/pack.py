@@ -1,0 +1,253 @@
+"""Packing tokenized samples into fixed-capacity training sequences.
+
+Three pieces, all pure:
+
+- :func:`encode_batch` tokenizes many (messages, response) pairs with batched tokenizer
+  calls, giving exactly what :func:`dasd_cli.core.chat.encode_example` gives one at a
+  time (prompt rendered by the template, response appended raw, then end of turn).
+- :func:`best_fit_decreasing` assigns samples to sequences: global best-fit decreasing,
+  deterministic, O(n log L) through a 64-ary bitmap tree over remaining capacities.
+- :class:`SampleBuffer` keeps the token ids compactly (one int32 array per sample) and
+  builds the packed records of DESIGN.md: ``input_ids``, ``labels``, ``position_ids``
+  restarting at 0 per sample, ``ids``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dasd_cli.core.chat import encode_ids, end_of_turn, render_prompt
+
+IGNORE_INDEX = -100  # label value that carries no loss (prompt tokens)
+_WORD = 64  # bits per bitmap word of the capacity index
+
+
+# --------------------------------------------------------------------------- tokenizing
+
+
+def encode_batch(tokenizer: Any, examples: Sequence[tuple[list[dict[str, str]], str]]
+                 ) -> list[tuple[np.ndarray, int]]:
+    """Token ids (int32) and prompt length of each (messages, response) pair.
+
+    Same ids as ``encode_example(tokenizer, messages, response)``, but the prompts and
+    the responses are each tokenized in one batched call (the slow part of ``pack``).
+    The response is never rendered by the template, so a template that strips
+    ``<think>`` from assistant history leaves the training target whole.
+    """
+    if not examples:
+        return []
+    prompts = [render_prompt(tokenizer, messages) for messages, _ in examples]
+    responses = [response for _, response in examples]
+    end_ids = np.asarray(encode_ids(tokenizer, end_of_turn(tokenizer)), dtype=np.int32)
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    out = []
+    for p_ids, r_ids in zip(prompt_ids, response_ids):
+        parts = [np.asarray(p_ids, dtype=np.int32), np.asarray(r_ids, dtype=np.int32), end_ids]
+        out.append((np.concatenate(parts), len(p_ids)))
+    return out
+
+
+# --------------------------------------------------------------------------- bin packing
+
+
+class _CapacityIndex:
+    """Open sequences grouped by remaining capacity (an integer 0..L).
+
+    ``stacks[c]`` holds the sequences with exactly ``c`` tokens free; a hierarchical
+    bitmap (64 bits per word, ceil(log64(L+1)) levels) marks the non-empty stacks, so
+    "the smallest capacity >= s that has a sequence" costs O(log64 L) small-int ops.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.stacks: list[list[int]] = [[] for _ in range(capacity + 1)]
+        self.levels: list[list[int]] = []
+        bits = capacity + 1
+        while True:
+            words = -(-bits // _WORD)
+            self.levels.append([0] * words)
+            if words == 1:
+                break
+            bits = words
+
+    def smallest_at_least(self, size: int) -> int:
+        """The smallest capacity >= ``size`` with an open sequence, or -1."""
+        levels = self.levels
+        top = len(levels) - 1
+        level, pos = 0, size
+        while True:
+            words = levels[level]
+            word_index = pos >> 6
+            if word_index >= len(words):
+                return -1
+            word = words[word_index] >> (pos & 63)
+            if word:
+                pos += (word & -word).bit_length() - 1
+                break
+            if level == top:
+                return -1
+            level, pos = level + 1, word_index + 1  # next word, one level up
+        while level:  # descend to the lowest set bit under pos
+            level -= 1
+            word = levels[level][pos]
+            pos = (pos << 6) + (word & -word).bit_length() - 1
+        return pos
+
+    def mark(self, cap: int) -> None:
+        """Stack ``cap`` became non-empty."""
+        for words in self.levels:
+            index, bit = cap >> 6, 1 << (cap & 63)
+            was = words[index]
+            words[index] = was | bit
+            if was:
+                return
+            cap = index
+
+    def unmark(self, cap: int) -> None:
+        """Stack ``cap`` became empty."""
+        for words in self.levels:
+            index, bit = cap >> 6, 1 << (cap & 63)
+            now = words[index] & ~bit
+            words[index] = now
+            if now:
+                return
+            cap = index
+
+
+def best_fit_decreasing(lengths: Sequence[int] | np.ndarray, capacity: int) -> np.ndarray:
+    """Assign each item to a sequence (bin) of ``capacity`` tokens; returns bin per item.
+
+    Items are placed longest first (ties: input order); each goes into the open bin
+    with the least free space that still fits it (ties: the bin that reached that free
+    space last), or opens a new bin. Bins are numbered in the order they open.
+    Deterministic; O(n log n) for the sort plus O(n log L) for the placements.
+    """
+    sizes = np.asarray(lengths, dtype=np.int64)
+    if sizes.ndim != 1:
+        raise ValueError("lengths must be one-dimensional")
+    n = len(sizes)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if sizes.min() < 1 or sizes.max() > capacity:
+        raise ValueError(f"every length must be in 1..{capacity}")
+    order = np.argsort(-sizes, kind="stable").tolist()
+    size_list = sizes.tolist()
+    smallest = int(sizes.min())  # a bin with less free space than this is closed for good
+    index = _CapacityIndex(capacity)
+    stacks, find, mark, unmark = index.stacks, index.smallest_at_least, index.mark, index.unmark
+    words = index.levels[0]  # level-0 bitmap, read inline: the common case needs no call
+    bin_of = [0] * n
+    bins = 0
+    for item in order:
+        size = size_list[item]
+        word = words[size >> 6] >> (size & 63)
+        cap = size + (word & -word).bit_length() - 1 if word else find(size)
+        if cap < 0:
+            target, free = bins, capacity - size
+            bins += 1
+        else:
+            stack = stacks[cap]
+            target = stack.pop()
+            if not stack:
+                unmark(cap)
+            free = cap - size
+        bin_of[item] = target
+        if free >= smallest:
+            stack = stacks[free]
+            stack.append(target)
+            if len(stack) == 1:
+                mark(free)
+    return np.asarray(bin_of, dtype=np.int64)
+
+
+def one_per_bin(n: int) -> np.ndarray:
+    """The ``--no-pack`` assignment: item i alone in sequence i."""
+    return np.arange(n, dtype=np.int64)
+
+
+def lower_bound(lengths: Sequence[int] | np.ndarray, capacity: int) -> int:
+    """No packing can use fewer sequences than ceil(total tokens / capacity)."""
+    return math.ceil(int(np.sum(np.asarray(lengths, dtype=np.int64))) / capacity)
+
+
+def bin_members(bin_of: np.ndarray) -> list[np.ndarray]:
+    """Item indices of each bin, bins in order, items in input order within a bin."""
+    if len(bin_of) == 0:
+        return []
+    order = np.lexsort((np.arange(len(bin_of)), bin_of))
+    counts = np.bincount(bin_of)
+    return np.split(order, np.cumsum(counts)[:-1])
+
+
+# --------------------------------------------------------------------------- packed records
+
+
+@dataclass
+class PackReport:
+    """Counts for the summary line: samples, sequences, tokens, efficiency."""
+
+    samples: int
+    sequences: int
+    tokens: int
+    capacity: int
+
+    @property
+    def efficiency(self) -> float:
+        """tokens / (sequences x capacity): 1.0 means no padding would be needed."""
+        return self.tokens / (self.sequences * self.capacity) if self.sequences else 0.0
+
+
+class SampleBuffer:
+    """Tokenized samples held until every sample is known (BFD needs all lengths).
+
+    Each sample is one int32 array (4 bytes per token) plus its prompt length and id.
+    """
+
+    def __init__(self) -> None:
+        self.tokens: list[np.ndarray] = []
+        self.prompt_lens: list[int] = []
+        self.ids: list[str] = []
+
+    def add(self, sample_id: str, input_ids: np.ndarray, prompt_len: int) -> None:
+        """Keep one sample; ``input_ids[:prompt_len]`` carries no loss."""
+        self.tokens.append(np.asarray(input_ids, dtype=np.int32))
+        self.prompt_lens.append(int(prompt_len))
+        self.ids.append(sample_id)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def lengths(self) -> np.ndarray:
+        """Token count of every sample, in the order added."""
+        return np.fromiter((len(t) for t in self.tokens), dtype=np.int64, count=len(self.tokens))
+
+    def packed(self, capacity: int, pack: bool = True) -> tuple[Iterator[dict[str, Any]], PackReport]:
+        """The packed records (lazily) and their counts.
+
+        With ``pack`` the samples go through :func:`best_fit_decreasing`; without it
+        each sample is its own sequence, in input order.
+        """
+        lengths = self.lengths()
+        bin_of = best_fit_decreasing(lengths, capacity) if pack else one_per_bin(len(lengths))
+        members = bin_members(bin_of)
+        report = PackReport(len(lengths), len(members), int(lengths.sum()), capacity)
+        return (self.record(m) for m in members), report
+
+    def record(self, members: Sequence[int] | np.ndarray) -> dict[str, Any]:
+        """One packed sequence of the given samples, in that order (numpy int32 arrays)."""
+        parts = [self.tokens[i] for i in members]
+        input_ids = np.concatenate(parts)
+        lens = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+        starts = np.cumsum(lens) - lens
+        position_ids = (np.arange(len(input_ids), dtype=np.int64)
+                        - np.repeat(starts, lens)).astype(np.int32)
+        labels = input_ids.copy()
+        for start, i in zip(starts.tolist(), members):
+            labels[start:start + self.prompt_lens[i]] = IGNORE_INDEX
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
+                "ids": [self.ids[i] for i in members]}

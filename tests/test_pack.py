@@ -1,0 +1,220 @@
+"""dasd pack: best-fit decreasing, the packed record, tokenizing under chat templates."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dasd_cli.core.pack import (IGNORE_INDEX, SampleBuffer, best_fit_decreasing, bin_members,
+                                lower_bound)
+
+# --------------------------------------------------------------------------- bin packing
+
+
+def check_assignment(lengths: list[int], bin_of: np.ndarray, capacity: int) -> None:
+    assert len(bin_of) == len(lengths)
+    loads = np.bincount(bin_of, weights=lengths) if len(lengths) else np.zeros(0)
+    assert (loads <= capacity).all()
+    assert (loads > 0).all()  # bins are numbered densely, none empty
+
+
+def reference_bfd(lengths: list[int], capacity: int) -> int:
+    """Textbook O(n * bins) best-fit decreasing: how many bins it opens."""
+    free: list[int] = []
+    for size in sorted(lengths, reverse=True):
+        fits = [i for i, f in enumerate(free) if f >= size]
+        if fits:
+            best = min(fits, key=lambda i: free[i])
+            free[best] -= size
+        else:
+            free.append(capacity - size)
+    return len(free)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 300).flatmap(
+    lambda cap: st.tuples(st.just(cap), st.lists(st.integers(1, cap), max_size=200))))
+def test_bfd_is_valid_and_matches_textbook_bin_count(case: tuple[int, list[int]]) -> None:
+    capacity, lengths = case
+    bin_of = best_fit_decreasing(lengths, capacity)
+    check_assignment(lengths, bin_of, capacity)
+    used = len(set(bin_of.tolist()))
+    assert used == reference_bfd(lengths, capacity)
+    assert used >= lower_bound(lengths, capacity)
+
+
+def test_bfd_capacity_index_crosses_bitmap_words_and_levels() -> None:
+    # capacity > 64*64 needs three bitmap levels; free space far from the asked size
+    # forces the slow path up and down the levels.
+    capacity = 70000
+    lengths = [69000, 60000, 9000, 5000, 999, 1000, 4000, 1]
+    bin_of = best_fit_decreasing(lengths, capacity)
+    check_assignment(lengths, bin_of, capacity)
+    assert len(set(bin_of.tolist())) == reference_bfd(lengths, capacity) == 3
+    # best fit: 9000 goes beside 60000 (free 10000), not into a new bin
+    assert bin_of[2] == bin_of[1]
+    assert bin_of[6] == bin_of[3] != bin_of[1]  # 4000 only fits beside 5000
+    assert {bin_of[4], bin_of[5]} == {bin_of[0], bin_of[1]}  # 999 and 1000 fill the gaps
+
+
+def test_bfd_is_deterministic_and_near_lower_bound() -> None:
+    rng = np.random.default_rng(7)
+    capacity = 32768
+    lengths = rng.lognormal(math.log(5000), 1.0, 5000).round().astype(int)
+    lengths = lengths[(lengths >= 1) & (lengths <= capacity)]
+    first = best_fit_decreasing(lengths, capacity)
+    assert np.array_equal(first, best_fit_decreasing(lengths, capacity))
+    check_assignment(lengths.tolist(), first, capacity)
+    bound = lower_bound(lengths, capacity)
+    assert first.max() + 1 <= math.ceil(bound * 1.01)
+
+
+def test_bfd_rejects_items_over_capacity() -> None:
+    with pytest.raises(ValueError):
+        best_fit_decreasing([5, 11], 10)
+    with pytest.raises(ValueError):
+        best_fit_decreasing([0, 3], 10)
+    assert len(best_fit_decreasing([], 10)) == 0
+
+
+def test_bin_members_groups_in_input_order() -> None:
+    members = bin_members(np.array([1, 0, 1, 2, 0]))
+    assert [m.tolist() for m in members] == [[1, 4], [0, 2], [3]]
+
+
+# --------------------------------------------------------------------------- packed records
+
+
+def filled_buffer(lengths: list[int], prompt_lens: list[int]) -> SampleBuffer:
+    buf = SampleBuffer()
+    for i, (n, p) in enumerate(zip(lengths, prompt_lens)):
+        buf.add(f"s{i}", np.arange(1000 * i, 1000 * i + n), p)
+    return buf
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_packed_records_hold_every_sample_exactly_once(pack: bool) -> None:
+    lengths = [7, 3, 9, 2, 5, 10, 1]
+    prompt_lens = [2, 1, 4, 0, 5, 3, 1]
+    buf = filled_buffer(lengths, prompt_lens)
+    records, report = buf.packed(10, pack=pack)
+    records = list(records)
+    seen = [i for r in records for i in r["ids"]]
+    assert sorted(seen) == sorted(f"s{i}" for i in range(len(lengths)))
+    assert report.samples == 7 and report.tokens == sum(lengths)
+    assert report.sequences == len(records) == (7 if not pack else reference_bfd(lengths, 10))
+    assert report.efficiency == pytest.approx(sum(lengths) / (len(records) * 10))
+    for record in records:
+        ids, labels, pos = (record[k].tolist() for k in ("input_ids", "labels", "position_ids"))
+        assert len(ids) == len(labels) == len(pos) <= 10
+        at = 0
+        for sample in record["ids"]:
+            i = int(sample[1:])
+            n, p = lengths[i], prompt_lens[i]
+            # the sample's slice is whole (never truncated) and in place
+            assert ids[at:at + n] == list(range(1000 * i, 1000 * i + n))
+            assert pos[at:at + n] == list(range(n))  # restarts at 0 per sample
+            assert labels[at:at + p] == [IGNORE_INDEX] * p
+            assert labels[at + p:at + n] == ids[at + p:at + n]
+            at += n
+        assert at == len(ids)
+
+
+def test_no_pack_keeps_input_order() -> None:
+    buf = filled_buffer([4, 9, 2], [1, 1, 1])
+    records, _ = buf.packed(10, pack=False)
+    assert [r["ids"] for r in records] == [["s0"], ["s1"], ["s2"]]
+
+
+# --------------------------------------------------------------------------- tokenizing (real tokenizer)
+
+# A Qwen3-style template: assistant turns in the history lose their <think> part, and a
+# generation prompt opens the assistant turn. Written here; no hub access needed.
+QWEN3_STYLE_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message.role == 'assistant' -%}"
+    "{%- set content = message.content -%}"
+    "{%- if '</think>' in content -%}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}"
+    "{%- endif -%}"
+    "{{ '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}"
+    "{%- else -%}"
+    "{{ '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is 6 times 7?"}]
+RESPONSE = "<think>\nSix sevens: 42. Check: 7*6 = 42.\n</think>\n\nThe answer is 42."
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    from dasd_cli.backends.models import load_tokenizer
+
+    return load_tokenizer(None)
+
+
+@pytest.fixture(scope="module")
+def qwen3_style_tokenizer():
+    from dasd_cli.backends.models import load_tokenizer
+
+    tokenizer = load_tokenizer(None)  # a fresh object: the end-of-turn cache is per object
+    tokenizer.chat_template = QWEN3_STYLE_TEMPLATE
+    return tokenizer
+
+
+def labelled_text(tokenizer, record: dict) -> str:
+    ids = record["input_ids"].tolist()
+    labels = record["labels"].tolist()
+    return tokenizer.decode([t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["smollm2", "qwen3_style"])
+def test_encode_batch_matches_encode_example_and_trains_on_think(
+        request, which: str) -> None:
+    from dasd_cli.core.chat import encode_example, end_of_turn
+    from dasd_cli.core.pack import encode_batch
+
+    tokenizer = request.getfixturevalue(f"{which}_tokenizer")
+    examples = [(MESSAGES, RESPONSE), ([{"role": "user", "content": "Hi"}], "Hello there!"),
+                ([{"role": "user", "content": "Empty?"}], "")]
+    batch = encode_batch(tokenizer, examples)
+    for (messages, response), (ids, prompt_len) in zip(examples, batch):
+        one = encode_example(tokenizer, messages, response)
+        assert ids.tolist() == one.input_ids and prompt_len == one.prompt_len
+
+    buf = SampleBuffer()
+    for i, (ids, prompt_len) in enumerate(batch):
+        buf.add(f"r{i}", ids, prompt_len)
+    records, _ = buf.packed(4096)
+    (record,) = list(records)
+    eot = end_of_turn(tokenizer)
+    at = 0
+    for sample in record["ids"]:
+        i = int(sample[1:])
+        messages, response = examples[i]
+        n = len(batch[i][0])
+        chunk = record["input_ids"][at:at + n].tolist()
+        # decoding the sample's slice gives the templated text, response whole
+        prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert tokenizer.decode(chunk) == prompt_text + response + eot
+        sub = {"input_ids": record["input_ids"][at:at + n], "labels": record["labels"][at:at + n]}
+        # labels cover exactly the response and its end of turn
+        assert labelled_text(tokenizer, sub) == response + eot
+        at += n
+    if which == "qwen3_style":
+        # the template strips <think> from history, yet the training target keeps it
+        history = tokenizer.apply_chat_template(
+            MESSAGES + [{"role": "assistant", "content": RESPONSE}], tokenize=False)
+        assert "Six sevens" not in history
+        assert "<think>\nSix sevens: 42." in labelled_text(tokenizer, {
+            "input_ids": record["input_ids"], "labels": record["labels"]})
