@@ -1,0 +1,137 @@
+"""dasd filter: the truncated, structure, length and harmony units, and the command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import parse_records, to_jsonl
+from dasd_cli.core.filters.harmony import normalize_harmony, normalize_harmony_text
+from dasd_cli.core.filters.structure import StructureFilter
+from dasd_cli.core.filters.truncated import TruncatedFilter
+from dasd_cli.errors import RecordError
+
+
+def rec(response: str, **extra) -> dict:
+    return {"id": "r", "messages": [{"role": "user", "content": "q"}], "response": response,
+            "finish_reason": "stop", **extra}
+
+
+def test_truncated() -> None:
+    assert TruncatedFilter().check(rec("x", finish_reason="length")).reason == "truncated"
+    assert TruncatedFilter().check(rec("x")) is None
+
+
+@pytest.mark.parametrize("response,reason", [
+    ("<think>\nwork\n</think>\n\n42", None),
+    ("just an answer", "no_think"),
+    ("<think>\nwork, never closed", "unclosed_think"),
+    ("<think>\n  \n</think>\n\n42", "empty_think"),
+    ("<think>\nwork\n</think>\n\n   ", "no_answer"),
+    ("<think>a</think><think>b</think>c", "nested_think"),
+    ("preamble <think>a</think> b", "no_think"),
+    ("</think> odd <think>", "unclosed_think"),
+])
+def test_require_think(response: str, reason: str | None) -> None:
+    verdict = StructureFilter(require_think=True).check(rec(response))
+    assert (verdict.reason if verdict else None) == reason
+
+
+@pytest.mark.parametrize("response", [
+    "<think>x</think>\n<tool_call>{\"name\": \"f\"}</tool_call>",
+    "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{}<|call|>",
+    "I will call <function=search>{\"q\": 1}</function>",
+])
+def test_tool_calls_dropped(response: str) -> None:
+    verdict = StructureFilter().check(rec(response))
+    assert verdict is not None and verdict.reason == "tool_call"
+
+
+def test_tool_calls_field_and_custom_pattern() -> None:
+    assert StructureFilter().check(rec("fine", tool_calls=[{"id": 1}])).reason == "tool_call"
+    assert StructureFilter(tool_call_patterns=[r"CALL\("]).check(rec("x CALL(1)")).reason == "tool_call"
+    assert StructureFilter(tool_call_patterns=[]).check(rec("<tool_call>")) is None
+
+
+def test_missing_response_is_a_record_error() -> None:
+    with pytest.raises(RecordError) as info:
+        StructureFilter().check({"id": "x"})
+    assert info.value.reason == "missing_field"
+
+
+def test_harmony_with_special_tokens() -> None:
+    raw = ("<|channel|>analysis<|message|>Let me add 2 and 2.<|end|>"
+           "<|start|>assistant<|channel|>final<|message|>The answer is 4.<|return|>")
+    text, _ = normalize_harmony_text(raw)
+    assert text == "<think>\nLet me add 2 and 2.\n</think>\n\nThe answer is 4."
+    assert StructureFilter(require_think=True).check(rec(text)) is None
+
+
+def test_harmony_stripped_form() -> None:
+    text, _ = normalize_harmony_text("analysisThink hard.assistantfinalDone.")
+    assert text == "<think>\nThink hard.\n</think>\n\nDone."
+    assert normalize_harmony_text("plain text") is None
+
+
+def test_harmony_carries_logprobs_and_offsets() -> None:
+    raw = "<|channel|>analysis<|message|>ab cd<|end|><|start|>assistant<|channel|>final<|message|>ef<|return|>"
+    pieces = ["<|channel|>", "analysis", "<|message|>", "ab", " cd", "<|end|>", "<|start|>", "assistant",
+              "<|channel|>", "final", "<|message|>", "ef", "<|return|>"]
+    offsets, pos = [], 0
+    for piece in pieces:
+        offsets.append(pos)
+        pos += len(piece)
+    assert "".join(pieces) == raw
+    logprobs = [-float(i) for i in range(len(pieces))]
+    out = normalize_harmony(rec(raw, teacher={"logprobs": logprobs, "offsets": offsets}))
+    response = out["response"]
+    kept = out["teacher"]
+    assert response == "<think>\nab cd\n</think>\n\nef"
+    assert kept["logprobs"] == [-3.0, -4.0, -11.0]  # "ab", " cd", "ef"
+    assert [response[o:o + 2] for o in kept["offsets"]] == ["ab", " c", "ef"]
+
+
+def test_command_counts_reasons_and_writes_rejects(cli, tmp_path: Path) -> None:
+    records = [rec("<think>w</think>\n\nok", id="a"), rec("x", id="b", finish_reason="length"),
+               rec("no think", id="c"), rec("<tool_call>f()</tool_call>", id="d")]
+    rejects = tmp_path / "rej.jsonl"
+    code, out, err = cli(["filter", "--require-think", "--rejects", str(rejects), "-"], stdin=to_jsonl(records))
+    assert code == 0, err
+    assert [r["id"] for r in parse_records(out)] == ["a"]
+    assert "read 4, kept 1, dropped 3" in err
+    got = {r["id"]: (r["rejected"]["by"], r["rejected"]["reason"]) for r in parse_records(rejects.read_bytes())}
+    assert got == {"b": ("truncated", "truncated"), "c": ("structure", "no_think"), "d": ("structure", "tool_call")}
+
+
+def test_command_missing_response_names_line(cli, tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(to_jsonl([rec("fine"), {"id": "no-response"}]))
+    code, _out, err = cli(["filter", str(path)])
+    assert code == 1 and f"({path}:2)" in err and "no 'response'" in err
+    code, out, err = cli(["filter", "--on-error", "skip", str(path)])
+    assert code == 0 and "skipped 1 (missing_field 1)" in err and len(parse_records(out)) == 1
+
+
+def test_tokenizer_without_max_tokens_is_usage_error(cli) -> None:
+    code, _out, err = cli(["filter", "--tokenizer", "x", "-"], stdin=b"")
+    assert code == 2 and "--max-tokens" in err
+
+
+@pytest.mark.slow
+def test_length_counts_the_full_training_sequence(cli) -> None:
+    from dasd_cli.backends.models import load_tokenizer
+    from dasd_cli.core.chat import encode_example
+
+    tokenizer = load_tokenizer(None)
+    short, long = rec("Short answer."), rec("word " * 300)
+    n_short = len(encode_example(tokenizer, short["messages"], short["response"]))
+    n_long = len(encode_example(tokenizer, long["messages"], long["response"]))
+    assert n_short < n_long
+    code, out, err = cli(["filter", "--max-tokens", str(n_short), "-"], stdin=to_jsonl([short, long]))
+    assert code == 0, err
+    assert [r["response"] for r in parse_records(out)] == ["Short answer."]
+    assert "too_long 1" in err
+    # exactly at the limit is kept: the limit counts the whole sequence, template included
+    code, out, _ = cli(["filter", "--max-tokens", str(n_short - 1), "-"], stdin=to_jsonl([short]))
+    assert parse_records(out) == []
