@@ -1,0 +1,32 @@
+"""The correctness filter: :func:`dasd_cli.core.verify.verify_record` as a filter unit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dasd_cli.core.filters.base import Drop
+
+
+class VerifyFilter:
+    """Drop responses whose final answer disagrees with the record's ``reference``.
+
+    Records without a reference are kept and counted in ``unverified`` (the command
+    reports that number); ``verified`` counts the records that were checked.
+    """
+
+    name = "verify"
+
+    def __init__(self, *, math_timeout_s: int = 5, limits: Any = None) -> None:
+        self.math_timeout_s = math_timeout_s  # seconds per math parse / comparison
+        self.limits = limits  # dasd_cli.sandbox.Limits for code tests (None: defaults)
+        self.verified = 0
+        self.unverified = 0
+
+    def check(self, record: dict[str, Any]) -> Drop | None:
+        from dasd_cli.core.verify import reference_kind, verify_record
+
+        if reference_kind(record) is None:
+            self.unverified += 1
+            return None
+        self.verified += 1
+        return verify_record(record, math_timeout_s=self.math_timeout_s, limits=self.limits)

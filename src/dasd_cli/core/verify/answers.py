@@ -1,0 +1,165 @@
+"""Math answers: extract the final answer of a response and compare it with math-verify.
+
+Extraction looks only at the final answer part (after the last ``</think>``, when there
+is one): the last ``\\boxed{...}`` (or ``\\fbox``), else the last "final answer is X" /
+"answer: X" phrase. Comparison parses both sides with math-verify, so equivalent forms
+agree: ``1/2``, ``0.5`` and ``\\frac{1}{2}``; ``x^2+1`` and ``1+x^2``; ``1,000`` and ``1000``.
+
+math-verify guards its parsing with SIGALRM, which only works on the main thread. On the
+main thread we use it; on any other thread the comparison runs in a helper process per
+thread that is killed and replaced when it overruns (see :func:`answers_match`).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+THINK_END = "</think>"
+MAX_ANSWER_CHARS = 2000  # longer "answers" are extraction accidents, and slow for sympy
+DEFAULT_TIMEOUT_S = 5  # per parse / comparison (seconds)
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# "The final answer is X", "Answer: X", "**Final Answer:** X" (X runs to the end of the line)
+_PHRASES = re.compile(r"\banswer\b[*\s]*(?:is\b[*\s:]*|[:=][*\s]*)([^\n]+)", re.IGNORECASE)
+
+
+def final_answer_part(response: str) -> str:
+    """The text after the last ``</think>``, or the whole response without one."""
+    cut = response.rfind(THINK_END)
+    return response[cut + len(THINK_END):] if cut >= 0 else response
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` with balanced braces, or None."""
+    for match in reversed(list(_BOXED.finditer(text))):
+        depth, start = 1, match.end()
+        for i in range(start, min(len(text), start + MAX_ANSWER_CHARS)):
+            char = text[i]
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+                if depth == 0:
+                    content = text[start:i].strip()
+                    if content:
+                        return content
+                    break
+    return None
+
+
+def extract_math_answer(response: str) -> str | None:
+    """The final math answer of a response as LaTeX-ish text, or None if there is none."""
+    text = final_answer_part(response)
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    phrases = list(_PHRASES.finditer(text))
+    if not phrases:
+        return None
+    answer = phrases[-1].group(1)
+    for _ in range(2):  # "**$\\frac{1}{2}$**." -> "\\frac{1}{2}"
+        answer = re.sub(r"[.\s*]+$", "", answer).lstrip("*").strip().strip("$").strip()
+        if answer.startswith("\\(") and answer.endswith("\\)"):
+            answer = answer[2:-2].strip()
+    return answer[:MAX_ANSWER_CHARS] or None
+
+
+# --------------------------------------------------------------------------- comparing
+
+def _compare(gold: str, predicted: str, timeout_s: int | None) -> bool:
+    from math_verify import parse, verify
+
+    gold_parsed = parse("\\boxed{" + gold + "}", parsing_timeout=timeout_s)
+    pred_parsed = parse("\\boxed{" + predicted + "}", parsing_timeout=timeout_s)
+    if not gold_parsed or not pred_parsed:
+        return gold.strip() == predicted.strip()
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout_s))
+
+
+class ComparisonTimeout(Exception):
+    """The comparison ran past its time limit."""
+
+
+def answers_match(gold: str, predicted: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> bool:
+    """True when ``predicted`` is mathematically equivalent to ``gold``.
+
+    Raises :class:`ComparisonTimeout` when parsing or comparing takes longer than
+    ``timeout_s`` seconds (math-verify's SIGALRM on the main thread; a killed helper
+    process elsewhere).
+    """
+    _quiet_math_verify()
+    if threading.current_thread() is threading.main_thread():
+        from math_verify.errors import TimeoutException
+
+        try:
+            return _compare(gold, predicted, timeout_s)
+        except TimeoutException:
+            raise ComparisonTimeout(f"math comparison took over {timeout_s} s") from None
+    return _worker().compare(gold, predicted, timeout_s)
+
+
+def _quiet_math_verify() -> None:
+    import logging
+
+    # math-verify logs a warning per disabled timeout and at ERROR per timed-out parse;
+    # stderr belongs to dasd's summary, and timeouts are reported as verdicts.
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+
+
+# --------------------------------------------------------------------------- off the main thread
+
+_local = threading.local()
+
+
+def _worker() -> "_CompareWorker":
+    worker = getattr(_local, "worker", None)
+    if worker is None:
+        worker = _local.worker = _CompareWorker()
+    return worker
+
+
+def _serve(conn: Any) -> None:  # pragma: no cover - runs in the helper process
+    _quiet_math_verify()
+    while True:
+        try:
+            gold, predicted = conn.recv()
+        except EOFError:
+            return
+        try:
+            conn.send(("ok", _compare(gold, predicted, None)))
+        except Exception as exc:  # a parse failure is a non-match, not a crash
+            conn.send(("error", repr(exc)))
+
+
+class _CompareWorker:
+    """One helper process that compares answers; replaced when a comparison overruns."""
+
+    def __init__(self) -> None:
+        self._proc: Any = None
+        self._conn: Any = None
+
+    def _start(self) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("forkserver")  # never fork a threaded parent
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child,), daemon=True)
+        self._proc.start()
+        child.close()
+        self._conn = parent
+
+    def compare(self, gold: str, predicted: str, timeout_s: int) -> bool:
+        if self._proc is None or not self._proc.is_alive():
+            self._start()
+        self._conn.send((gold, predicted))
+        # The first call also pays for the helper's start and its sympy import.
+        if not self._conn.poll(timeout_s + 30 if not getattr(self, "_warm", False) else timeout_s):
+            self._proc.kill()
+            self._proc.join()
+            self._proc = None
+            raise ComparisonTimeout(f"math comparison took over {timeout_s} s")
+        self._warm = True
+        status, value = self._conn.recv()
+        return bool(value) if status == "ok" else False
