@@ -1,0 +1,131 @@
+"""Teacher-forced log-probs of response tokens with transformers, fast and lean.
+
+What makes it fast and small (the naive way is one padded forward in input order and a
+full [tokens x vocab] log-softmax):
+
+- requests are sorted by length and packed into batches of at most ``batch_tokens``
+  padded tokens, so little compute goes to padding;
+- batches are right-padded and run without an attention mask: under a causal mask a
+  real token never sees the padding after it, so its outputs are exact, and attention
+  can take the fused (flash) path instead of materializing a [L x L] mask;
+- only the hidden states that predict response tokens go through the output layer, in
+  chunks of rows; each chunk's target log-prob is logit[target] - logsumexp(logits) in
+  fp32, so the full log-softmax over the vocabulary never exists in memory.
+
+The prompt is rendered with the model's chat template (core/chat.py); its tokens are
+context only. The end-of-turn text is not scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from dasd_cli.backends.base import Scored, ScoreRequest
+from dasd_cli.core.chat import encode_example
+
+DEFAULT_BATCH_TOKENS = 16384
+# fp32 logits held at once by the output layer: rows x vocab <= this (2**25 floats = 128 MiB)
+LOGIT_CHUNK_ELEMENTS = 2 ** 25
+
+
+@dataclass
+class _Item:
+    key: str
+    input_ids: list[int]
+    prompt_len: int
+    offsets: list[int]
+
+
+def plan_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped into batches, longest first, each within ``batch_tokens`` padded tokens.
+
+    A sequence longer than the budget gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[current[0]] if current else lengths[i]  # the first one is the longest
+        if current and width * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _decoder_and_head(model: Any) -> tuple[Any, Any]:
+    """The transformer body (hidden states) and the output layer of a causal LM."""
+    head = model.get_output_embeddings()
+    body = getattr(model, "base_model", None)
+    if head is None or body is None or body is model:
+        raise TypeError(f"{type(model).__name__}: cannot split into body and output layer")
+    return body, head
+
+
+def target_logprobs(hidden: Any, head: Any, targets: Any, *, softcap: float | None = None,
+                    chunk_elements: int = LOGIT_CHUNK_ELEMENTS) -> Any:
+    """log p(target_i | hidden_i) for each row, via chunked logsumexp (fp32 float tensor)."""
+    import torch
+
+    vocab = head.weight.shape[0]
+    rows = max(1, chunk_elements // vocab)
+    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], rows):
+        logits = head(hidden[start:start + rows]).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        picked = logits.gather(1, targets[start:start + rows, None]).squeeze(1)
+        out[start:start + rows] = picked - torch.logsumexp(logits, dim=-1)
+    return out
+
+
+def score_batches(model: Any, tokenizer: Any, requests: Iterable[ScoreRequest],
+                  batch_tokens: int = DEFAULT_BATCH_TOKENS) -> Iterator[Scored]:
+    """Student log-probs of every response token given its prompt; any order (match on key).
+
+    ``model`` is a causal LM in eval mode, ``tokenizer`` its (fast) tokenizer. Each result
+    has one log-prob and one start character per response token.
+    """
+    import torch
+
+    items = []
+    for req in requests:
+        enc = encode_example(tokenizer, req.messages, req.response, add_end_of_turn=False)
+        if enc.prompt_len == 0 and enc.response_len:
+            raise ValueError(f"{req.key}: the chat template rendered an empty prompt; "
+                             "the first response token has no context to be scored in")
+        items.append(_Item(req.key, enc.input_ids, enc.prompt_len, enc.response_offsets))
+    body, head = _decoder_and_head(model)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    device = head.weight.device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for batch in plan_batches([len(it.input_ids) for it in items], batch_tokens):
+        members = [items[i] for i in batch]
+        width = max(len(it.input_ids) for it in members)
+        ids = torch.full((len(members), width), pad_id, dtype=torch.long)
+        rows_b, rows_p = [], []
+        for b, it in enumerate(members):
+            ids[b, :len(it.input_ids)] = torch.tensor(it.input_ids, dtype=torch.long)
+            # position p predicts token p + 1: the response tokens are prompt_len .. end - 1
+            positions = range(it.prompt_len - 1, len(it.input_ids) - 1)
+            rows_b.extend([b] * len(positions))
+            rows_p.extend(positions)
+        ids = ids.to(device)
+        with torch.inference_mode():
+            # No attention mask: right padding is invisible to real tokens under causality.
+            hidden = body(input_ids=ids, use_cache=False).last_hidden_state
+            b_index = torch.tensor(rows_b, dtype=torch.long, device=device)
+            p_index = torch.tensor(rows_p, dtype=torch.long, device=device)
+            selected = hidden[b_index, p_index]
+            del hidden
+            logprobs = target_logprobs(selected, head, ids[b_index, p_index + 1], softcap=softcap)
+        logprobs = logprobs.cpu().tolist()
+        at = 0
+        for it in members:
+            n = len(it.input_ids) - it.prompt_len
+            yield Scored(it.key, logprobs[at:at + n], list(it.offsets), {"tokens": n})
+            at += n

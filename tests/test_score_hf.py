@@ -1,0 +1,81 @@
+"""Student log-probs from backends/hf_score.py equal a plain reference forward pass.
+
+The reference: one unpadded sequence at a time, full logits, full log-softmax, gather.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dasd_cli.backends.base import ScoreRequest
+from dasd_cli.backends.hf_score import plan_batches
+
+REQUESTS = [
+    ScoreRequest("a", [{"role": "user", "content": "What is 2+3?"}],
+                 "<think>\nAdd them. 2 + 3 = 5.\n</think>\n\nThe answer is $5$."),
+    ScoreRequest("b", [{"role": "system", "content": "You are a helpful assistant."},
+                       {"role": "user", "content": "Name a prime."}], "7 is prime."),
+    ScoreRequest("c", [{"role": "user", "content": "Count to five, with a note on each number."}],
+                 "One is first. Two is even. Three is odd! Four is a square. Five, done."),
+    ScoreRequest("empty", [{"role": "user", "content": "Say nothing."}], ""),
+]
+
+
+def test_plan_batches_respects_budget_and_sorts_longest_first():
+    lengths = [5, 50, 20, 20, 100, 7]
+    batches = plan_batches(lengths, 60)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert batches[0] == [4]  # longer than the budget: alone
+    for batch in batches:
+        assert max(lengths[i] for i in batch) * len(batch) <= 60 or len(batch) == 1
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat, reverse=True)
+
+
+def _reference(model, tokenizer, request):
+    import torch
+
+    from dasd_cli.core.chat import encode_example
+
+    enc = encode_example(tokenizer, request.messages, request.response, add_end_of_turn=False)
+    ids = torch.tensor([enc.input_ids])
+    with torch.inference_mode():
+        logprobs = model(input_ids=ids).logits.float().log_softmax(-1)[0]
+    targets = ids[0, enc.prompt_len:]
+    rows = logprobs[enc.prompt_len - 1:len(enc.input_ids) - 1]
+    return rows.gather(1, targets[:, None]).squeeze(1).tolist(), enc.response_offsets
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from dasd_cli.backends.models import load_tokenizer
+
+    return load_tokenizer(None)
+
+
+@pytest.mark.slow
+# bf16 keeps 8 mantissa bits: a logit near 30 rounds by up to ~0.12, and padded batches
+# run other kernels than one unpadded sequence, so per-token differences of ~0.1 are bf16
+# noise (measured: max 0.14, mean 0.01); the mean bound catches real misalignment.
+@pytest.mark.parametrize("dtype,max_tolerance,mean_tolerance", [("fp32", 1e-4, 1e-5), ("bf16", 0.25, 0.02)])
+def test_scores_equal_reference_forward(tokenizer, dtype, max_tolerance, mean_tolerance):
+    from dasd_cli.backends.hf_score import score_batches
+    from dasd_cli.backends.models import load_causal_lm
+
+    model = load_causal_lm(None, dtype=dtype, device="cpu")
+    # A small budget forces several padded batches of different widths.
+    got = {s.key: s for s in score_batches(model, tokenizer, REQUESTS, batch_tokens=160)}
+    assert set(got) == {r.key for r in REQUESTS}
+    worst, total, count = 0.0, 0.0, 0
+    for request in REQUESTS:
+        expected, offsets = _reference(model, tokenizer, request)
+        scored = got[request.key]
+        assert scored.offsets == offsets
+        assert len(scored.logprobs) == len(expected) == len(offsets)
+        for mine, ref in zip(scored.logprobs, expected):
+            worst = max(worst, abs(mine - ref))
+            total, count = total + abs(mine - ref), count + 1
+    assert worst <= max_tolerance, f"{dtype}: max |difference| {worst:.2e} > {max_tolerance}"
+    assert total / count <= mean_tolerance, f"{dtype}: mean |difference| {total / count:.2e}"
+    assert len(got["empty"].logprobs) == 0
+    assert all(lp <= 0 for s in got.values() for lp in s.logprobs)
