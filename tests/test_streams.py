@@ -45,6 +45,8 @@ class StreamCase:
 
 STREAMING_COMMANDS: list[StreamCase] = [
     StreamCase("filter", response_record),
+    StreamCase("mix", response_record, ordered=False),
+    StreamCase("pack", response_record, ["--cutoff-len", "256"], lambda recs: [i for r in recs for i in r["ids"]], ordered=False, big_records=3000, marks=[pytest.mark.slow]),
 ]
 
 CASES = [pytest.param(case, id=case.command, marks=case.marks) for case in STREAMING_COMMANDS]

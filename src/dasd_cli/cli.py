@@ -9,6 +9,8 @@ import typer
 
 from dasd_cli import __version__, io
 from dasd_cli.commands.filter import filter_command
+from dasd_cli.commands.mix import mix_command
+from dasd_cli.commands.pack import pack_command
 
 app = typer.Typer(
     name="dasd",
@@ -37,6 +39,8 @@ def root(
 
 
 app.command("filter")(filter_command)
+app.command("mix")(mix_command)
+app.command("pack")(pack_command)
 
 
 def main() -> None:

@@ -1,0 +1,121 @@
+"""``dasd mix``: dedupe, select per prompt, fill exact quotas, shuffle.
+
+Parses FILE[:COUNT] arguments and --quota flags, feeds every record to
+:class:`dasd_cli.core.mix.Mixer` and writes what it keeps. Mix reads all of its input
+before writing anything (quotas and the shuffle need every record).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Optional
+
+import typer
+
+from dasd_cli.commands import common
+from dasd_cli.core.mix import SELECT_CHOICES, Mixer
+from dasd_cli.errors import RecordError, UsageError
+
+
+def mix_command(
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        help="Input record files, each optionally FILE:COUNT to take exactly COUNT records "
+        "from it. None or '-' reads stdin.", show_default=False,
+        metavar="[FILE[:COUNT]]...")] = None,
+    quota: Annotated[Optional[list[str]], typer.Option(
+        "--quota", metavar="DOMAIN=COUNT",
+        help="Take exactly COUNT records whose 'domain' is DOMAIN (missing: other) from the "
+        "inputs without a COUNT; other domains are dropped (repeatable).",
+        show_default=False)] = None,
+    select: Annotated[Optional[str], typer.Option(
+        "--select", metavar="random|das",
+        help="Keep --per-prompt candidates per prompt_id: 'das' the highest das.score (ties: "
+        "higher das.p_teacher, then smaller id), 'random' a seeded sample.",
+        show_default=False)] = None,
+    per_prompt: Annotated[Optional[int], typer.Option(
+        "--per-prompt", metavar="K", min=1,
+        help="Candidates kept per prompt by --select [default: 1].", show_default=False)] = None,
+    allow_short: Annotated[bool, typer.Option(
+        "--allow-short", help="When a count cannot be met, keep what there is and report the "
+        "shortfall instead of failing.")] = False,
+    keep_order: Annotated[bool, typer.Option(
+        "--keep-order", help="Write kept records in input order instead of shuffled.")] = False,
+    seed: common.Seed = common.DEFAULT_SEED,
+    output: common.Output = None,
+    compress: common.Compress = "auto",
+    rejects: common.Rejects = None,
+    on_error: common.OnError = "fail",
+    stats: common.Stats = None,
+    quiet: common.Quiet = False,
+    debug: common.Debug = False,
+) -> None:
+    """Mix response records: dedupe, select per prompt, exact quotas, seeded shuffle.
+
+    Reads all input first (quotas and the shuffle need every record). Dropped records are
+    counted by reason (duplicate_id, duplicate_content, not_selected, over_quota,
+    no_quota) and, with --rejects, written there.
+    """
+    options = {"inputs": inputs, "quota": quota, "select": select, "per_prompt": per_prompt,
+               "allow_short": allow_short, "keep_order": keep_order}
+    shared = common.Common(inputs=inputs, output=output, compress=compress, quiet=quiet,
+                           seed=seed, stats=stats, rejects=rejects, on_error=on_error,
+                           debug=debug, options=options)
+
+    def body(session: common.Session) -> None:
+        specs = [parse_input(arg) for arg in (inputs or ["-"])]
+        quotas = parse_quotas(quota or [])
+        if select is not None and select not in SELECT_CHOICES:
+            raise UsageError(f"--select must be random or das, not {select!r}")
+        if per_prompt is not None and select is None:
+            raise UsageError("--per-prompt needs --select", hint="add --select das or --select random")
+        mixer = Mixer(inputs=specs, quotas=quotas, select=select, per_prompt=per_prompt or 1,
+                      seed=seed, keep_order=keep_order, allow_short=allow_short)
+        for source, (path, _count) in enumerate(specs):
+            for line in session.records([path]):
+                try:
+                    drop = mixer.add(line.record, source)
+                except RecordError as err:
+                    session.bad_record(line, err)
+                    continue
+                if drop is not None:
+                    session.drop(drop.record, "mix", drop.reason, drop.detail)
+        kept, drops, pools = mixer.finish()
+        for drop in drops:
+            session.drop(drop.record, "mix", drop.reason, drop.detail)
+        for record in kept:
+            session.emit(record)
+        short = sum(pool.short for pool in pools)
+        if short:
+            session.tally.extra["short"] = short
+        session.tally.extra["quotas"] = {
+            pool.name: {"target": pool.target, "available": pool.available, "kept": pool.kept,
+                        "short": pool.short} for pool in pools}
+
+    common.run_command("mix", shared, body)
+
+
+def parse_input(arg: str) -> tuple[str, int | None]:
+    """``FILE[:COUNT]`` into (FILE, COUNT).
+
+    A path may itself contain ':', so COUNT is read only when the text after the last
+    ':' is a whole number and the whole argument is not an existing file.
+    """
+    if arg == "-" or os.path.exists(arg) or ":" not in arg:
+        return arg, None
+    path, tail = arg.rsplit(":", 1)
+    if path and tail.isascii() and tail.isdigit():
+        return path, int(tail)
+    return arg, None
+
+
+def parse_quotas(values: list[str]) -> dict[str, int]:
+    """``--quota DOMAIN=COUNT`` flags into {domain: count}."""
+    quotas: dict[str, int] = {}
+    for value in values:
+        domain, sep, count = value.rpartition("=")
+        if not sep or not domain or not (count.isascii() and count.isdigit()):
+            raise UsageError(f"--quota must look like DOMAIN=COUNT (e.g. math=5000), not {value!r}")
+        if domain in quotas:
+            raise UsageError(f"--quota {domain} given twice")
+        quotas[domain] = int(count)
+    return quotas
