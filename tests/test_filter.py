@@ -21,6 +21,8 @@ def rec(response: str, **extra) -> dict:
 def test_truncated() -> None:
     assert TruncatedFilter().check(rec("x", finish_reason="length")).reason == "truncated"
     assert TruncatedFilter().check(rec("x")) is None
+    assert TruncatedFilter(invert=True).check(rec("x", finish_reason="length")) is None
+    assert TruncatedFilter(invert=True).check(rec("x")).reason == "finished"
 
 
 @pytest.mark.parametrize("response,reason", [

@@ -25,6 +25,11 @@ def filter_command(
     truncated: Annotated[bool, typer.Option(
         "--truncated/--keep-truncated",
         help="Drop responses the teacher did not finish (finish_reason 'length').")] = True,
+    only_truncated: Annotated[bool, typer.Option(
+        "--only-truncated",
+        help="Keep only responses that hit their token cap (finish_reason 'length'), e.g. the "
+        "student answers that mixed-policy distillation hands to the teacher. Implies "
+        "--keep-truncated.")] = False,
     require_think: Annotated[bool, typer.Option(
         "--require-think", help="Require a non-empty <think>...</think> followed by a non-empty answer.")] = False,
     drop_tool_calls: Annotated[bool, typer.Option(
@@ -63,7 +68,7 @@ def filter_command(
     Each dropped record is counted by reason and, with --rejects, written there with a
     'rejected' object. Records keep their input order.
     """
-    options = {"truncated": truncated, "require_think": require_think,
+    options = {"truncated": truncated, "only_truncated": only_truncated, "require_think": require_think,
                "drop_tool_calls": drop_tool_calls, "tool_call_pattern": tool_call_pattern,
                "normalize": normalize, "max_tokens": max_tokens, "tokenizer": tokenizer,
                "system_prompt": system_prompt}
@@ -72,7 +77,8 @@ def filter_command(
                            options=options)
 
     def body(session: common.Session) -> None:
-        filters = build_filters(truncated=truncated, require_think=require_think,
+        filters = build_filters(truncated=truncated, only_truncated=only_truncated,
+                                require_think=require_think,
                                 drop_tool_calls=drop_tool_calls,
                                 tool_call_pattern=tool_call_pattern, max_tokens=max_tokens,
                                 tokenizer=tokenizer, system_prompt=system_prompt)
@@ -96,12 +102,14 @@ def filter_command(
     common.run_command("filter", shared, body)
 
 
-def build_filters(*, truncated: bool, require_think: bool, drop_tool_calls: bool,
+def build_filters(*, truncated: bool, only_truncated: bool, require_think: bool, drop_tool_calls: bool,
                   tool_call_pattern: list[str] | None, max_tokens: int | None,
                   tokenizer: str | None, system_prompt: str | None) -> list[Filter]:
     """The enabled filters, cheapest first."""
     filters: list[Filter] = []
-    if truncated:
+    if only_truncated:
+        filters.append(TruncatedFilter(invert=True))
+    elif truncated:
         filters.append(TruncatedFilter())
     patterns = tuple(tool_call_pattern) if tool_call_pattern else DEFAULT_TOOL_CALL_PATTERNS
     filters.append(StructureFilter(require_think=require_think,
