@@ -1,0 +1,199 @@
+"""``dasd train``: supervised fine-tuning on packed sequences (METHOD.md "Training recipe").
+
+Reads packed records (DESIGN.md "Packed sequence") from files or stdin, trains with
+sample isolation and a token-weighted chunked loss (dasd_cli.training), writes one
+metrics record per optimizer step to stdout, checkpoints under OUT and the final model
+(transformers format, tokenizer included) at the top of OUT.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from dasd_cli.commands import common
+from dasd_cli.errors import RecordError, UsageError
+
+ATTN_CHOICES = "auto|sdpa|eager|flash_attention_2"
+
+
+def train_command(
+    inputs: common.Inputs = None,
+    data: Annotated[Optional[list[str]], typer.Option(
+        "--data", metavar="PATH", show_default=False,
+        help="Packed records to train on (repeatable; same as FILE arguments, read first).")] = None,
+    out: Annotated[Optional[str], typer.Option(
+        "--out", metavar="DIR", show_default=False,
+        help="Folder for checkpoints (DIR/checkpoint-STEP) and the final model (DIR itself).")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", metavar="PATH", show_default=False,
+        help="Model to fine-tune: a transformers folder or .gguf file (default: the embedded "
+        "default model).")] = None,
+    init_from: Annotated[Optional[str], typer.Option(
+        "--init-from", metavar="CKPT", show_default=False,
+        help="Start from these weights (a previous stage's DIR or checkpoint) with a fresh "
+        "optimizer and schedule; replaces --model.")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the data.")] = 6,
+    global_batch_size: Annotated[int, typer.Option(
+        "--global-batch-size", min=1,
+        help="Packed sequences per optimizer step, all ranks together (one sequence per "
+        "micro-batch; the rest is gradient accumulation).")] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 5e-5,
+    min_lr: Annotated[float, typer.Option("--min-lr", help="Learning rate at the last step.")] = 1e-5,
+    warmup_ratio: Annotated[float, typer.Option(
+        "--warmup-ratio", help="Fraction of all steps spent in linear warmup.")] = 0.1,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 0.1,
+    adam_beta1: Annotated[float, typer.Option("--adam-beta1", help="AdamW beta1.")] = 0.9,
+    adam_beta2: Annotated[float, typer.Option("--adam-beta2", help="AdamW beta2.")] = 0.95,
+    adam_eps: Annotated[float, typer.Option("--adam-eps", help="AdamW epsilon.")] = 1e-8,
+    grad_clip: Annotated[float, typer.Option(
+        "--grad-clip", help="Clip the global gradient norm to this (0: no clipping).")] = 1.0,
+    dtype: Annotated[str, typer.Option(
+        "--dtype", metavar="auto|bf16|fp32",
+        help="Compute dtype: auto is bf16 where the hardware runs it fast, else fp32.")] = "auto",
+    attn: Annotated[str, typer.Option(
+        "--attn", metavar=ATTN_CHOICES,
+        help="Attention backend; auto is flash_attention_2 on a GPU that has it, else sdpa. "
+        "Packed samples are isolated on every one.")] = "auto",
+    gradient_checkpointing: Annotated[bool, typer.Option(
+        "--gradient-checkpointing", help="Recompute activations in backward to save memory.")] = False,
+    liger: Annotated[bool, typer.Option(
+        "--liger", help="Liger kernels: fused linear cross-entropy, RMSNorm, RoPE, SwiGLU (CUDA only).")] = False,
+    deepspeed: Annotated[Optional[str], typer.Option(
+        "--deepspeed", metavar="CONFIG", show_default=False,
+        help="DeepSpeed JSON config (e.g. configs/zero3.json); run under the deepspeed or "
+        "torchrun launcher.")] = None,
+    save_every: Annotated[int, typer.Option(
+        "--save-every", min=0, metavar="STEPS",
+        help="Also checkpoint every STEPS optimizer steps (0: only at epoch ends).")] = 0,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue exactly from the latest checkpoint in --out.")] = False,
+    stop_after: Annotated[Optional[int], typer.Option(
+        "--stop-after", min=1, metavar="STEPS", show_default=False,
+        help="Stop after STEPS optimizer steps in total, with a checkpoint (the schedule still "
+        "spans the whole run; continue with --resume).")] = None,
+    shuffle: Annotated[bool, typer.Option(
+        "--shuffle/--no-shuffle", help="Reshuffle packed sequences each epoch (from --seed).")] = True,
+    loss_chunk_size: Annotated[int, typer.Option(
+        "--loss-chunk-size", min=1, metavar="TOKENS",
+        help="Tokens projected to the vocabulary at once in the loss.")] = 1024,
+    plot: Annotated[Optional[str], typer.Option(
+        "--plot", metavar="PATH", show_default=False,
+        help="Write a plot of loss and learning rate against step (e.g. loss.png).")] = None,
+    output: common.Output = None,
+    compress: common.Compress = "auto",
+    seed: common.Seed = 42,
+    stats: common.Stats = None,
+    rejects: common.Rejects = None,
+    on_error: common.OnError = "fail",
+    quiet: common.Quiet = False,
+    debug: common.Debug = False,
+    local_rank: Annotated[Optional[int], typer.Option(
+        "--local_rank", "--local-rank", hidden=True,
+        help="Set by the deepspeed launcher (LOCAL_RANK is read from the environment).")] = None,
+) -> None:
+    """Fine-tune a causal LM on packed sequences; write metrics records per step.
+
+    Each packed sample attends only to itself; the loss is the mean over all target
+    tokens of a global batch. Checkpoints go to OUT/checkpoint-STEP, the final model
+    (with its tokenizer) to OUT.
+    """
+    from dasd_cli.training import distributed as dist_util
+
+    ranks = dist_util.ranks_from_env()
+    options = {k: v for k, v in locals().items()
+               if k not in ("inputs", "output", "compress", "seed", "stats", "rejects", "on_error",
+                            "quiet", "debug", "local_rank", "dist_util", "ranks")}
+    files = (data or []) + (inputs or [])
+    shared = common.Common(inputs=files or None, output=output if ranks.is_main else None,
+                           compress=compress, quiet=quiet or not ranks.is_main, seed=seed,
+                           stats=stats if ranks.is_main else None, rejects=rejects,
+                           on_error=on_error, debug=debug, options=options)
+    dist_util.claim_stdout(ranks)
+
+    def body(session: common.Session) -> None:
+        dist_util.library_prints_to_stderr()
+        session.kept_word = "trained on"
+        if out is None:
+            raise UsageError("--out DIR is required", hint="where checkpoints and the final model go")
+        if ranks.world_size > 1 and not files:
+            raise UsageError("a distributed run reads its data from files, not stdin",
+                             hint="pass --data PATH (every rank reads it)")
+        config = _config(Path(out), options, seed)
+        from dasd_cli.core.train.batching import packed_from_record
+        from dasd_cli.training.recipe import Trainer
+
+        trainer = Trainer(config, ranks)
+        try:
+            trainer.setup_model()
+            sequences = []
+            for line in session.records():
+                try:
+                    sequences.append(packed_from_record(line.record, trainer.vocab_size))
+                except RecordError as err:
+                    session.bad_record(line, err)
+                    continue
+                session.tally.keep()
+            if ranks.is_main:
+                config.out.mkdir(parents=True, exist_ok=True)
+            trainer.setup_data(sequences)
+            history = _train(session, trainer)
+            session.tally.extra.update({"steps": trainer.total_steps, "trained_steps": len(history),
+                                        "final_loss": history[-1]["loss"] if history else None,
+                                        "out": str(config.out)})
+            if plot and ranks.is_main and history:
+                from dasd_cli.training.plot import plot_metrics
+
+                plot_metrics(plot, history, title=f"dasd train: {config.out}")
+        finally:
+            trainer.close()
+
+    common.run_command("train", shared, body)
+
+
+def _config(out: Path, options: dict[str, Any], seed: int) -> Any:
+    from dasd_cli.training.recipe import TrainConfig
+
+    if options["dtype"] not in ("auto", "bf16", "fp32"):
+        raise UsageError(f"--dtype must be auto, bf16 or fp32, not {options['dtype']!r}")
+    if options["init_from"] and options["resume"]:
+        raise UsageError("--init-from starts a new stage; --resume continues one: pick one")
+    return TrainConfig(
+        out=out, model=options["model"], init_from=options["init_from"], epochs=options["epochs"],
+        global_batch_size=options["global_batch_size"], lr=options["lr"], min_lr=options["min_lr"],
+        warmup_ratio=options["warmup_ratio"], weight_decay=options["weight_decay"],
+        adam_betas=(options["adam_beta1"], options["adam_beta2"]), adam_eps=options["adam_eps"],
+        grad_clip=options["grad_clip"], dtype=options["dtype"], attn=options["attn"],
+        gradient_checkpointing=options["gradient_checkpointing"], liger=options["liger"],
+        deepspeed=options["deepspeed"], save_every=options["save_every"], resume=options["resume"],
+        stop_after=options["stop_after"], seed=seed, shuffle=options["shuffle"],
+        loss_chunk_size=options["loss_chunk_size"])
+
+
+def _train(session: common.Session, trainer: Any) -> list[dict[str, Any]]:
+    """Run the loop: one metrics record per step to the output, progress on stderr."""
+    from dasd_cli import io
+
+    history: list[dict[str, Any]] = []
+    bar = io.progress(session.common.quiet)
+    remaining = trainer.total_steps - trainer.start_step
+    if bar is None:
+        for metrics in trainer.train():
+            _write(session, metrics)
+            history.append(metrics)
+        return history
+    with bar:
+        task = bar.add_task("train", total=remaining, rate="")
+        for metrics in trainer.train():
+            _write(session, metrics)
+            history.append(metrics)
+            bar.update(task, advance=1, rate=f"loss {metrics['loss']:.4f} {metrics['tokens_per_s']:.0f} tok/s")
+    return history
+
+
+def _write(session: common.Session, metrics: dict[str, Any]) -> None:
+    assert session.writer is not None
+    session.writer.write(metrics)
+    session.writer.flush()  # a metrics line per step reaches the pipe promptly
