@@ -158,3 +158,54 @@ def test_same_seed_same_output_and_keep_order() -> None:
     assert ids(first) != ids(run_mix(records, seed=12)[0])
     assert sorted(ids(first)) == sorted(ids(records)) and ids(first) != ids(records)
     assert ids(run_mix(records, keep_order=True)[0]) == ids(records)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_parse_input_reads_count_only_from_an_integer_suffix(tmp_path) -> None:
+    from dasd_cli.commands.mix import parse_input
+
+    odd = tmp_path / "run:3"  # an existing file whose name ends like a count
+    odd.write_text("")
+    assert parse_input(str(odd)) == (str(odd), None)
+    assert parse_input(f"{odd}:7") == (str(odd), 7)
+    assert parse_input("data/a.jsonl.zst:7700") == ("data/a.jsonl.zst", 7700)
+    assert parse_input("host:path.jsonl") == ("host:path.jsonl", None)
+    assert parse_input("-") == ("-", None)
+    assert parse_input("-:5") == ("-", 5)
+
+
+def test_cli_blend_with_counts_dedupe_and_seed(cli, tmp_path) -> None:
+    from conftest import parse_records, write_file
+
+    mixed = write_file(tmp_path / "mixed:policy.jsonl", [rec(p, 0, response=f"m{p}") for p in range(30)])
+    off = write_file(tmp_path / "off.jsonl.zst",
+                     [rec(p, 1, response=f"o{p}") for p in range(100, 160)]
+                     + [rec(100, 1, response="o100")]  # a duplicate id
+                     + [{**rec(100, 7, response="o100"), "id": "new"}], "zstd")  # same content
+    args = ["mix", f"{mixed}:12", f"{off}:40", "--seed", "5", "--compress", "none"]
+    code, out, err = cli(args)
+    assert code == 0, err
+    records = parse_records(out)
+    assert len(records) == 52
+    assert sum(r["response"].startswith("m") for r in records) == 12
+    assert "read 92, kept 52, dropped 40 (over_quota 38, duplicate_content 1, duplicate_id 1)" in err
+    assert cli(args)[1] == out  # same seed, same bytes
+    assert cli(args[:-4] + ["--seed", "6", "--compress", "none"])[1] != out
+
+
+def test_cli_short_quota_and_missing_das(cli, tmp_path) -> None:
+    from conftest import parse_records, to_jsonl
+
+    data = to_jsonl([rec(p, 0) for p in range(5)])
+    code, _out, err = cli(["mix", "--quota", "math=8", "-"], stdin=data)
+    assert code == 1 and "quota math=8 cannot be met: only 5 records available, 3 missing" in err
+    code, out, err = cli(["mix", "--quota", "math=8", "--allow-short", "--compress", "none", "-"], stdin=data)
+    assert code == 0 and len(parse_records(out)) == 5 and "short 3" in err
+    path = tmp_path / "unscored.jsonl"
+    path.write_bytes(data)
+    code, _out, err = cli(["mix", "--select", "das", str(path)])
+    assert code == 1 and "no 'das' object" in err and f"({path}:1)" in err
+    code, _out, err = cli(["mix", "--quota", "math", "-"], stdin=data)
+    assert code == 2 and "DOMAIN=COUNT" in err

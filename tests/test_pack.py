@@ -218,3 +218,67 @@ def test_encode_batch_matches_encode_example_and_trains_on_think(
         assert "Six sevens" not in history
         assert "<think>\nSix sevens: 42." in labelled_text(tokenizer, {
             "input_ids": record["input_ids"], "labels": record["labels"]})
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def response(i: int, words: int) -> dict:
+    return {"id": f"r{i}", "prompt_id": f"q{i}",
+            "messages": [{"role": "user", "content": f"Count to {words}."}],
+            "response": "<think>\n" + " ".join(str(k) for k in range(words)) + "\n</think>\n\nDone."}
+
+
+@pytest.mark.slow
+def test_cli_packs_drops_over_cutoff_and_writes_the_packed_record(cli, tmp_path: Path,
+                                                                  smollm2_tokenizer) -> None:
+    import orjson
+
+    from conftest import parse_records, to_jsonl
+
+    records = [response(i, w) for i, w in enumerate([5, 40, 3, 400, 20, 8, 60, 1])]
+    stats = tmp_path / "stats.json"
+    code, out, err = cli(["pack", "--cutoff-len", "300", "--stats", str(stats), "--compress", "none", "-"],
+                         stdin=to_jsonl(records))
+    assert code == 0, err
+    packed = parse_records(out)
+    assert all(set(p) == {"input_ids", "labels", "position_ids", "ids"} for p in packed)
+    ids = [i for p in packed for i in p["ids"]]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(8) if i != 3)  # each once; r3 too long
+    data = orjson.loads(stats.read_bytes())
+    assert data["dropped_by_reason"] == {"over_cutoff": 1} and data["kept"] == 7
+    assert data["sequences"] == len(packed) < 7
+    tokens = sum(len(p["input_ids"]) for p in packed)
+    assert data["tokens"] == tokens
+    assert data["packing_efficiency"] == round(tokens / (len(packed) * 300), 4)
+    assert "read 8, packed 7, dropped 1 (over_cutoff 1)" in err
+    # each slice decodes to the templated text; labels are the response + end of turn
+    from dasd_cli.core.chat import end_of_turn
+
+    by_id = {r["id"]: r for r in records}
+    eot = end_of_turn(smollm2_tokenizer)
+    for p in packed:
+        starts = [k for k, pos in enumerate(p["position_ids"]) if pos == 0] + [len(p["input_ids"])]
+        assert len(starts) - 1 == len(p["ids"]) and len(p["input_ids"]) <= 300
+        for sample, a, b in zip(p["ids"], starts, starts[1:]):
+            r = by_id[sample]
+            prompt = smollm2_tokenizer.apply_chat_template(r["messages"], tokenize=False,
+                                                           add_generation_prompt=True)
+            assert smollm2_tokenizer.decode(p["input_ids"][a:b]) == prompt + r["response"] + eot
+            target = [t for t, lab in zip(p["input_ids"][a:b], p["labels"][a:b]) if lab != -100]
+            assert smollm2_tokenizer.decode(target) == r["response"] + eot
+    # --no-pack: one sample per sequence, input order
+    code, out, err = cli(["pack", "--cutoff-len", "300", "--no-pack", "--compress", "none", "-"],
+                         stdin=to_jsonl(records))
+    assert code == 0, err
+    assert [p["ids"] for p in parse_records(out)] == [[f"r{i}"] for i in range(8) if i != 3]
+
+
+@pytest.mark.slow
+def test_cli_record_without_response_names_file_and_line(cli, tmp_path: Path) -> None:
+    from conftest import to_jsonl
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(to_jsonl([response(0, 3), {"id": "x", "prompt": "no response here"}]))
+    code, _out, err = cli(["pack", str(path)])
+    assert code == 1 and "no 'response'" in err and f"({path}:2)" in err
