@@ -1,0 +1,138 @@
+"""Throughput of `dasd filter` on a synthetic long-CoT corpus (zstd in, zstd out).
+
+Rows, in MB/s of UNCOMPRESSED JSONL (the corpus is >= 200 MB, 20 MB with --quick):
+- the floor: `zstd -dc corpus | zstd -c` (decompress and recompress, nothing parsed);
+- `dasd filter` passthrough (--keep-truncated --keep-tool-calls: records parsed, written);
+- `dasd filter` with every non-model check the command offers (its defaults, plus the
+  repetition filter when the command has it);
+- the repetition check alone, in-process on the same responses, against parsing the
+  JSON lines (orjson) as its baseline.
+Sides alternate (this class of machine has slow phases); the best of the repeats counts.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import zstandard
+
+from synthetic_cot import DEGENERATE_KINDS, clean_response, degenerate_response
+
+POOL = 1200  # distinct responses; the corpus cycles through them with fresh ids
+DEGENERATE_SHARE = 0.05  # of the pool: low-temperature samples that loop or repeat
+
+
+def build_corpus(path: Path, target_bytes: int, seed: int = 0) -> tuple[int, int]:
+    """Write a zstd JSONL corpus of about target_bytes (uncompressed); (bytes, records)."""
+    rng = random.Random(seed)
+    pool = []
+    for i in range(POOL):
+        words = rng.choice((800, 2000, 4000, 8000))  # long CoT: ~5-50 KB per response
+        if rng.random() < DEGENERATE_SHARE:
+            text = degenerate_response(rng, rng.choice(DEGENERATE_KINDS), words)
+        else:
+            text = clean_response(rng, words)
+        pool.append(text)
+    written = records = 0
+    with open(path, "wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as out:
+        while written < target_bytes:
+            text = pool[records % POOL]
+            line = orjson.dumps({"id": f"p{records % 997}@0.6#{records}", "prompt_id": f"p{records % 997}",
+                                 "prompt": "Solve the problem.", "response": text,
+                                 "finish_reason": "stop"}) + b"\n"
+            out.write(line)
+            written += len(line)
+            records += 1
+    return written, records
+
+
+def _dasd() -> list[str]:
+    exe = Path(sys.executable).with_name("dasd")
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from dasd_cli.cli import main; main()"]
+
+
+def _time_shell(command: str) -> float:
+    start = time.perf_counter()
+    subprocess.run(["bash", "-o", "pipefail", "-c", command], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def _has_flag(flag: str) -> bool:
+    text = subprocess.run(_dasd() + ["filter", "--help"], capture_output=True, text=True).stdout
+    return flag in text
+
+
+def run(quick: bool) -> list[dict]:
+    if shutil.which("zstd") is None:
+        raise RuntimeError("the zstd CLI is needed for the floor: apt-get install zstd")
+    target = (20 if quick else 200) * 10**6
+    repeats = 2 if quick else 3
+    folder = Path(tempfile.mkdtemp(prefix="dasd-bench-filter-"))
+    try:
+        corpus = folder / "corpus.jsonl.zst"
+        size, records = build_corpus(corpus, target)
+        dasd = " ".join(_dasd())
+        repetition = _has_flag("--repetition")
+        sides = {
+            "floor": f"zstd -dc {corpus} | zstd -q -c",
+            "passthrough": f"{dasd} filter --quiet --keep-truncated --keep-tool-calls {corpus} "
+                           f"--compress zstd",
+            "all": f"{dasd} filter --quiet {'--repetition ' if repetition else ''}{corpus} --compress zstd",
+        }
+        best = {name: float("inf") for name in sides}
+        for _ in range(repeats):
+            for name, command in sides.items():  # alternate the sides
+                best[name] = min(best[name], _time_shell(command))
+        rate = {name: size / 1e6 / seconds for name, seconds in best.items()}
+        note = f"{size / 1e6:.0f} MB, {records} records, zstd -3 in and out; 1 process"
+        rows = [
+            {"metric": "dasd filter passthrough", "value": rate["passthrough"], "unit": "MB/s",
+             "baseline": "zstd -dc | zstd", "baseline_value": rate["floor"],
+             "ratio": rate["passthrough"] / rate["floor"], "goal": ">= 100 MB/s", "note": note},
+            {"metric": "dasd filter, all non-model checks" + ("" if repetition else " (no repetition flag yet)"),
+             "value": rate["all"], "unit": "MB/s", "baseline": "dasd filter passthrough",
+             "baseline_value": rate["passthrough"], "ratio": rate["all"] / rate["passthrough"],
+             "goal": "", "note": note},
+        ]
+        rows.append(_repetition_row(corpus, repeats))
+        return rows
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _repetition_row(corpus: Path, repeats: int) -> dict:
+    from dasd_cli.core.filters.repetition import RepetitionConfig, check_text
+
+    with open(corpus, "rb") as fh:
+        lines = zstandard.ZstdDecompressor().decompress(fh.read(), max_output_size=1 << 34).splitlines()
+    lines = lines[:POOL]  # each distinct response once
+    size = sum(len(line) for line in lines)
+    config = RepetitionConfig()
+    parse_s = check_s = float("inf")
+    dropped = 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        responses = [orjson.loads(line)["response"] for line in lines]
+        parse_s = min(parse_s, time.perf_counter() - start)
+        start = time.perf_counter()
+        dropped = sum(check_text(text, config) is not None for text in responses)
+        check_s = min(check_s, time.perf_counter() - start)
+    return {"metric": "repetition check (core, in-process)", "value": size / 1e6 / check_s, "unit": "MB/s",
+            "baseline": "orjson parse of the same lines", "baseline_value": size / 1e6 / parse_s,
+            "ratio": parse_s / check_s, "goal": ">= 20 MB/s",
+            "note": f"{len(lines)} responses, {size / 1e6:.0f} MB, {dropped} dropped "
+                    f"({DEGENERATE_SHARE:.0%} of the pool generated degenerate)"}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    for row in run(quick="--quick" in sys.argv):
+        print(row)
+    os.sys.exit(0)
