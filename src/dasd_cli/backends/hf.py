@@ -1,0 +1,238 @@
+"""The transformers backend: the reference implementation of sampling with raw log-probs.
+
+Generation runs ``model.generate`` in greedy mode with one logits processor,
+:class:`SeededSampler`, that does the actual sampling. That processor sees the model's
+unscaled logits, so it records the RAW log-probability of the token it picks (the
+log-softmax of the temperature-1 distribution, METHOD.md section 2) whatever the sampling
+temperature, and it draws with one generator per request, seeded from the request, so a
+sample does not depend on which other requests share its batch (up to floating point).
+
+Batches are grouped by prompt length (little padding) and bounded by rows and tokens.
+
+Offsets: a sampled token sequence is not always the tokenizer's canonical tokenization
+of its own text. The record stores one log-prob and one offset per GENERATED token; the
+offsets come from incremental decoding (:func:`token_offsets`), so they always index the
+response text. Re-tokenizing the response reproduces ids and offsets exactly whenever
+the sampled sequence is canonical (the common case; the tests measure how often).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from dasd_cli.backends import models
+from dasd_cli.backends.base import Backend, Generation, GenerationRequest, Scored, ScoreRequest
+from dasd_cli.core.chat import encode_ids, end_of_turn, render_prompt
+from dasd_cli.errors import DasdError
+
+DEFAULT_BATCH_SIZE = 16  # sequences generated together
+DEFAULT_BATCH_TOKENS = 65536  # rows x (longest prompt + max new tokens) per batch
+_LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # one model per process and spec
+
+
+def token_offsets(tokenizer: Any, ids: Sequence[int]) -> tuple[str, list[int]]:
+    """The text of ``ids`` and the start character of each token in it.
+
+    Decodes incrementally (a window of one emitted token before the new ones, as
+    streaming detokenizers do) so it is linear in the length. A token that ends inside a
+    multi-byte character emits nothing; it and the tokens completing the character share
+    that character's start. Offsets are non-decreasing, one per token.
+    """
+    ids = list(ids)
+    full = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    text: list[str] = []
+    length = 0
+    offsets: list[int] = []
+    prefix_at, read_at = 0, 0  # window start; tokens before read_at are emitted
+    for i in range(len(ids)):
+        offsets.append(length)
+        before = tokenizer.decode(ids[prefix_at:read_at], skip_special_tokens=False,
+                                  clean_up_tokenization_spaces=False)
+        after = tokenizer.decode(ids[prefix_at:i + 1], skip_special_tokens=False,
+                                 clean_up_tokenization_spaces=False)
+        if after.endswith("\ufffd") or not after.startswith(before):
+            continue  # an unfinished character: wait for the token that completes it
+        new = after[len(before):]
+        text.append(new)
+        length += len(new)
+        prefix_at, read_at = read_at, i + 1
+    joined = "".join(text)
+    if joined != full:
+        if full.startswith(joined):  # ends inside a character (cut by max tokens)
+            return full, offsets
+        return _quadratic_offsets(tokenizer, ids, full)
+    return full, offsets
+
+
+def _quadratic_offsets(tokenizer: Any, ids: list[int], full: str) -> tuple[str, list[int]]:
+    """Fallback for decoders that are not local: offset i = length of decode(ids[:i])."""
+    offsets = []
+    for i in range(len(ids)):
+        part = tokenizer.decode(ids[:i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        while part and not full.startswith(part):
+            part = part[:-1]
+        offsets.append(len(part))
+    return full, offsets
+
+
+class SeededSampler:
+    """A logits processor that samples each row with its own generator.
+
+    It is the only processor in a greedy ``generate`` call: it receives the raw logits,
+    stores the raw log-prob of the token it picks, and returns scores where only that
+    token is finite, so greedy selection takes it. Rows past their own token cap are
+    forced to the stop token (and remembered as cut by length).
+    """
+
+    def __init__(self, temperatures: list[float], top_ps: list[float], seeds: list[int],
+                 caps: list[int], stop_id: int) -> None:
+        import torch
+
+        self.temperatures = torch.tensor(temperatures, dtype=torch.float32)
+        self.top_ps = torch.tensor(top_ps, dtype=torch.float32)
+        self.generators = [torch.Generator().manual_seed(int(s) % (2**63)) for s in seeds]
+        self.caps = caps
+        self.stop_id = stop_id
+        self.step = 0
+        self.logprobs: list[Any] = []  # per step: (rows,) raw log-prob of the chosen token
+        self.capped = [False] * len(seeds)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        rows, vocab = scores.shape
+        logits = scores.float()
+        raw = torch.log_softmax(logits, dim=-1)
+        temps = self.temperatures.to(logits.device)
+        greedy = temps <= 0
+        scaled = logits / torch.where(greedy, torch.ones_like(temps), temps).unsqueeze(1)
+        probs = torch.softmax(scaled, dim=-1)
+        top_ps = self.top_ps.to(logits.device)
+        if bool((top_ps < 1.0).any()):
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+            sorted_probs = sorted_probs.masked_fill(mass_before >= top_ps.unsqueeze(1), 0.0)
+            probs = torch.zeros_like(probs).scatter(1, order, sorted_probs)
+        # Exponential race: argmax(p / E), E ~ Exp(1), draws from p; one generator per row.
+        noise = torch.stack([torch.empty(vocab).exponential_(generator=g) for g in self.generators])
+        chosen = torch.argmax(probs / noise.to(logits.device), dim=-1)
+        chosen = torch.where(greedy, torch.argmax(logits, dim=-1), chosen)
+        for row in range(rows):
+            if self.step >= self.caps[row]:
+                chosen[row] = self.stop_id
+                self.capped[row] = True
+        self.logprobs.append(raw.gather(1, chosen.unsqueeze(1)).squeeze(1).cpu())
+        self.step += 1
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, chosen.unsqueeze(1), 0.0)
+        return out
+
+
+class HFBackend(Backend):
+    """transformers on CPU or GPU; bf16 where the hardware runs it fast."""
+
+    name = "hf"
+    chunk_requests = 256  # requests handed over at once (room to group by length)
+
+    def __init__(self, model: str | None = None, dtype: str = "auto", device: str = "auto",
+                 batch_size: int = DEFAULT_BATCH_SIZE, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+                 **_ignored: Any) -> None:
+        self.model_spec = model
+        self.model_name = models.model_name(model)
+        self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
+        key = (str(models.resolve_model(model)), dtype, device)
+        if key not in _LOADED:
+            _LOADED[key] = (models.load_tokenizer(model),
+                            models.load_causal_lm(model, dtype=dtype, device=device))
+        self.tokenizer, self.model = _LOADED[key]
+        self.stop_ids = _stop_ids(self.tokenizer, self.model)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.stop_ids[0]
+
+    # -- generation
+    def encode_request(self, request: GenerationRequest) -> list[int]:
+        """Prompt tokens (template with generation prompt) + the assistant prefix's tokens."""
+        return (encode_ids(self.tokenizer, render_prompt(self.tokenizer, request.messages))
+                + encode_ids(self.tokenizer, request.prefix))
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Generation]:
+        encoded = [self.encode_request(r) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: (len(encoded[i]), requests[i].max_tokens))
+        batch: list[int] = []
+        for index in order:
+            trial = batch + [index]
+            longest = max(len(encoded[i]) + requests[i].max_tokens for i in trial)
+            if batch and (len(trial) > self.batch_size or len(trial) * longest > self.batch_tokens):
+                yield from self._generate_batch([requests[i] for i in batch], [encoded[i] for i in batch])
+                batch = [index]
+            else:
+                batch = trial
+        if batch:
+            yield from self._generate_batch([requests[i] for i in batch], [encoded[i] for i in batch])
+
+    def _generate_batch(self, requests: list[GenerationRequest],
+                        encoded: list[list[int]]) -> list[Generation]:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        device = self.model.device
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(ids)) + ids for ids in encoded],
+                                 device=device)
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded],
+                                 device=device)
+        caps = [r.max_tokens for r in requests]
+        sampler = SeededSampler([r.temperature for r in requests], [r.top_p for r in requests],
+                                [r.seed for r in requests], caps, self.stop_ids[0])
+        config = GenerationConfig(max_new_tokens=max(caps), do_sample=False, num_beams=1,
+                                  eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
+                                  return_dict_in_generate=True)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention,
+                                      generation_config=config,
+                                      logits_processor=LogitsProcessorList([sampler]))
+        sequences = out.sequences[:, width:].tolist()
+        logprobs = torch.stack(sampler.logprobs, dim=1).tolist() if sampler.logprobs else [[]] * len(requests)
+        results = []
+        stops = set(self.stop_ids)
+        for row, request in enumerate(requests):
+            tokens = sequences[row]
+            end = next((i for i, t in enumerate(tokens) if t in stops), len(tokens))
+            stopped = end < len(tokens) and not (sampler.capped[row] and end == caps[row])
+            ids = tokens[:min(end, caps[row])]
+            text, offsets = token_offsets(self.tokenizer, ids)
+            results.append(Generation(key=request.key, text=text, token_ids=ids,
+                                      logprobs=[float(x) for x in logprobs[row][:len(ids)]],
+                                      offsets=offsets, finish_reason="stop" if stopped else "length",
+                                      logprobs_mode="raw"))
+        return results
+
+    # -- scoring
+    def score(self, requests: Sequence[ScoreRequest]) -> Iterator[Scored]:
+        try:
+            from dasd_cli.backends.hf_score import score_batches
+        except ImportError:
+            raise DasdError("the hf backend cannot score yet (backends/hf_score.py is missing)",
+                            hint="install a dasd version with `dasd score` support") from None
+        yield from score_batches(self.model, self.tokenizer, requests, self.batch_tokens)
+
+    def token_count(self, text: str) -> int:
+        return len(encode_ids(self.tokenizer, text))
+
+
+def _stop_ids(tokenizer: Any, model: Any) -> list[int]:
+    """Token ids that end an assistant turn: eos ids of the tokenizer and generation config."""
+    ids: list[int] = []
+    for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        for value in (source if isinstance(source, (list, tuple)) else [source]):
+            if value is not None and int(value) not in ids:
+                ids.append(int(value))
+    eot = encode_ids(tokenizer, end_of_turn(tokenizer))
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    if eot and eot[0] in special and eot[0] not in ids:  # e.g. <|im_end|> when eos differs
+        ids.append(eot[0])
+    if not ids:
+        raise DasdError("the model has no end-of-sequence token", hint="use a chat (instruct) model")
+    return ids
