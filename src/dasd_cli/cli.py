@@ -11,6 +11,9 @@ from dasd_cli import __version__, io
 from dasd_cli.commands.filter import filter_command
 from dasd_cli.commands.mix import mix_command
 from dasd_cli.commands.pack import pack_command
+from dasd_cli.commands.sample import sample_command
+from dasd_cli.commands.score import score_command
+from dasd_cli.commands.train import train_command
 
 app = typer.Typer(
     name="dasd",
@@ -41,6 +44,9 @@ def root(
 app.command("filter")(filter_command)
 app.command("mix")(mix_command)
 app.command("pack")(pack_command)
+app.command("sample")(sample_command)
+app.command("score")(score_command)
+app.command("train")(train_command)
 
 
 def main() -> None:

@@ -66,9 +66,14 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def staging_path(final: Path) -> Path:
+    """The temp folder beside ``final`` where it is written before :func:`publish`."""
+    return final.parent / f".{final.name}.partial"
+
+
 def staging_dir(final: Path) -> Path:
-    """A fresh temp folder beside ``final``; :func:`publish` renames it into place."""
-    tmp = final.parent / f".{final.name}.partial"
+    """A fresh (empty) :func:`staging_path` folder."""
+    tmp = staging_path(final)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)

@@ -295,7 +295,7 @@ class Trainer:
         import torch
 
         final = ckpt.checkpoint_dir(self.config.out, step)
-        tmp = final.parent / f".{final.name}.partial"
+        tmp = ckpt.staging_path(final)
         if self.ranks.is_main:
             ckpt.staging_dir(final)
         self._barrier()
@@ -319,9 +319,9 @@ class Trainer:
     def save_final(self) -> None:
         """The trained model and tokenizer at the top of OUT (usable as --model)."""
         out = self.config.out
-        tmp = out / ".final.partial"
+        tmp = ckpt.staging_path(out / "final")
         if self.ranks.is_main:
-            ckpt.staging_dir(tmp)
+            ckpt.staging_dir(out / "final")
         self._barrier()
         self._save_weights(tmp)
         if self.ranks.is_main:

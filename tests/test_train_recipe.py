@@ -1,0 +1,156 @@
+"""The training recipe on a tiny random Llama: parity, schedule, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import parse_records, run_dasd, write_file
+from dasd_cli.core.train.batching import packed_from_record
+from dasd_cli.core.train.schedule import Schedule
+from dasd_cli.training import recipe
+from dasd_cli.training.distributed import Ranks
+
+
+def make_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """A random 2-layer Llama with a word-level tokenizer, saved as a transformers folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(97)}, unk_token="t0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="t0", eos_token="t1").save_pretrained(folder)
+    return folder
+
+
+def make_samples(n: int, seed: int = 0, vocab: int = 97) -> list[tuple[list[int], int]]:
+    """(tokens, prompt length) pairs."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        length = rng.randint(5, 14)
+        out.append(([rng.randint(2, vocab - 1) for _ in range(length)], rng.randint(1, 3)))
+    return out
+
+
+def pack(samples: list[tuple[list[int], int]], prefix: str = "s") -> dict:
+    """One packed record (DESIGN.md) holding ``samples`` back to back."""
+    record = {"input_ids": [], "labels": [], "position_ids": [], "ids": []}
+    for i, (tokens, prompt_len) in enumerate(samples):
+        record["input_ids"] += tokens
+        record["labels"] += [-100] * prompt_len + tokens[prompt_len:]
+        record["position_ids"] += list(range(len(tokens)))
+        record["ids"].append(f"{prefix}{i}")
+    return record
+
+
+def packed_records(samples, per_record: int) -> list[dict]:
+    return [pack(samples[i:i + per_record], prefix=f"r{i}-") for i in range(0, len(samples), per_record)]
+
+
+def _trainer(model: Path, out: Path, records: list[dict], **kwargs) -> recipe.Trainer:
+    config = recipe.TrainConfig(out=out, model=str(model), dtype="fp32", **kwargs)
+    trainer = recipe.Trainer(config, Ranks())
+    trainer.setup_model()
+    trainer.setup_data([packed_from_record(r, trainer.vocab_size) for r in records])
+    return trainer
+
+
+def test_one_step_packed_equals_unpacked(tmp_path):
+    model = make_tiny_model(tmp_path / "model")
+    samples = make_samples(5)
+    runs = {}
+    for name, records in (("packed", [pack(samples)]), ("unpacked", packed_records(samples, 1))):
+        trainer = _trainer(model, tmp_path / name, records, epochs=1, global_batch_size=len(records),
+                           shuffle=False)
+        grads = {}
+        step_optimizer = trainer._optimizer_step
+
+        def capture(trainer=trainer, grads=grads, step_optimizer=step_optimizer):
+            grads.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters()})
+            return step_optimizer()
+
+        trainer._optimizer_step = capture
+        metrics = list(trainer.train())
+        assert len(metrics) == 1
+        runs[name] = (metrics[0], grads, {n: p.detach().clone() for n, p in trainer.model.named_parameters()})
+    (m_packed, g_packed, p_packed), (m_unpacked, g_unpacked, p_unpacked) = runs["packed"], runs["unpacked"]
+    assert m_packed["target_tokens"] == m_unpacked["target_tokens"] > 0
+    assert abs(m_packed["loss"] - m_unpacked["loss"]) <= 1e-5
+    for name in g_packed:
+        assert torch.allclose(g_packed[name], g_unpacked[name], rtol=1e-4, atol=1e-7), name
+        diff = (p_packed[name] - p_unpacked[name]).abs().max() / p_unpacked[name].abs().max()
+        assert diff <= 1e-6, (name, float(diff))
+
+
+def test_metrics_follow_the_schedule_exactly(tmp_path):
+    model = make_tiny_model(tmp_path / "model")
+    records = packed_records(make_samples(12), 1)
+    trainer = _trainer(model, tmp_path / "out", records, epochs=2, global_batch_size=1, lr=3e-4, min_lr=2e-5)
+    metrics = list(trainer.train())
+    want = Schedule(24, 3e-4, 2e-5, 0.1).curve()
+    assert [m["step"] for m in metrics] == list(range(1, 25))
+    assert [m["lr"] for m in metrics] == pytest.approx(want, rel=1e-12)
+    assert metrics[-1]["lr"] == pytest.approx(2e-5)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_resume_continues_exactly(tmp_path):
+    model = make_tiny_model(tmp_path / "model")
+    data = write_file(tmp_path / "packed.jsonl", packed_records(make_samples(8, seed=3), 2))
+    common = ["train", "--model", str(model), "--epochs", "2", "--global-batch-size", "2",
+              "--dtype", "fp32", "--compress", "none", str(data)]
+    full = run_dasd(common + ["--out", str(tmp_path / "full")])
+    assert full.returncode == 0, full.stderr.decode()
+    first = run_dasd(common + ["--out", str(tmp_path / "split"), "--stop-after", "2"])
+    assert first.returncode == 0, first.stderr.decode()
+    assert (tmp_path / "split" / "checkpoint-2" / "optimizer.pt").is_file()
+    assert not (tmp_path / "split" / "model.safetensors").exists()  # stopped early: no final model
+    second = run_dasd(common + ["--out", str(tmp_path / "split"), "--resume"])
+    assert second.returncode == 0, second.stderr.decode()
+    steps_full = parse_records(full.stdout)
+    steps_split = parse_records(first.stdout) + parse_records(second.stdout)
+    assert [m["step"] for m in steps_split] == [1, 2, 3, 4]
+    assert [m["loss"] for m in steps_split] == [m["loss"] for m in steps_full]
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "split")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_resume_refuses_different_data(tmp_path):
+    model = make_tiny_model(tmp_path / "model")
+    records = packed_records(make_samples(8), 2)
+    data = write_file(tmp_path / "packed.jsonl", records)
+    args = ["train", "--model", str(model), "--epochs", "2", "--global-batch-size", "2", "--dtype", "fp32",
+            "--out", str(tmp_path / "out"), "--compress", "none"]
+    assert run_dasd(args + ["--stop-after", "1", str(data)]).returncode == 0
+    fewer = write_file(tmp_path / "fewer.jsonl", records[:3])
+    result = run_dasd(args + ["--resume", str(fewer)])
+    assert result.returncode == 2
+    assert "differs from the checkpoint" in result.stderr.decode()
+
+
+def test_checkpoint_state_records_data_position(tmp_path):
+    model = make_tiny_model(tmp_path / "model")
+    trainer = _trainer(model, tmp_path / "out", packed_records(make_samples(6), 1), epochs=1,
+                       global_batch_size=2, save_every=1)
+    list(trainer.train())
+    state = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["total_steps"] == 3
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == [
+        "checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert not list((tmp_path / "out").glob(".*partial"))
