@@ -30,6 +30,11 @@ test-fast: setup
 man: setup
 	$(BIN)/python -m dasd_cli.manpages man
 
+# The main job: every DASD stage on the embedded default, then RUN/report.md.
+reproduce: setup
+	$(MAKE) --no-print-directory -f examples/reproduce.mk BIN=$(BIN) QUICK=$(QUICK) RUN=$(RUN)
+	@cat $(RUN)/report.md | sed -n '/## Held-out results/,/## Response probability/p'
+
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH)
 

@@ -130,10 +130,43 @@ def test_length_counts_the_full_training_sequence(cli) -> None:
     n_short = len(encode_example(tokenizer, short["messages"], short["response"]))
     n_long = len(encode_example(tokenizer, long["messages"], long["response"]))
     assert n_short < n_long
-    code, out, err = cli(["filter", "--max-tokens", str(n_short), "-"], stdin=to_jsonl([short, long]))
+    code, out, err = cli(["filter", "--no-repetition", "--max-tokens", str(n_short), "-"],
+                         stdin=to_jsonl([short, long]))
     assert code == 0, err
     assert [r["response"] for r in parse_records(out)] == ["Short answer."]
     assert "too_long 1" in err
     # exactly at the limit is kept: the limit counts the whole sequence, template included
     code, out, _ = cli(["filter", "--max-tokens", str(n_short - 1), "-"], stdin=to_jsonl([short]))
     assert parse_records(out) == []
+
+
+def test_repetition_and_verify_in_the_command(cli) -> None:
+    loop = "Let me recompute the sum of the two numbers once more. " * 40
+    records = [
+        rec("<think>\n2 plus 2 is 4.\n</think>\n\nThe answer is \\boxed{4}.", id="right", reference={"answer": "4"}),
+        rec("<think>\n2 plus 2 is 5.\n</think>\n\nThe answer is \\boxed{5}.", id="wrong", reference={"answer": "4"}),
+        rec("<think>\nhmm\n</think>\n\nThe answer is (B).", id="mc", reference={"choice": "B"}),
+        rec("<think>\n" + loop + "\n</think>\n\n4", id="loop"),
+        rec("An essay with no reference.", id="free"),
+    ]
+    code, out, err = cli(["filter", "--verify", "-"], stdin=to_jsonl(records))
+    assert code == 0, err
+    assert [r["id"] for r in parse_records(out)] == ["right", "mc", "free"]
+    assert "wrong_answer 1" in err and "dropped 2" in err
+    assert any(f"{reason} 1" in err for reason in ("looping_tail", "top_ngram", "duplicate_ngrams"))
+    assert "verified 3" in err and "unverified 1" in err
+    # thresholds are overridable by name; unknown names are usage errors
+    code, out, err = cli(["filter", "--repetition-threshold", "loop_min_repeats=1000",
+                          "--repetition-threshold", "max_duplicate_5gram_fraction=1",
+                          "--repetition-threshold", "max_top_2gram_fraction=1",
+                          "--repetition-threshold", "max_top_3gram_fraction=1",
+                          "--repetition-threshold", "max_top_4gram_fraction=1",
+                          "--repetition-threshold", "max_duplicate_6gram_fraction=1",
+                          "--repetition-threshold", "max_duplicate_7gram_fraction=1",
+                          "--repetition-threshold", "max_duplicate_8gram_fraction=1",
+                          "--repetition-threshold", "max_duplicate_9gram_fraction=1",
+                          "--repetition-threshold", "max_duplicate_10gram_fraction=1", "-"],
+                         stdin=to_jsonl(records[3:4]))
+    assert code == 0 and len(parse_records(out)) == 1, err
+    code, _out, err = cli(["filter", "--repetition-threshold", "nope=1", "-"], stdin=b"")
+    assert code == 2 and "max_duplicate_5gram_fraction" in err

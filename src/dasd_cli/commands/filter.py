@@ -1,21 +1,28 @@
 """``dasd filter``: response quality control (METHOD.md section 4).
 
 Keeps a response record or drops it with a reason code. Checks run cheapest first:
-truncated, structure (tool calls, ``--require-think``), length (``--max-tokens``).
+truncated, structure (tool calls, ``--require-think``), repetition, length
+(``--max-tokens``), correctness (``--verify``).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from dataclasses import replace
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from dasd_cli import io
 from dasd_cli.commands import common
 from dasd_cli.core.filters import Filter, first_drop
 from dasd_cli.core.filters.harmony import normalize_harmony
 from dasd_cli.core.filters.structure import DEFAULT_TOOL_CALL_PATTERNS, StructureFilter
 from dasd_cli.core.filters.truncated import TruncatedFilter
+from dasd_cli.core.filters.verify import VerifyFilter
 from dasd_cli.errors import RecordError, UsageError
+
+if TYPE_CHECKING:
+    from dasd_cli.core.filters.repetition import RepetitionConfig
 
 NORMALIZERS = ("none", "harmony")
 
@@ -43,6 +50,22 @@ def filter_command(
         "--normalize", metavar="none|harmony",
         help="Rewrite the response before the checks: 'harmony' turns gpt-oss analysis/final "
         "channels into <think>...</think> + answer, carrying log-probs along.")] = "none",
+    repetition: Annotated[bool, typer.Option(
+        "--repetition/--no-repetition",
+        help="Drop responses with repeated lines, paragraphs or n-grams, or a looping ending "
+        "(thresholds calibrated for long chain-of-thought; see DESCRIPTION).")] = True,
+    repetition_threshold: Annotated[Optional[list[str]], typer.Option(
+        "--repetition-threshold", metavar="NAME=VALUE",
+        help="Override one repetition threshold (repeatable), e.g. "
+        "max_duplicate_5gram_fraction=0.4; the names are listed in DESCRIPTION.",
+        show_default=False)] = None,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Check the final answer against the record's 'reference': math "
+        "equivalence, multiple-choice letter, or code unit tests run in a sandbox. Records "
+        "without a reference are kept and counted as unverified.")] = False,
+    math_timeout: Annotated[int, typer.Option(
+        "--math-timeout", min=1, metavar="SECONDS",
+        help="Time limit for parsing and comparing one math answer.")] = 5,
     max_tokens: Annotated[Optional[int], typer.Option(
         "--max-tokens", metavar="N", min=1,
         help="Drop samples whose full training sequence (chat template + response) is longer "
@@ -70,7 +93,9 @@ def filter_command(
     """
     options = {"truncated": truncated, "only_truncated": only_truncated, "require_think": require_think,
                "drop_tool_calls": drop_tool_calls, "tool_call_pattern": tool_call_pattern,
-               "normalize": normalize, "max_tokens": max_tokens, "tokenizer": tokenizer,
+               "normalize": normalize, "repetition": repetition,
+               "repetition_threshold": repetition_threshold, "verify": verify,
+               "math_timeout": math_timeout, "max_tokens": max_tokens, "tokenizer": tokenizer,
                "system_prompt": system_prompt}
     shared = common.Common(inputs=inputs, output=output, compress=compress, quiet=quiet,
                            stats=stats, rejects=rejects, on_error=on_error, debug=debug,
@@ -80,8 +105,15 @@ def filter_command(
         filters = build_filters(truncated=truncated, only_truncated=only_truncated,
                                 require_think=require_think,
                                 drop_tool_calls=drop_tool_calls,
-                                tool_call_pattern=tool_call_pattern, max_tokens=max_tokens,
+                                tool_call_pattern=tool_call_pattern, repetition=repetition,
+                                repetition_threshold=repetition_threshold, verify=verify,
+                                math_timeout=math_timeout, max_tokens=max_tokens,
                                 tokenizer=tokenizer, system_prompt=system_prompt)
+        verifier = next((f for f in filters if isinstance(f, VerifyFilter)), None)
+        if verifier is not None and not quiet:
+            from dasd_cli.sandbox import isolation
+
+            io.say(f"dasd filter: {isolation().describe()}")
         if normalize not in NORMALIZERS:
             raise UsageError(f"--normalize must be one of {', '.join(NORMALIZERS)}, not {normalize!r}")
         for line in session.records():
@@ -98,13 +130,18 @@ def filter_command(
             else:
                 by, drop = verdict
                 session.drop(record, by, drop.reason, drop.detail)
+        if verifier is not None:
+            session.tally.extra["verified"] = verifier.verified
+            session.tally.extra["unverified"] = verifier.unverified
 
     common.run_command("filter", shared, body)
 
 
 def build_filters(*, truncated: bool, only_truncated: bool, require_think: bool, drop_tool_calls: bool,
-                  tool_call_pattern: list[str] | None, max_tokens: int | None,
-                  tokenizer: str | None, system_prompt: str | None) -> list[Filter]:
+                  tool_call_pattern: list[str] | None, repetition: bool,
+                  repetition_threshold: list[str] | None, verify: bool, math_timeout: int,
+                  max_tokens: int | None, tokenizer: str | None,
+                  system_prompt: str | None) -> list[Filter]:
     """The enabled filters, cheapest first."""
     filters: list[Filter] = []
     if only_truncated:
@@ -114,6 +151,12 @@ def build_filters(*, truncated: bool, only_truncated: bool, require_think: bool,
     patterns = tuple(tool_call_pattern) if tool_call_pattern else DEFAULT_TOOL_CALL_PATTERNS
     filters.append(StructureFilter(require_think=require_think,
                                    tool_call_patterns=patterns if drop_tool_calls else ()))
+    if repetition:
+        from dasd_cli.core.filters.repetition import RepetitionFilter  # numpy: load on use
+
+        filters.append(RepetitionFilter(repetition_config(repetition_threshold or [])))
+    elif repetition_threshold:
+        raise UsageError("--repetition-threshold needs --repetition")
     if max_tokens is not None:
         from dasd_cli.backends.models import load_tokenizer
         from dasd_cli.core.filters.length import LengthFilter
@@ -121,4 +164,26 @@ def build_filters(*, truncated: bool, only_truncated: bool, require_think: bool,
         filters.append(LengthFilter(load_tokenizer(tokenizer), max_tokens, system_prompt))
     elif tokenizer is not None:
         raise UsageError("--tokenizer is only used with --max-tokens", hint="add --max-tokens N")
+    if verify:
+        filters.append(VerifyFilter(math_timeout_s=math_timeout))
     return filters
+
+
+def repetition_config(overrides: list[str]) -> "RepetitionConfig":
+    """RepetitionConfig with NAME=VALUE overrides from the command line."""
+    from dasd_cli.core.filters.repetition import RepetitionConfig, config_fields
+
+    known = config_fields()
+    values: dict[str, float | int] = {}
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in known:
+            raise UsageError(f"--repetition-threshold {item!r}: expected NAME=VALUE with NAME one of "
+                             + ", ".join(known))
+        default = getattr(RepetitionConfig, name)
+        try:
+            values[name] = type(default)(text)
+        except ValueError:
+            raise UsageError(f"--repetition-threshold {item!r}: {text!r} is not a number") from None
+    return replace(RepetitionConfig(), **values)

@@ -1,0 +1,143 @@
+# The whole DASD pipeline on the embedded default, as plain dasd pipelines.
+#
+#   make reproduce            # default run (RUN=runs/full)
+#   make reproduce QUICK=1    # the same stages on fewer questions (RUN=runs/quick)
+#
+# Every target is a file, so re-running resumes: finished stages are not redone, and
+# `dasd sample --resume` continues a killed sampling run where it stopped. Every step
+# writes its counts with --stats to $(RUN)/stats/. Seeds are fixed.
+#
+# The toy pair: teacher = SmolLM2-135M-Instruct (the embedded default); student = the
+# same model keeping every third layer (examples/make_student.py). To scale up, swap in
+# real models: `--model` on sample/score/train takes any local folder, and
+# `--backend vllm` / `--backend openai` sample on GPUs or from a served endpoint.
+
+BIN ?= .venv/bin
+DASD := $(BIN)/dasd
+PY := $(BIN)/python
+QUICK ?=
+RUN ?= runs/$(if $(QUICK),quick,full)
+
+# ---- sizes (QUICK: fits 10 minutes on 2 cores; default: 45 minutes)
+PER_SOURCE   := $(if $(QUICK),4,12)    # training questions per source (5 sources)
+HELDOUT      := $(if $(QUICK),3,6)     # held-out questions per source
+SAMPLES      := $(if $(QUICK),2,4)     # teacher samples per question and temperature
+MAX_TOKENS   := $(if $(QUICK),96,192)  # teacher generation cap (tokens)
+EVAL_SAMPLES := $(if $(QUICK),1,2)     # student answers per held-out question
+EVAL_TOKENS  := $(if $(QUICK),96,192)  # student answer cap for evaluation (tokens)
+EPOCHS       := $(if $(QUICK),2,3)     # epochs per SFT stage (the paper: 6)
+CUTOFF       := 1024                   # packed sequence length (the paper: 65536)
+GLOBAL_BATCH := 2                      # packed sequences per optimizer step (the paper: 64)
+LR           := 1e-4                   # peak lr (the paper: 5e-5; toy data is tiny)
+MIN_LR       := 2e-5                   # end of the cosine (the paper: 1e-5)
+SEED         := 42
+SYSTEM       := You are a helpful assistant.
+
+STUDENT := $(RUN)/student
+COMMON  = --seed $(SEED) --quiet
+SAMPLE  = $(DASD) sample --system-prompt "$(SYSTEM)" $(COMMON)
+TRAIN   = $(DASD) train --epochs $(EPOCHS) --global-batch-size $(GLOBAL_BATCH) --lr $(LR) --min-lr $(MIN_LR) \
+          --dtype fp32 --save-every 0 --seed $(SEED)
+STAGE_TEMPS := 0.6 1.0
+ARMS := das random
+CHECKPOINTS := base $(foreach a,$(ARMS),$(a)-s1 $(a)-s2 $(a)-mp)
+
+.SECONDEXPANSION:
+.PHONY: all
+all: $(RUN)/report.md
+
+$(RUN)/.dir:
+	mkdir -p $(RUN)/stats $(RUN)/data $(RUN)/ckpt $(RUN)/eval $(RUN)/mp
+	touch $@
+
+# ---- 0. questions (real ones, read from installed packages) and the toy student
+$(RUN)/train.prompts.jsonl $(RUN)/heldout.prompts.jsonl &: | $(RUN)/.dir
+	$(PY) examples/make_prompts.py --per-source $(PER_SOURCE) --heldout-per-source $(HELDOUT) \
+	  --train $(RUN)/train.prompts.jsonl --heldout $(RUN)/heldout.prompts.jsonl
+
+$(STUDENT)/config.json: | $(RUN)/.dir
+	$(PY) examples/make_student.py --every 3 --out $(STUDENT)
+
+# ---- 1. sample the teacher at T=0.6 and T=1.0 (resumable), held-out answers at T=0.6
+$(RUN)/teacher.t%.jsonl.done: $(RUN)/train.prompts.jsonl
+	$(SAMPLE) --temperature $* -n $(SAMPLES) --max-tokens $(MAX_TOKENS) \
+	  --resume -o $(RUN)/teacher.t$*.jsonl --stats $(RUN)/stats/1-sample-t$*.json $<
+	touch $@
+
+# ---- 2. filter: truncated, length under the student tokenizer, repetition, references
+$(RUN)/filtered.t%.jsonl.zst: $(RUN)/teacher.t%.jsonl.done $(STUDENT)/config.json
+	$(DASD) filter --max-tokens $(CUTOFF) --tokenizer $(STUDENT) --system-prompt "$(SYSTEM)" \
+	  --verify --rejects $(RUN)/data/rejects.t$*.jsonl.zst $(COMMON) \
+	  --stats $(RUN)/stats/2-filter-t$*.json -o $@ $(RUN)/teacher.t$*.jsonl
+
+# ---- 3. score every response with the (pre-distillation) student
+$(RUN)/scored.t%.jsonl.zst: $(RUN)/filtered.t%.jsonl.zst $(STUDENT)/config.json
+	$(DASD) score --model $(STUDENT) --system-prompt "$(SYSTEM)" $(COMMON) \
+	  --stats $(RUN)/stats/3-score-t$*.json -o $@ $<
+
+# ---- 4. two arms at equal budget: one response per question, by DAS or at random
+$(RUN)/data/das.t%.jsonl.zst: $(RUN)/scored.t%.jsonl.zst
+	$(DASD) mix --select das --per-prompt 1 $(COMMON) --stats $(RUN)/stats/4-mix-das-t$*.json -o $@ $<
+$(RUN)/data/random.t%.jsonl.zst: $(RUN)/scored.t%.jsonl.zst
+	$(DASD) mix --select random --per-prompt 1 $(COMMON) --stats $(RUN)/stats/4-mix-random-t$*.json -o $@ $<
+
+# ---- 5. pack, then stage 1 on T=0.6 data and stage 2 on T=1.0 data from stage 1
+$(RUN)/data/%.packed.jsonl.zst: $(RUN)/data/%.jsonl.zst $(STUDENT)/config.json
+	$(DASD) pack --tokenizer $(STUDENT) --cutoff-len $(CUTOFF) --system-prompt "$(SYSTEM)" $(COMMON) \
+	  --stats $(RUN)/stats/5-pack-$*.json -o $@ $<
+
+$(RUN)/ckpt/%-s1/config.json: $(RUN)/data/%.t0.6.packed.jsonl.zst $(STUDENT)/config.json
+	$(TRAIN) --model $(STUDENT) --data $< --out $(RUN)/ckpt/$*-s1 > $(RUN)/ckpt/$*-s1.metrics.tmp
+	mv $(RUN)/ckpt/$*-s1.metrics.tmp $(RUN)/ckpt/$*-s1/metrics.jsonl
+
+$(RUN)/ckpt/%-s2/config.json: $(RUN)/data/%.t1.0.packed.jsonl.zst $(RUN)/ckpt/%-s1/config.json
+	$(TRAIN) --init-from $(RUN)/ckpt/$*-s1 --data $< --out $(RUN)/ckpt/$*-s2 > $(RUN)/ckpt/$*-s2.metrics.tmp
+	mv $(RUN)/ckpt/$*-s2.metrics.tmp $(RUN)/ckpt/$*-s2/metrics.jsonl
+
+# ---- 6. mixed-policy: the stage-2 student re-answers the training questions, capped at
+# 1.5x the teacher's answer; capped answers are cut beyond half and continued by the
+# teacher, filtered, mixed with off-policy samples and trained one epoch (no prefix masking).
+$(RUN)/mp/%.student.jsonl.zst: $(RUN)/data/%.t1.0.jsonl.zst $(RUN)/ckpt/%-s2/config.json
+	$(SAMPLE) --model $(RUN)/ckpt/$*-s2 --temperature 1.0 --max-tokens-ratio 1.5 \
+	  --stats $(RUN)/stats/6-mp-student-$*.json -o $@ $<
+
+$(RUN)/mp/%.capped.jsonl.zst: $(RUN)/mp/%.student.jsonl.zst
+	$(DASD) filter --only-truncated $(COMMON) --stats $(RUN)/stats/6-mp-capped-$*.json -o $@ $<
+
+$(RUN)/mp/%.continued.jsonl.zst: $(RUN)/mp/%.capped.jsonl.zst
+	$(SAMPLE) --continue --cut-min 0.5 --temperature 1.0 --max-tokens $(MAX_TOKENS) \
+	  --stats $(RUN)/stats/6-mp-continue-$*.json -o $@ $<
+
+$(RUN)/mp/%.kept.jsonl.zst: $(RUN)/mp/%.continued.jsonl.zst $(STUDENT)/config.json
+	$(DASD) filter --max-tokens $(CUTOFF) --tokenizer $(STUDENT) --system-prompt "$(SYSTEM)" --verify \
+	  $(COMMON) --stats $(RUN)/stats/6-mp-filter-$*.json -o $@ $<
+
+$(RUN)/data/%.mp.jsonl.zst: $(RUN)/mp/%.kept.jsonl.zst $(RUN)/data/%.t1.0.jsonl.zst
+	$(DASD) mix --allow-short $(COMMON) --stats $(RUN)/stats/6-mp-mix-$*.json -o $@ $^
+
+$(RUN)/ckpt/%-mp/config.json: $(RUN)/data/%.mp.packed.jsonl.zst $(RUN)/ckpt/%-s2/config.json
+	$(TRAIN) --init-from $(RUN)/ckpt/$*-s2 --epochs 1 --data $< --out $(RUN)/ckpt/$*-mp > $(RUN)/ckpt/$*-mp.metrics.tmp
+	mv $(RUN)/ckpt/$*-mp.metrics.tmp $(RUN)/ckpt/$*-mp/metrics.jsonl
+
+# ---- 7. evaluate every checkpoint: held-out accuracy and NLL of the teacher's answers
+$(RUN)/eval/teacher.answers.jsonl.zst: $(RUN)/heldout.prompts.jsonl
+	$(SAMPLE) --temperature 0.6 -n $(EVAL_SAMPLES) --max-tokens $(EVAL_TOKENS) \
+	  --stats $(RUN)/stats/7-eval-teacher.json -o $@ $<
+
+model_of = $(if $(filter base,$(1)),$(STUDENT),$(RUN)/ckpt/$(1))
+
+$(RUN)/eval/%.answers.jsonl.zst: $(RUN)/heldout.prompts.jsonl $(STUDENT)/config.json \
+    $$(if $$(filter base,$$*),,$(RUN)/ckpt/$$*/config.json)
+	$(SAMPLE) --model $(call model_of,$*) --temperature 0.6 -n $(EVAL_SAMPLES) --max-tokens $(EVAL_TOKENS) \
+	  --stats $(RUN)/stats/7-eval-$*.json -o $@ $<
+
+$(RUN)/eval/%.nll.jsonl.zst: $(RUN)/eval/teacher.answers.jsonl.zst $(STUDENT)/config.json \
+    $$(if $$(filter base,$$*),,$(RUN)/ckpt/$$*/config.json)
+	$(DASD) score --model $(call model_of,$*) --system-prompt "$(SYSTEM)" --keep-token-logprobs \
+	  $(COMMON) -o $@ $<
+
+$(RUN)/report.md: $(foreach c,$(CHECKPOINTS),$(RUN)/eval/$(c).answers.jsonl.zst $(RUN)/eval/$(c).nll.jsonl.zst) \
+    $(RUN)/eval/teacher.answers.jsonl.zst $(foreach t,$(STAGE_TEMPS),$(RUN)/scored.t$(t).jsonl.zst)
+	$(PY) examples/report.py $(RUN)
+
+.PRECIOUS: $(RUN)/%
