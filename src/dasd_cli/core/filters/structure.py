@@ -23,6 +23,9 @@ DEFAULT_TOOL_CALL_PATTERNS: tuple[str, ...] = (
     r"<function=[^>]*>",
     r"<\|tool_call(?:s_section)?_begin\|>",
 )
+# Every default pattern contains one of these literals. A substring test is ~50x faster
+# than the alternation regex on long responses, so the regex only runs on a hit.
+_DEFAULT_LITERALS: tuple[str, ...] = ("<|call|>", "to=", "tool_call", "<function=")
 
 
 def split_think(response: str) -> tuple[str, str] | None:
@@ -53,12 +56,14 @@ class StructureFilter:
                  tool_call_patterns: Sequence[str] = DEFAULT_TOOL_CALL_PATTERNS) -> None:
         self.require_think = require_think
         self.tool_call = re.compile("|".join(f"(?:{p})" for p in tool_call_patterns)) if tool_call_patterns else None
+        self.literals = _DEFAULT_LITERALS if tuple(tool_call_patterns) == DEFAULT_TOOL_CALL_PATTERNS else None
 
     def check(self, record: dict[str, Any]) -> Drop | None:
         response = response_text(record)
         if record.get("tool_calls"):
             return Drop("tool_call", "record has tool_calls")
-        if self.tool_call is not None:
+        if self.tool_call is not None and (
+                self.literals is None or any(lit in response for lit in self.literals)):
             found = self.tool_call.search(response)
             if found:
                 return Drop("tool_call", f"tool-call marker {found.group(0)!r} at char {found.start()}")
