@@ -135,34 +135,47 @@ def best_fit_decreasing(lengths: Sequence[int] | np.ndarray, capacity: int) -> n
         return np.zeros(0, dtype=np.int64)
     if sizes.min() < 1 or sizes.max() > capacity:
         raise ValueError(f"every length must be in 1..{capacity}")
-    order = np.argsort(-sizes, kind="stable").tolist()
-    size_list = sizes.tolist()
-    smallest = int(sizes.min())  # a bin with less free space than this is closed for good
+    order = np.argsort(-sizes, kind="stable")
+    sorted_sizes = sizes[order]
+    # Runs of equal size: a bin that takes one item of a run takes as many more as fit,
+    # because its new free space is then the smallest that still fits (no other bin
+    # lies between), so a run is placed bin by bin instead of item by item.
+    bounds = (np.flatnonzero(np.diff(sorted_sizes)) + 1).tolist()
+    run_starts, run_ends = [0] + bounds, bounds + [n]
+    run_sizes = sorted_sizes[run_starts].tolist()
+    smallest = int(sorted_sizes[-1])  # a bin with less free space than this is closed for good
     index = _CapacityIndex(capacity)
     stacks, find, mark, unmark = index.stacks, index.smallest_at_least, index.mark, index.unmark
     words = index.levels[0]  # level-0 bitmap, read inline: the common case needs no call
-    bin_of = [0] * n
+    targets = [0] * n  # bin of the i-th item in sorted order
     bins = 0
-    for item in order:
-        size = size_list[item]
-        word = words[size >> 6] >> (size & 63)
-        cap = size + (word & -word).bit_length() - 1 if word else find(size)
-        if cap < 0:
-            target, free = bins, capacity - size
-            bins += 1
-        else:
-            stack = stacks[cap]
-            target = stack.pop()
-            if not stack:
-                unmark(cap)
-            free = cap - size
-        bin_of[item] = target
-        if free >= smallest:
-            stack = stacks[free]
-            stack.append(target)
-            if len(stack) == 1:
-                mark(free)
-    return np.asarray(bin_of, dtype=np.int64)
+    for size, pos, end in zip(run_sizes, run_starts, run_ends):
+        while pos < end:
+            word = words[size >> 6] >> (size & 63)
+            cap = size + (word & -word).bit_length() - 1 if word else find(size)
+            if cap < 0:
+                target, cap = bins, capacity
+                bins += 1
+            else:
+                stack = stacks[cap]
+                target = stack.pop()
+                if not stack:
+                    unmark(cap)
+            take = min(end - pos, cap // size)
+            if take == 1:
+                targets[pos] = target
+            else:
+                targets[pos:pos + take] = [target] * take
+            pos += take
+            free = cap - take * size
+            if free >= smallest:
+                stack = stacks[free]
+                stack.append(target)
+                if len(stack) == 1:
+                    mark(free)
+    bin_of = np.empty(n, dtype=np.int64)
+    bin_of[order] = targets
+    return bin_of
 
 
 def one_per_bin(n: int) -> np.ndarray:
