@@ -209,3 +209,5 @@ def test_cli_short_quota_and_missing_das(cli, tmp_path) -> None:
     assert code == 1 and "no 'das' object" in err and f"({path}:1)" in err
     code, _out, err = cli(["mix", "--quota", "math", "-"], stdin=data)
     assert code == 2 and "DOMAIN=COUNT" in err
+    code, _out, err = cli(["mix", "--quota", "math=2", f"{path}:3"])
+    assert code == 2 and "every input has one" in err

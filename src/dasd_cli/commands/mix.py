@@ -66,6 +66,9 @@ def mix_command(
         quotas = parse_quotas(quota or [])
         if select is not None and select not in SELECT_CHOICES:
             raise UsageError(f"--select must be random or das, not {select!r}")
+        if quotas and all(count is not None for _, count in specs):
+            raise UsageError("--quota applies to inputs without a COUNT, and every input has one",
+                             hint="drop the :COUNT of the inputs the domain quotas should draw from")
         if per_prompt is not None and select is None:
             raise UsageError("--per-prompt needs --select", hint="add --select das or --select random")
         mixer = Mixer(inputs=specs, quotas=quotas, select=select, per_prompt=per_prompt or 1,
