@@ -159,8 +159,8 @@ def analyze(text: str, teacher: TokenLogprobs, student: TokenLogprobs, *,
 
 
 def _r(value: float) -> float | None:
-    """A probability for a record: 6 decimals, None (JSON null) for NaN."""
-    return None if math.isnan(value) else round(value, 6)
+    """A probability for a record: 6 significant digits, None (JSON null) for NaN."""
+    return None if math.isnan(value) else float(f"{value:.6g}")
 
 
 def das_record(analysis: Analysis, *, student: str, beta: float, distilled: str | None = None,
@@ -187,3 +187,37 @@ def das_record(analysis: Analysis, *, student: str, beta: float, distilled: str 
         das.update({"distilled": distilled, "alpha": alpha, "p_distilled": _r(analysis.p_response[2])})
     das["sentences"] = sentences
     return das
+
+
+def teacher_tokens(record: dict[str, Any], response: str) -> tuple[TokenLogprobs, int]:
+    """The teacher's token log-probs of a response record, and where its part starts.
+
+    Raises RecordError when the record has none (scoring would be a silent zero), when
+    the lists disagree, or when ``prefix_chars`` is invalid. Mixed-policy records
+    (``prefix_chars`` > 0) score only ``response[prefix_chars:]``, the teacher's part.
+    """
+    from dasd_cli.errors import RecordError
+
+    name = record.get("id", "?")
+    teacher = record.get("teacher")
+    logprobs = teacher.get("logprobs") if isinstance(teacher, dict) else None
+    offsets = teacher.get("offsets") if isinstance(teacher, dict) else None
+    if not isinstance(logprobs, list) or not isinstance(offsets, list):
+        raise RecordError(f"record {name!r} has no teacher.logprobs/offsets", reason="no_teacher_logprobs",
+                          hint="score reads `dasd sample` output (the teacher's per-token log-probs); "
+                          "APIs without log-probs cannot feed DAS")
+    if len(logprobs) != len(offsets):
+        raise RecordError(f"record {name!r}: {len(logprobs)} teacher.logprobs but {len(offsets)} offsets",
+                          reason="bad_teacher_logprobs")
+    start = record.get("prefix_chars") or 0
+    if not isinstance(start, int) or not 0 <= start <= len(response):
+        raise RecordError(f"record {name!r}: prefix_chars {start!r} is not in 0..{len(response)}",
+                          reason="bad_field")
+    if not logprobs and response[start:].strip():
+        raise RecordError(f"record {name!r} has an empty teacher.logprobs for a non-empty response",
+                          reason="no_teacher_logprobs",
+                          hint="sample with log-probs enabled (every backend of `dasd sample` records them)")
+    if any(not isinstance(o, int) or o < start or o > len(response) for o in offsets):
+        raise RecordError(f"record {name!r}: teacher.offsets must index the response from "
+                          f"prefix_chars ({start}) on", reason="bad_teacher_logprobs")
+    return TokenLogprobs(logprobs, offsets), start

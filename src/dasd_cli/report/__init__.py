@@ -1,0 +1,1 @@
+"""Human-facing reports of dasd results: explain views and plots."""

@@ -1,0 +1,175 @@
+"""dasd score through the CLI: errors and pre-scored records (no model), then a real run
+(slow): SmolLM2 samples at T=0.6 and T=1.0 scored against a 10-layer student cut from
+SmolLM2, with the --explain terminal view, the HTML page in headless chromium, --plot."""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+
+from conftest import parse_records, to_jsonl
+from dasd_cli.core.segment import sentence_spans
+
+
+def scored_record(i: int) -> dict:
+    """A response record already scored by the default student (score reuses its das)."""
+    response = f"Step one for {i}. Then step two.\nThe answer is {i}."
+    (a, b), (_, c), (_, d) = sentence_spans(response)
+    return {"id": f"p{i}@0.6#0", "prompt_id": f"p{i}", "prompt": f"Question {i}?", "response": response,
+            "finish_reason": "stop", "teacher": {"model": "T", "temperature": 0.6, "top_p": 1.0, "seed": 0,
+                                                 "logprobs": [-0.1, -0.2], "offsets": [0, 17],
+                                                 "logprobs_mode": "raw"},
+            "das": {"student": "SmolLM2-135M-Instruct", "beta": 0.1,
+                    "counts": {"teacher": 1, "shared": 1, "student": 1}, "score": 1,
+                    "p_teacher": 0.86, "p_student": 0.5,
+                    "sentences": [{"start": a, "end": b, "p_teacher": 0.9, "p_student": 0.5, "type": "teacher"},
+                                  {"start": b, "end": c, "p_teacher": 0.8, "p_student": 0.75, "type": "shared"},
+                                  {"start": c, "end": d, "p_teacher": 0.2, "p_student": 0.6,
+                                   "type": "student"}]}}
+
+
+def test_missing_teacher_logprobs_is_an_error_naming_the_record(cli):
+    record = {"id": "q7@1.0#0", "prompt": "Hi?", "response": "Hello there."}
+    code, out, err = cli(["score", "-"], stdin=to_jsonl([record]))
+    assert code == 1
+    assert "q7@1.0#0" in err and "teacher.logprobs" in err and "(<stdin>:1)" in err
+    record["teacher"] = {"logprobs": [], "offsets": []}
+    code, out, err = cli(["score", "--on-error", "skip", "-"], stdin=to_jsonl([record]))
+    assert code == 0 and "skipped 1 (no_teacher_logprobs 1)" in err
+
+
+def test_prefix_offsets_must_be_in_teacher_part(cli):
+    record = scored_record(1) | {"prefix_chars": 20}
+    del record["das"]
+    code, _, err = cli(["score", "-"], stdin=to_jsonl([record]))
+    assert code == 1 and "prefix_chars (20)" in err
+
+
+def test_bad_flags_are_usage_errors(cli):
+    code, _, err = cli(["score", "--backend", "nope", "-"], stdin=to_jsonl([scored_record(0)]))
+    assert code == 2 and "--backend" in err
+    code, _, err = cli(["score", "--backend", "openai", "-"], stdin=to_jsonl([scored_record(0)]))
+    assert code == 2 and "cannot score" in err
+
+
+def test_scored_records_pass_through_and_explain_without_a_model(cli, tmp_path):
+    records = [scored_record(i) for i in range(3)]
+    code, out, err = cli(["score", "--explain", "--limit", "2", "-"], stdin=to_jsonl(records))
+    assert code == 0
+    assert parse_records(out) == records  # not a terminal: records still flow
+    assert "[T 0.90/0.50]" in err and "[S 0.20/0.60]" in err and "Then step two." in err
+    assert err.count("== p") == 2 and "teacher          2     0.900     0.500" in err
+    page = tmp_path / "view.html"
+    code, out, err = cli(["score", "--explain", "--limit", "3", "-o", str(page), "-"], stdin=to_jsonl(records))
+    assert code == 0 and out == b""
+    text = page.read_text()
+    assert text.count("<svg") == 3 and "http" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    plot = tmp_path / "hist.png"
+    code, out, err = cli(["score", "--plot", str(plot), "-"], stdin=to_jsonl(records))
+    assert code == 0 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ the real run (slow)
+
+PROMPTS = ["What is 12 + 7? Answer briefly.", "Name the capital of France in one sentence.",
+           "Is 9 a prime number? Explain in one sentence."]
+
+
+@pytest.fixture(scope="module")
+def teacher_records():
+    """SmolLM2 samples at T=0.6 and T=1.0 with raw log-probs, via the hf backend."""
+    from dasd_cli.backends.base import GenerationRequest
+    from dasd_cli.backends.hf import HFBackend
+    from dasd_cli.backends.models import DEFAULT_MODEL_NAME
+
+    backend = HFBackend(None, dtype="fp32", device="cpu")
+    requests = [GenerationRequest(f"p{i}@{t}#0", [{"role": "user", "content": p}], temperature=t,
+                                  max_tokens=40, seed=i) for t in (0.6, 1.0) for i, p in enumerate(PROMPTS)]
+    out = {g.key: g for g in backend.generate(requests)}
+    records = []
+    for r in requests:
+        g = out[r.key]
+        records.append({"id": r.key, "prompt_id": r.key.split("@")[0], "messages": r.messages,
+                        "response": g.text, "finish_reason": g.finish_reason,
+                        "teacher": {"model": DEFAULT_MODEL_NAME, "temperature": r.temperature, "top_p": 1.0,
+                                    "seed": r.seed, "logprobs": g.logprobs, "offsets": g.offsets,
+                                    "logprobs_mode": g.logprobs_mode}})
+    return records
+
+
+@pytest.fixture(scope="module")
+def small_student(tmp_path_factory):
+    """A 10-layer student: every third decoder layer of SmolLM2, saved as a model folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dasd_cli.backends.models import resolve_model
+
+    source = resolve_model(None)
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+    model.model.layers = torch.nn.ModuleList(list(model.model.layers)[::3])
+    model.config.num_hidden_layers = len(model.model.layers)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[::3]
+    folder = tmp_path_factory.mktemp("models") / "student-10l"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(source)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_real_run_scores_explains_and_plots(cli, tmp_path, teacher_records, small_student):
+    data = to_jsonl(teacher_records)
+    code, out, err = cli(["score", "--model", str(small_student), "--keep-token-logprobs",
+                          "--explain", "--limit", "2", "--plot", str(tmp_path / "p.png"), "-"], stdin=data)
+    assert code == 0, err
+    scored = parse_records(out)
+    assert [r["id"] for r in scored] == [r["id"] for r in teacher_records]  # input order
+    for record in scored:
+        das = record["das"]
+        assert das["student"] == "student-10l" and das["beta"] == 0.1
+        assert das["score"] == das["counts"]["teacher"]
+        assert sum(das["counts"].values()) == len(das["sentences"])
+        spans = [(s["start"], s["end"]) for s in das["sentences"]]
+        assert spans[0][0] == 0 and spans[-1][1] == len(record["response"])
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        assert 0 < das["p_teacher"] <= 1 and 0 < das["p_student"] <= 1
+        assert len(das["student_logprobs"]) == len(das["student_offsets"]) > 0
+        expected = __import__("math").exp(sum(record["teacher"]["logprobs"]) / len(record["teacher"]["logprobs"]))
+        assert das["p_teacher"] == pytest.approx(expected, rel=1e-5)
+    # the terminal view: every sentence of the first two records, then the summary table
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", err)
+    for record in scored[:2]:
+        for s in record["das"]["sentences"]:
+            assert record["response"][s["start"]:s["end"]].strip() in plain
+    assert "mean score (teacher sentences)" in err and "dasd score: read 6, kept 6" in err
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    # the student is not the teacher: some sentence differs by more than beta
+    assert any(s["type"] != "shared" for r in scored for s in r["das"]["sentences"])
+
+    page = tmp_path / "run.html"
+    code, _, err = cli(["score", "--explain", "--limit", "6", "-o", str(page), "--model", str(small_student), "-"],
+                       stdin=to_jsonl(scored))
+    assert code == 0, err
+    _check_page_in_browser(page, scored)
+
+
+def _check_page_in_browser(page: Path, scored: list[dict]) -> None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium) - HTML not rendered")
+    env = {**os.environ, "HOME": str(page.parent)}
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          page.as_uri()], capture_output=True, text=True, timeout=120, env=env).stdout
+    assert "<svg" in dom and dom.count("<section>") == len(scored)
+    for i, record in enumerate(scored):
+        for j, s in enumerate(record["das"]["sentences"]):
+            text = html.escape(record["response"][s["start"]:s["end"]], quote=False)
+            assert f'id="r{i}s{j}"' in dom and text in dom, f"sentence {j} of {record['id']} not shown"
