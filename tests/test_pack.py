@@ -282,3 +282,30 @@ def test_cli_record_without_response_names_file_and_line(cli, tmp_path: Path) ->
     path.write_bytes(to_jsonl([response(0, 3), {"id": "x", "prompt": "no response here"}]))
     code, _out, err = cli(["pack", str(path)])
     assert code == 1 and "no 'response'" in err and f"({path}:2)" in err
+
+
+@pytest.mark.slow
+def test_pipe_mix_das_into_pack(tmp_path: Path) -> None:
+    """`dasd mix --select das | dasd pack` as real processes: the DAS winners get packed."""
+    import subprocess
+
+    from conftest import dasd_bin, parse_records, write_file
+
+    records = []
+    for q in range(4):
+        for s in range(3):
+            r = response(q * 10 + s, 5 + s)
+            r["prompt_id"] = f"q{q}"
+            r["messages"][0]["content"] += f" (question {q})"  # distinct content: no dedupe
+            r["das"] = {"score": (q + s) % 3, "p_teacher": 0.5, "p_student": 0.4}
+            records.append(r)
+    scored = write_file(tmp_path / "scored.jsonl.zst", records, "zstd")
+    dasd = " ".join(dasd_bin())
+    script = (f"{dasd} mix --select das --seed 1 {scored} "
+              f"| {dasd} pack --cutoff-len 1024 --compress none")
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    ids = sorted(i for p in parse_records(proc.stdout) for i in p["ids"])
+    winners = sorted(f"r{q * 10 + s}" for q in range(4) for s in range(3) if (q + s) % 3 == 2)
+    assert ids == winners
+    assert b"dasd mix: read 12, kept 4" in proc.stderr and b"dasd pack: read 4, packed 4" in proc.stderr
