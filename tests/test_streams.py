@@ -19,6 +19,7 @@ import pytest
 
 from conftest import (dasd_bin, decode, gzip_bytes, parse_records, run_dasd, to_jsonl,
                       write_file, zstd_bytes)
+from test_score_cli import scored_record
 
 
 def response_record(i: int) -> dict[str, Any]:
@@ -47,6 +48,7 @@ STREAMING_COMMANDS: list[StreamCase] = [
     StreamCase("filter", response_record),
     StreamCase("mix", response_record, ordered=False),
     StreamCase("pack", response_record, ["--cutoff-len", "256"], lambda recs: [i for r in recs for i in r["ids"]], ordered=False, big_records=3000, marks=[pytest.mark.slow]),
+    StreamCase("score", scored_record),  # pre-scored: the stream contract without a model
 ]
 
 CASES = [pytest.param(case, id=case.command, marks=case.marks) for case in STREAMING_COMMANDS]
