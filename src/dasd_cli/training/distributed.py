@@ -54,6 +54,7 @@ def claim_stdout(ranks: Ranks) -> None:
     if fd != 1:
         if not ranks.is_main:
             sys.stdout = open(os.devnull, "w")
+            _KEEP_OPEN.append(sys.stdout)
         return
     sys.stdout.flush()
     if ranks.is_main:
@@ -64,6 +65,7 @@ def claim_stdout(ranks: Ranks) -> None:
     else:
         os.dup2(2, 1)
         sys.stdout = open(os.devnull, "w")
+        _KEEP_OPEN.append(sys.stdout)
 
 
 def library_prints_to_stderr() -> None:
