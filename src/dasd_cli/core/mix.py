@@ -64,7 +64,7 @@ class Quota:
 
     @property
     def short(self) -> int:
-        return max(0, (self.target or 0) - self.available) if self.target is not None else 0
+        return 0 if self.target is None else max(0, self.target - self.available)
 
 
 def content_digest(record: dict[str, Any]) -> bytes:
