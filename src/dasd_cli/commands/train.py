@@ -114,7 +114,10 @@ def train_command(
     dist_util.claim_stdout(ranks)
 
     def body(session: common.Session) -> None:
-        dist_util.library_prints_to_stderr()
+        with dist_util.library_prints_to_stderr():
+            _body(session)
+
+    def _body(session: common.Session) -> None:
         session.kept_word = "trained on"
         if out is None:
             raise UsageError("--out DIR is required", hint="where checkpoints and the final model go")

@@ -8,13 +8,14 @@ is imported, and only rank 0 writes records.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from dasd_cli.errors import UsageError
 
@@ -68,9 +69,15 @@ def claim_stdout(ranks: Ranks) -> None:
         _KEEP_OPEN.append(sys.stdout)
 
 
-def library_prints_to_stderr() -> None:
+@contextlib.contextmanager
+def library_prints_to_stderr() -> Iterator[None]:
     """After the record writer holds its stream: ``print`` from libraries goes to stderr."""
+    saved = sys.stdout
     sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = saved
 
 
 def route_deepspeed_logging() -> None:
