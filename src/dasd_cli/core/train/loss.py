@@ -79,14 +79,15 @@ class _FusedLinearCE:
                                  if bias is not None and ctx.needs_input_grad[2] else None)
                     for start in range(0, n, chunk_size):
                         h = hidden[start:start + chunk_size]
-                        logits = h @ weight.t()
+                        w = weight.to(h.dtype)  # a no-op unless autocast left them apart
+                        logits = h @ w.t()
                         if bias is not None:
                             logits = logits + bias
                         chunk_loss, g = _chunk_loss_and_grad_logits(logits, targets[start:start + chunk_size])
                         loss += chunk_loss
                         g_low = g.to(h.dtype)
                         if grad_hidden is not None:
-                            grad_hidden[start:start + chunk_size] = g_low @ weight
+                            grad_hidden[start:start + chunk_size] = g_low @ w
                         if grad_weight is not None:
                             grad_weight.addmm_(g.t(), h.to(acc))
                         if grad_bias is not None:
