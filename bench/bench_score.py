@@ -1,0 +1,144 @@
+"""Student scoring speed and memory of `dasd score` (backends/hf_score.py).
+
+Rows:
+- response tokens/s of ``score_batches`` (dtype auto: bf16 where the CPU/GPU runs it
+  fast; length-sorted batches within 16,384 padded tokens; chunked logsumexp) against
+  the naive transformers baseline: fp32, input order, padded batches of 8 with an
+  attention mask, full logits and a full log-softmax, then gather. Same requests, sides
+  alternated, best of the repeats per side. Synthetic long-CoT responses
+  (bench/synthetic_cot.py) cut to lengths drawn log-uniformly, under the SmolLM2 chat
+  template, scored by SmolLM2-135M-Instruct (the embedded default).
+- peak RSS of a fresh process scoring 8 responses of 4,096 tokens with ``score_batches``,
+  against the loaded model's size + 1.5 GiB.
+vLLM prompt log-probs are not compared: the vLLM scorer is not in this build.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dasd_cli.backends.base import ScoreRequest
+
+HERE = Path(__file__).resolve().parent
+BATCH_TOKENS = 16384  # the `dasd score --batch-tokens` default
+NAIVE_BATCH = 8  # rows per padded batch in the baseline
+
+
+def make_requests(tokenizer, lengths: list[int], seed: int = 0) -> list[ScoreRequest]:
+    """Synthetic responses of exactly ``lengths`` tokens (cut at a token boundary)."""
+    from synthetic_cot import clean_response
+
+    rng = random.Random(seed)
+    requests = []
+    for i, length in enumerate(lengths):
+        text = clean_response(rng, words=int(length * 0.9) + 20)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        cut = enc["offset_mapping"][length][0] if len(enc["input_ids"]) > length else len(text)
+        requests.append(ScoreRequest(f"r{i}", [{"role": "user", "content": f"Problem {i}: solve it."}],
+                                     text[:cut]))
+    return requests
+
+
+def score_ours(model, tokenizer, requests) -> int:
+    from dasd_cli.backends.hf_score import score_batches
+
+    return sum(len(s.logprobs) for s in score_batches(model, tokenizer, requests, BATCH_TOKENS))
+
+
+def score_naive(model, tokenizer, requests) -> int:
+    """fp32 model, input order, padded batches of 8, full log-softmax."""
+    import torch
+
+    from dasd_cli.core.chat import encode_example
+
+    total = 0
+    for start in range(0, len(requests), NAIVE_BATCH):
+        encs = [encode_example(tokenizer, r.messages, r.response, add_end_of_turn=False)
+                for r in requests[start:start + NAIVE_BATCH]]
+        width = max(len(e.input_ids) for e in encs)
+        ids = torch.zeros((len(encs), width), dtype=torch.long)
+        mask = torch.zeros((len(encs), width), dtype=torch.long)
+        for b, e in enumerate(encs):
+            ids[b, :len(e.input_ids)] = torch.tensor(e.input_ids)
+            mask[b, :len(e.input_ids)] = 1
+        with torch.inference_mode():
+            logprobs = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+            for b, e in enumerate(encs):
+                rows = logprobs[b, e.prompt_len - 1:len(e.input_ids) - 1]
+                picked = rows.gather(1, ids[b, e.prompt_len:len(e.input_ids), None])
+                total += picked.numel()
+        del logprobs
+    return total
+
+
+def speed_row(quick: bool) -> dict:
+    from dasd_cli.backends.models import load_causal_lm, load_tokenizer, pick_dtype
+
+    tokenizer = load_tokenizer(None)
+    ours_model = load_causal_lm(None, dtype="auto", device="cpu")
+    naive_model = load_causal_lm(None, dtype="fp32", device="cpu")
+    rng = random.Random(1)
+    n, low, high = (12, 64, 768) if quick else (24, 128, 2048)
+    lengths = [int(math.exp(rng.uniform(math.log(low), math.log(high)))) for _ in range(n)]
+    requests = make_requests(tokenizer, lengths)
+    score_ours(ours_model, tokenizer, requests[:2])  # warm-up (first-call allocations)
+    best = {"ours": math.inf, "naive": math.inf}
+    tokens = {}
+    for _ in range(1 if quick else 2):
+        for side, fn, model in (("ours", score_ours, ours_model), ("naive", score_naive, naive_model)):
+            t0 = time.perf_counter()
+            tokens[side] = fn(model, tokenizer, requests)
+            best[side] = min(best[side], time.perf_counter() - t0)
+    assert tokens["ours"] == tokens["naive"]
+    ours_rate, naive_rate = tokens["ours"] / best["ours"], tokens["naive"] / best["naive"]
+    return {"benchmark": "score", "metric": "student scoring tokens/s", "value": ours_rate,
+            "unit": "tokens/s", "baseline": "naive fp32, input order, batches of 8, full log-softmax",
+            "baseline_value": naive_rate, "ratio": ours_rate / naive_rate, "goal": ">= 2",
+            "note": f"{n} responses, {sum(lengths)} tokens ({low}-{high} each); ours dtype "
+                    f"{str(pick_dtype('auto')).removeprefix('torch.')}; best of alternated repeats"}
+
+
+def rss_child(n: int, length: int) -> None:
+    """In a fresh process: score n responses of ``length`` tokens, print sizes in bytes."""
+    from dasd_cli.backends.models import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(None)
+    model = load_causal_lm(None, dtype="auto", device="cpu")
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    requests = make_requests(tokenizer, [length] * n)
+    scored = score_ours(model, tokenizer, requests)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec.
+    status = Path("/proc/self/status").read_text()
+    peak = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
+    print(f"{model_bytes} {peak} {scored}")
+
+
+def rss_row(quick: bool) -> dict:
+    n, length = (8, 1024) if quick else (8, 4096)
+    out = subprocess.run([sys.executable, __file__, "--rss", str(n), str(length)], capture_output=True,
+                         text=True, check=True, cwd=HERE).stdout.split()
+    model_bytes, peak, scored = int(out[-3]), int(out[-2]), int(out[-1])
+    gib = 2 ** 30
+    return {"benchmark": "score", "metric": f"peak RSS, {n} x {length}-token responses", "value": peak / gib,
+            "unit": "GiB", "baseline": "loaded model size + 1.5 GiB", "baseline_value": model_bytes / gib + 1.5,
+            "ratio": peak / (model_bytes + 1.5 * gib), "goal": "<= 1",
+            "note": f"fresh process (imports included), {scored} tokens scored, model {model_bytes / gib:.2f} GiB"}
+
+
+def run(quick: bool) -> list[dict]:
+    """The benchmark rows (``quick``: smaller inputs, one repeat)."""
+    return [speed_row(quick), rss_row(quick)]
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--rss"]:
+        sys.path.insert(0, str(HERE))
+        rss_child(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        for row in run("--quick" in sys.argv):
+            print(row)
