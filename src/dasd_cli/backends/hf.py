@@ -18,6 +18,7 @@ the sampled sequence is canonical (the common case; the tests measure how often)
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -34,10 +35,74 @@ _LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # one model per proce
 def token_offsets(tokenizer: Any, ids: Sequence[int]) -> tuple[str, list[int]]:
     """The text of ``ids`` and the start character of each token in it.
 
-    Decodes incrementally (a window of one emitted token before the new ones, as
-    streaming detokenizers do) so it is linear in the length. A token that ends inside a
-    multi-byte character emits nothing; it and the tokens completing the character share
-    that character's start. Offsets are non-decreasing, one per token.
+    Byte-level BPE tokenizers (GPT-2 style, as SmolLM2, Llama 3, Qwen): exact and linear,
+    from each token's bytes; a token that starts inside a multi-byte character gets that
+    character's index, as the tokenizer's own offset mapping does. Other tokenizers:
+    incremental decoding (:func:`decoded_offsets`). Offsets are non-decreasing.
+    """
+    ids = list(ids)
+    pieces = byte_level_pieces(tokenizer, ids)
+    if pieces is not None:
+        return byte_offsets(pieces)
+    return decoded_offsets(tokenizer, ids)
+
+
+def byte_offsets(pieces: list[bytes]) -> tuple[str, list[int]]:
+    """The text of concatenated token bytes and each token's start character.
+
+    A token starting inside a multi-byte character gets that character's index.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    chars = 0
+    parts: list[str] = []
+    offsets: list[int] = []
+    for piece in pieces:
+        offsets.append(chars)  # characters completed before this token's first byte
+        part = decoder.decode(piece)
+        parts.append(part)
+        chars += len(part)
+    parts.append(decoder.decode(b"", final=True))
+    return "".join(parts), offsets
+
+
+def _unicode_to_byte() -> dict[str, int]:
+    """Inverse of the byte-level BPE alphabet: printable stand-ins for the 256 byte values."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
+                 + list(range(ord("\xae"), ord("\xff") + 1)))
+    mapping = {chr(b): b for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            mapping[chr(256 + extra)] = b
+            extra += 1
+    return mapping
+
+
+_BYTE_OF = _unicode_to_byte()
+
+
+def byte_level_pieces(tokenizer: Any, ids: list[int]) -> list[bytes] | None:
+    """Each token's bytes for a byte-level BPE tokenizer, else ``None``."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or "ByteLevel" not in type(backend.decoder).__name__ + str(backend.decoder)[:40]:
+        return None
+    added = {i: t.content for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
+    pieces = []
+    for token_id, token in zip(ids, tokenizer.convert_ids_to_tokens(ids)):
+        if token_id in added:
+            pieces.append(added[token_id].encode("utf-8"))
+            continue
+        try:
+            pieces.append(bytes(_BYTE_OF[ch] for ch in token))
+        except KeyError:
+            return None  # not the byte-level alphabet after all
+    return pieces
+
+
+def decoded_offsets(tokenizer: Any, ids: Sequence[int]) -> tuple[str, list[int]]:
+    """Offsets by incremental decoding (a window of one emitted token before the new ones,
+    as streaming detokenizers do), linear in the length. A token that ends inside a
+    character emits nothing; it and the tokens completing the character share its start.
     """
     ids = list(ids)
     full = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -144,6 +209,9 @@ class HFBackend(Backend):
         self.batch_tokens = batch_tokens
         key = (str(models.resolve_model(model)), dtype, device)
         if key not in _LOADED:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # stderr is for dasd's own progress and summary
             _LOADED[key] = (models.load_tokenizer(model),
                             models.load_causal_lm(model, dtype=dtype, device=device))
         self.tokenizer, self.model = _LOADED[key]
