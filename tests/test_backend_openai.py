@@ -171,8 +171,14 @@ def test_resume_after_kills_at_random_moments(tmp_path: Path) -> None:
                              "--concurrency", "2", "-o", str(out), "--resume", str(inputs)]
         counts = []
         for _ in range(5):
-            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            time.sleep(rng.uniform(0.5, 2.5))
+            before = len(out.read_bytes().splitlines()) if out.exists() else 0
+            target = before + rng.randint(1, 12)  # kill mid-run: after a random number of records
+            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline and (
+                    not out.exists() or len(out.read_bytes().splitlines()) < target):
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0, 0.05))
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
             counts.append(len(out.read_bytes().splitlines()) if out.exists() else 0)
