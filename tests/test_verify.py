@@ -164,3 +164,30 @@ def test_humaneval_reference_solutions_all_pass_and_broken_ones_fail():
     failures = [(r["id"], d) for r, d in zip(correct, good_verdicts) if d is not None]
     assert failures == []
     assert all(d is not None and d.reason == "tests_failed" for d in bad_verdicts)
+
+
+@pytest.mark.parametrize("response,expected", [
+    ("6 + 7 = 13", "13"),
+    ("First 2 + 2 = 4, then 4 * 3 = 12.", "12"),
+    ("The total is = $1,250.50 in all", "1,250.50"),
+    ("9 + 5 = 12\n\nThis is a classic identity.", "12"),
+    ("No equation here, just words.", None),
+    ("x = 3 + y", None),  # the right-hand side is an expression, not a stated result
+])
+def test_math_fallback_takes_the_last_equation_result(response, expected) -> None:
+    from dasd_cli.core.verify.answers import extract_math_answer
+
+    assert extract_math_answer(response) == expected
+
+
+@pytest.mark.parametrize("response,expected", [
+    ("D. The circulatory system", "D"),
+    ("(B) Because plants need light.", "B"),
+    ("A) yes", "A"),
+    ("Because of the light, plants grow.", None),
+    ("D. First thought.\nThe answer is B.", "B"),  # an explicit choice later wins
+])
+def test_choice_opening_letter(response, expected) -> None:
+    from dasd_cli.core.verify.choice import extract_choice
+
+    assert extract_choice(response) == expected

@@ -154,10 +154,17 @@ def pick_device(device: str = "auto") -> str:
 
 def load_tokenizer(spec: str | None) -> Any:
     """The tokenizer of a model spec (a folder, a .gguf file or the embedded default)."""
-    from transformers import AutoTokenizer
-
     path = resolve_model(spec)
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if (path / "tokenizer.json").is_file():
+        # Importing AutoTokenizer pulls in every model family (seconds); a folder with a
+        # tokenizer.json needs only the fast tokenizer class.
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
     if not getattr(tokenizer, "is_fast", False):
         raise UsageError(f"--model {spec}: dasd needs a fast tokenizer (character offsets)")
     return tokenizer

@@ -2,7 +2,8 @@
 
 Extraction looks only at the final answer part (after the last ``</think>``, when there
 is one): the last ``\\boxed{...}`` (or ``\\fbox``), else the last "final answer is X" /
-"answer: X" phrase. Comparison parses both sides with math-verify, so equivalent forms
+"answer: X" phrase, else the number after the last ``=`` ("6 + 7 = 13"), the way short
+answers without a box state their result. Comparison parses both sides with math-verify, so equivalent forms
 agree: ``1/2``, ``0.5`` and ``\\frac{1}{2}``; ``x^2+1`` and ``1+x^2``; ``1,000`` and ``1000``.
 
 math-verify guards its parsing with SIGALRM, which only works on the main thread. On the
@@ -23,6 +24,8 @@ DEFAULT_TIMEOUT_S = 5  # per parse / comparison (seconds)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # "The final answer is X", "Answer: X", "**Final Answer:** X" (X runs to the end of the line)
 _PHRASES = re.compile(r"\banswer\b[*\s]*(?:is\b[*\s:]*|[:=][*\s]*)([^\n]+)", re.IGNORECASE)
+# "... = 13", "= $1,250.50" (the right-hand side of the last equation, a plain number)
+_EQUALS_NUMBER = re.compile(r"=\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)(?![\d.]*\s*[-+*/^])")
 
 
 def final_answer_part(response: str) -> str:
@@ -57,7 +60,8 @@ def extract_math_answer(response: str) -> str | None:
         return boxed
     phrases = list(_PHRASES.finditer(text))
     if not phrases:
-        return None
+        equations = list(_EQUALS_NUMBER.finditer(text))
+        return equations[-1].group(1) if equations else None
     answer = phrases[-1].group(1)
     for _ in range(2):  # "**$\\frac{1}{2}$**." -> "\\frac{1}{2}"
         answer = re.sub(r"[.\s*]+$", "", answer).lstrip("*").strip().strip("$").strip()

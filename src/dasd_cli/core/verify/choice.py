@@ -2,7 +2,8 @@
 
 Looks at the final answer part (after ``</think>``) and takes the LAST explicit choice:
 ``\\boxed{B}``, "the answer is (B)", "Answer: B", "correct option is B", "**B**"; failing
-those, a final line that is only a letter ("B", "(B)", "B."). Letters A-J (MMLU-Pro has ten).
+those, a final line that is only a letter ("B", "(B)", "B."), or an answer that opens with
+the chosen option ("D. The circulatory system"). Letters A-J (MMLU-Pro has ten).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ _EXPLICIT = re.compile(
     r"(?:answer|option|choice)(?:\s+(?:is|would\s+be|should\s+be))?\s*(?:is|:)?[\s:*]*"
     + r"(?:option\s+|choice\s+)?" + _LETTER, re.IGNORECASE)
 _BOXED_LETTER = re.compile(r"^(?:\\text\{)?\s*\(?([A-J])\)?\s*\}?(?:[.:)].*)?$", re.DOTALL)
+_LEADING = re.compile(r"^[\s*#>]*\(?([A-J])[.)]\s")
 _LONE_LINE = re.compile(r"^[\s*#>]*(?:\(([A-J])\)|\[([A-J])\]|([A-J]))[.)]?[\s*]*$")
 
 
@@ -41,8 +43,11 @@ def extract_choice(response: str) -> str | None:
     for line in reversed(text.strip().splitlines()):
         if line.strip():
             lone = _LONE_LINE.match(line)
-            return next(g for g in lone.groups() if g) if lone else None
-    return None
+            if lone:
+                return next(g for g in lone.groups() if g)
+            break
+    leading = _LEADING.match(text)
+    return leading.group(1) if leading else None
 
 
 def _ends_sentence(text: str, end: int) -> bool:
