@@ -173,3 +173,26 @@ def _check_page_in_browser(page: Path, scored: list[dict]) -> None:
         for j, s in enumerate(record["das"]["sentences"]):
             text = html.escape(record["response"][s["start"]:s["end"]], quote=False)
             assert f'id="r{i}s{j}"' in dom and text in dom, f"sentence {j} of {record['id']} not shown"
+
+
+@pytest.mark.slow
+def test_distilled_provenance_and_teacher_consistency(cli, teacher_records, small_student):
+    """With the teacher itself as the 'distilled' model, p_D must reproduce p_T: the teacher's
+    sampling log-probs and a teacher-forced pass of the same model agree, sentence by sentence."""
+    from dasd_cli.backends.models import resolve_model
+
+    teacher_folder = str(resolve_model(None))
+    code, out, err = cli(["score", "--model", str(small_student), "--distilled", teacher_folder,
+                          "--alpha", "0.2", "--dtype", "fp32", "-"], stdin=to_jsonl(teacher_records[:3]))
+    assert code == 0, err
+    diffs = []
+    for record in parse_records(out):
+        das = record["das"]
+        assert das["distilled"] == Path(teacher_folder).name and das["alpha"] == 0.2
+        assert set(das["counts"]) == {"teacher", "shared", "student", "boosted"}
+        assert das["p_distilled"] == pytest.approx(das["p_teacher"], abs=0.02)
+        for s in das["sentences"]:
+            diffs.append(abs(s["p_distilled"] - s["p_teacher"]))
+            if s["type"] == "boosted":
+                assert s["p_distilled"] - max(s["p_teacher"], s["p_student"]) > 0.2
+    assert max(diffs) < 0.05, f"teacher-forced p_D differs from sampled p_T by up to {max(diffs):.3f}"
