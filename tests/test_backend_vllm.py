@@ -1,0 +1,148 @@
+"""The vllm backend (offline engine) and the openai backend against a real vLLM server,
+with the CPU build of vLLM in .venv-vllm (`make setup-vllm`). Slow: each starts an engine.
+
+Records must pass the contract on SmolLM2 (offsets re-tokenize), and vLLM's stored
+log-probs must be raw: equal to a teacher-forced transformers forward (fp32) within
+tolerance.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT, parse_records, run_dasd, to_jsonl
+
+VENV = ROOT / ".venv-vllm"
+VLLM_PYTHON = VENV / "bin" / "python"
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not VLLM_PYTHON.exists(),
+                                 reason=".venv-vllm is absent (build it with `make setup-vllm`)")]
+ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+       "VLLM_LOGGING_STREAM": "ext://sys.stderr"}
+PROMPTS = [{"id": "a", "prompt": "What is 2+2?"}, {"id": "b", "prompt": "Name a color."},
+           {"id": "c", "prompt": "¿Cuál es la capital de Francia?"}]
+
+
+@pytest.fixture(scope="module")
+def model_path() -> str:
+    from dasd_cli.backends.models import resolve_model
+
+    return str(resolve_model(None))
+
+
+def contract(records: list[dict[str, Any]]) -> int:
+    """Offsets non-decreasing, one per log-prob; returns how many re-tokenize exactly."""
+    from dasd_cli.backends.models import load_tokenizer
+    from dasd_cli.core.chat import tokenize_with_offsets
+
+    tokenizer = load_tokenizer(None)
+    canonical = 0
+    for record in records:
+        offsets, logprobs = record["teacher"]["offsets"], record["teacher"]["logprobs"]
+        assert len(offsets) == len(logprobs) > 0 and record["teacher"]["logprobs_mode"] == "raw"
+        assert all(a <= b for a, b in zip(offsets, offsets[1:])) and offsets[-1] < len(record["response"])
+        canonical += tokenize_with_offsets(tokenizer, record["response"])[1] == offsets
+    return canonical
+
+
+def teacher_forced_gap(records: list[dict[str, Any]]) -> float:
+    """Largest |stored - log_softmax(raw logits)| over every token, with transformers fp32."""
+    import torch
+
+    from dasd_cli.backends.hf import HFBackend
+    from dasd_cli.core.chat import encode_ids, prompt_messages, render_prompt
+
+    engine = HFBackend(dtype="fp32")
+    worst = 0.0
+    for record in records:
+        prompt_ids = encode_ids(engine.tokenizer, render_prompt(engine.tokenizer, prompt_messages(record)))
+        response_ids = encode_ids(engine.tokenizer, record["response"])
+        if len(response_ids) != len(record["teacher"]["logprobs"]):
+            continue  # not the canonical tokenization: the sampled ids are not recoverable
+        with torch.inference_mode():
+            logits = engine.model(torch.tensor([prompt_ids + response_ids])).logits[0].float()
+        forced = torch.log_softmax(logits[len(prompt_ids) - 1:-1], -1).gather(
+            1, torch.tensor(response_ids)[:, None])[:, 0]
+        worst = max(worst, (forced - torch.tensor(record["teacher"]["logprobs"])).abs().max().item())
+    return worst
+
+
+def test_offline_engine_records(tmp_path: Path, model_path: str) -> None:
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.run([str(VENV / "bin" / "dasd"), "sample", "--backend", "vllm", "--model", model_path,
+                           "--dtype", "fp32", "-n", "2", "-t", "0.6", "--max-tokens", "16", "-o", str(out), "-"],
+                          input=to_jsonl(PROMPTS), capture_output=True, env={**os.environ, **ENV}, timeout=900)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    records = parse_records(out.read_bytes())
+    assert [r["id"] for r in records] == [f"{p['id']}@0.6#{k}" for p in PROMPTS for k in range(2)]
+    canonical = contract(records)
+    print(f"vllm: canonical re-tokenization {canonical}/{len(records)}")
+    assert canonical >= len(records) // 2
+    gap = teacher_forced_gap(records)
+    print(f"vllm: max |stored - teacher-forced raw| = {gap:.2e}")
+    assert gap < 0.05
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real vLLM OpenAI server on 127.0.0.1, stopped by PID at the end."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen([str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
+                                 "--host", "127.0.0.1", "--port", str(port), "--model", model_path,
+                                 "--served-model-name", "smol", "--dtype", "float32",
+                                 "--logprobs-mode", "raw_logprobs", "--max-model-len", "2048"],
+                                stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **ENV},
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                urllib.request.urlopen(url + "/models", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("vLLM server did not start:\n" + log.read_text()[-3000:])
+                time.sleep(2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the engine core goes too
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_openai_backend_against_vllm_server(vllm_server: str, endpoint: str) -> None:
+    proc = run_dasd(["sample", "--backend", "openai", "--base-url", vllm_server, "--endpoint", endpoint,
+                     "-n", "2", "--max-tokens", "16", "--compress", "none", "-"],
+                    stdin=to_jsonl(PROMPTS), timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode()
+    records = parse_records(proc.stdout)
+    assert [r["id"] for r in records] == [f"{p['id']}@0.6#{k}" for p in PROMPTS for k in range(2)]
+    assert all(r["teacher"]["model"] == "smol" for r in records)
+    canonical = contract(records)
+    print(f"openai/{endpoint}: canonical re-tokenization {canonical}/{len(records)}")
+    assert canonical >= len(records) // 2
+    gap = teacher_forced_gap(records)
+    print(f"openai/{endpoint}: max |stored - teacher-forced raw| = {gap:.2e}")
+    assert gap < 0.05
