@@ -227,8 +227,11 @@ class _Scorer:
 def _open_backend(spec: str | None, *, backend: str, dtype: str, device: str, batch_tokens: int,
                   **_: Any) -> Any:
     if backend == "vllm":
-        raise UsageError("--backend vllm: scoring with vLLM prompt log-probs is not in this build yet",
-                         hint="use --backend hf (the default)")
+        from dasd_cli.backends.vllm import VLLMBackend
+
+        scorer = VLLMBackend(spec, dtype=dtype)
+        scorer.batch_tokens = batch_tokens
+        return scorer
     from dasd_cli.backends.hf import HFBackend
 
     return HFBackend(spec, dtype=dtype, device=device, batch_tokens=batch_tokens)
