@@ -40,9 +40,15 @@ def _max_isolation_error(model, vocab: int) -> float:
     return worst
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def _attn(name: str) -> str:
+    from dasd_cli.training import attention
+
+    return attention.register() if name == "segmented" else name
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "segmented"])
 def test_tiny_llama_packed_equals_alone(attn):
-    assert _max_isolation_error(tiny_llama(attn), 97) <= 1e-4
+    assert _max_isolation_error(tiny_llama(_attn(attn)), 97) <= 1e-4
 
 
 def test_position_ids_alone_would_leak():
@@ -57,9 +63,9 @@ def test_position_ids_alone_would_leak():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "segmented"])
 def test_smollm2_packed_equals_alone(attn):
     from dasd_cli.backends.models import load_causal_lm
 
-    model = load_causal_lm(None, dtype="fp32", device="cpu", attn_implementation=attn)
+    model = load_causal_lm(None, dtype="fp32", device="cpu", attn_implementation=_attn(attn))
     assert _max_isolation_error(model, model.config.vocab_size) <= 1e-4

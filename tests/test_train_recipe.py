@@ -64,13 +64,14 @@ def _trainer(model: Path, out: Path, records: list[dict], **kwargs) -> recipe.Tr
     return trainer
 
 
-def test_one_step_packed_equals_unpacked(tmp_path):
+@pytest.mark.parametrize("attn", ["segmented", "sdpa", "eager"])
+def test_one_step_packed_equals_unpacked(tmp_path, attn):
     model = make_tiny_model(tmp_path / "model")
     samples = make_samples(5)
     runs = {}
     for name, records in (("packed", [pack(samples)]), ("unpacked", packed_records(samples, 1))):
         trainer = _trainer(model, tmp_path / name, records, epochs=1, global_batch_size=len(records),
-                           shuffle=False)
+                           shuffle=False, attn=attn)
         grads = {}
         step_optimizer = trainer._optimizer_step
 
@@ -87,7 +88,9 @@ def test_one_step_packed_equals_unpacked(tmp_path):
     assert abs(m_packed["loss"] - m_unpacked["loss"]) <= 1e-5
     for name in g_packed:
         assert torch.allclose(g_packed[name], g_unpacked[name], rtol=1e-4, atol=1e-7), name
-        diff = (p_packed[name] - p_unpacked[name]).abs().max() / p_unpacked[name].abs().max()
+        # relative in norm: Adam's first step is lr * g / (|g| + eps), so entries whose
+        # gradient is near eps amplify fp32 summation-order noise element by element
+        diff = torch.linalg.norm(p_packed[name] - p_unpacked[name]) / torch.linalg.norm(p_unpacked[name])
         assert diff <= 1e-6, (name, float(diff))
 
 

@@ -16,7 +16,7 @@ import typer
 from dasd_cli.commands import common
 from dasd_cli.errors import RecordError, UsageError
 
-ATTN_CHOICES = "auto|sdpa|eager|flash_attention_2"
+ATTN_CHOICES = "auto|segmented|sdpa|eager|flash_attention_2"
 
 
 def train_command(
@@ -55,8 +55,9 @@ def train_command(
         help="Compute dtype: auto is bf16 where the hardware runs it fast, else fp32.")] = "auto",
     attn: Annotated[str, typer.Option(
         "--attn", metavar=ATTN_CHOICES,
-        help="Attention backend; auto is flash_attention_2 on a GPU that has it, else sdpa. "
-        "Packed samples are isolated on every one.")] = "auto",
+        help="Attention backend; auto is flash_attention_2 on a GPU that has it, else segmented "
+        "(causal sdpa per packed sample). sdpa and eager use a block-diagonal mask. Packed "
+        "samples are isolated on every one.")] = "auto",
     gradient_checkpointing: Annotated[bool, typer.Option(
         "--gradient-checkpointing", help="Recompute activations in backward to save memory.")] = False,
     liger: Annotated[bool, typer.Option(

@@ -6,7 +6,9 @@ logits are never materialized. Isolation per attention backend:
 - ``sdpa``: a boolean 4D block-diagonal causal mask;
 - ``eager``: the same mask in additive float form (eager adds it to the scores);
 - ``flash_attention_2/3``: no mask; transformers derives varlen ``cu_seqlens`` from the
-  restarting ``position_ids``, which is exact for flash kernels.
+  restarting ``position_ids``, which is exact for flash kernels;
+- ``dasd_segmented`` (training.attention): no mask; causal sdpa per sample, from the
+  same ``cu_seq_lens`` boundaries (linear memory in the number of samples).
 transformers 5.x passes a 4D mask to the attention function unchanged
 (``masking_utils._preprocess_mask_arguments`` returns early on ``ndim == 4``).
 """
@@ -21,7 +23,7 @@ from dasd_cli.core.train import masks
 from dasd_cli.errors import UsageError
 
 MASKED_BACKENDS = ("sdpa", "eager")
-VARLEN_BACKENDS = ("flash_attention_2", "flash_attention_3")
+VARLEN_BACKENDS = ("flash_attention_2", "flash_attention_3", "dasd_segmented")
 
 
 def attention_inputs(model: Any, position_ids: Any, dtype: Any) -> Any:
@@ -34,7 +36,7 @@ def attention_inputs(model: Any, position_ids: Any, dtype: Any) -> Any:
     if impl in VARLEN_BACKENDS:
         return None
     raise UsageError(f"attention backend {impl!r} cannot isolate packed samples",
-                     hint="use --attn sdpa, eager or flash_attention_2")
+                     hint="use --attn segmented, sdpa, eager or flash_attention_2")
 
 
 def hidden_states(model: Any, input_ids: Any, position_ids: Any) -> Any:
@@ -45,7 +47,12 @@ def hidden_states(model: Any, input_ids: Any, position_ids: Any) -> Any:
     compute_dtype = torch.get_autocast_dtype(input_ids.device.type) if torch.is_autocast_enabled(
         input_ids.device.type) else next(model.parameters()).dtype
     mask = attention_inputs(model, position_ids, compute_dtype)
-    out = body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+    extra = {}
+    if getattr(model.config, "_attn_implementation", None) in VARLEN_BACKENDS:
+        boundaries, longest = masks.cu_seqlens(position_ids)
+        extra = {"cu_seq_lens_q": boundaries, "cu_seq_lens_k": boundaries,
+                 "max_length_q": longest, "max_length_k": longest}
+    out = body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False, **extra)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 

@@ -45,7 +45,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     grad_clip: float = 1.0  # max global gradient L2 norm (0: no clipping)
     dtype: str = "auto"  # compute dtype: auto (bf16 where fast) | bf16 | fp32
-    attn: str = "auto"  # attention backend: auto | sdpa | eager | flash_attention_2
+    attn: str = "auto"  # attention backend: auto | segmented | sdpa | eager | flash_attention_2
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory)
     liger: bool = False  # Liger kernels (CUDA only)
     deepspeed: str | None = None  # DeepSpeed JSON config (ZeRO-3: configs/zero3.json)
@@ -151,13 +151,18 @@ class Trainer:
 
         import torch
 
-        if self.config.attn != "auto":
-            if self.config.attn not in forward.MASKED_BACKENDS + forward.VARLEN_BACKENDS:
-                raise UsageError(f"--attn must be auto, sdpa, eager or flash_attention_2, not {self.config.attn!r}")
-            return self.config.attn
-        if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-            return "flash_attention_2"
-        return "sdpa"
+        from dasd_cli.training import attention
+
+        choice = self.config.attn
+        if choice == "auto":
+            if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+                return "flash_attention_2"
+            choice = "segmented"
+        if choice == "segmented":
+            return attention.register()
+        if choice not in forward.MASKED_BACKENDS + forward.VARLEN_BACKENDS:
+            raise UsageError(f"--attn must be auto, segmented, sdpa, eager or flash_attention_2, not {choice!r}")
+        return choice
 
     def _apply_liger(self) -> None:
         try:

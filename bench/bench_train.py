@@ -1,0 +1,159 @@
+"""Training throughput and memory of `dasd train` against TRL's SFTTrainer on CPU.
+
+Same model (the embedded default, SmolLM2-135M-Instruct, fp32 weights), same samples
+(synthetic chat Q&A, responses 60 to 400 tokens, system prompt in every sample), same
+hyperparameters (AdamW 0.9/0.95, eps 1e-8, weight decay 0.1, lr 5e-5, 10% warmup, cosine
+to 1e-5, clip 1.0, 1 epoch, seed 42, loss on response tokens only), same threads.
+- dasd: samples packed first-fit into 2,048-token sequences, one sequence per step,
+  every sample isolated (block-diagonal mask), chunked loss;
+- TRL: SFTTrainer without packing (its packing resets position_ids only, which leaks
+  across samples on sdpa/eager), batches of 4 padded to the longest, 2 accumulation
+  steps (8 samples per step, about one dasd sequence's worth).
+Metric: useful tokens per second (tokens of the samples, padding not counted) over the
+training loop only (model loading and saving excluded for both), and peak RSS of the
+whole process. Runs alternate dasd, TRL, dasd, TRL; the ratio uses the medians.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+SEQUENCE_TOKENS = 2048  # dasd packing capacity
+THREADS = "2"  # torch threads, both sides
+
+TRL_DRIVER = textwrap.dedent('''
+    import json, sys, time
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    model_path, data_path, out = sys.argv[1:4]
+    rows = [json.loads(line) for line in open(data_path)]
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    config = SFTConfig(output_dir=out, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                       learning_rate=5e-5, lr_scheduler_type="cosine_with_min_lr",
+                       lr_scheduler_kwargs={"min_lr": 1e-5}, warmup_steps=0.1, weight_decay=0.1,
+                       adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8, max_grad_norm=1.0,
+                       num_train_epochs=1, seed=42, packing=False, max_length=4096, bf16=False,
+                       fp16=False, use_cpu=True, save_strategy="no", report_to=[], logging_steps=1,
+                       dataloader_num_workers=0, disable_tqdm=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    trainer = SFTTrainer(model=model_path, args=config, train_dataset=dataset, processing_class=tokenizer)
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    print(json.dumps({"seconds": seconds, "steps": trainer.state.global_step, "first_loss": losses[0]}))
+''')
+
+
+def make_samples(tokenizer, n: int, seed: int = 0) -> list[dict]:
+    """Chat samples: encoded the dasd way (template prompt + raw response + end of turn)."""
+    from dasd_cli.core.chat import encode_example
+
+    rng = random.Random(seed)
+    words = ("the sum of two numbers is found by adding them and we check the result again "
+             "carefully so that each step follows from the one before it").split()
+    system = {"role": "system", "content": "You are a helpful assistant."}
+    samples = []
+    for i in range(n):
+        question = f"Question {i}: what is {rng.randint(10, 999)} plus {rng.randint(10, 999)}?"
+        n_words = rng.randint(45, 300)  # about 60 to 400 tokens
+        answer = "<think>\n" + " ".join(rng.choice(words) for _ in range(n_words)) + "\n</think>\n\nDone."
+        messages = [system, {"role": "user", "content": question}]
+        encoded = encode_example(tokenizer, messages, answer)
+        samples.append({"messages": messages, "answer": answer, "input_ids": encoded.input_ids,
+                        "prompt_len": encoded.prompt_len})
+    return samples
+
+
+def pack_first_fit(samples: list[dict]) -> list[dict]:
+    """Packed records (DESIGN.md), samples in order, first fit into SEQUENCE_TOKENS."""
+    bins: list[dict] = []
+    for s in samples:
+        ids = s["input_ids"]
+        target = next((b for b in bins if len(b["input_ids"]) + len(ids) <= SEQUENCE_TOKENS), None)
+        if target is None:
+            target = {"input_ids": [], "labels": [], "position_ids": [], "ids": []}
+            bins.append(target)
+        target["input_ids"] += ids
+        target["labels"] += [-100] * s["prompt_len"] + ids[s["prompt_len"]:]
+        target["position_ids"] += list(range(len(ids)))
+        target["ids"].append(str(len(target["ids"])))
+    return bins
+
+
+def _rss_run(cmd: list[str], env: dict) -> tuple[str, float]:
+    """Run a process to completion; stdout and its own peak RSS in MiB."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    # read stdout fully, then reap with wait4 to get this child's rusage
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed: {err.decode()[-2000:]}")
+    return out.decode(), usage.ru_maxrss / 1024.0  # ru_maxrss is KiB on Linux
+
+
+def run(quick: bool) -> list[dict]:
+    """Rows: tokens/s ratio and peak-RSS ratio, dasd train vs TRL SFTTrainer."""
+    from dasd_cli.backends.models import load_tokenizer, resolve_model
+
+    model = str(resolve_model(None))
+    tokenizer = load_tokenizer(model)
+    n = 24 if quick else 48
+    rounds = 1 if quick else 2
+    samples = make_samples(tokenizer, n)
+    useful_tokens = sum(len(s["input_ids"]) for s in samples)
+    env = {**os.environ, "OMP_NUM_THREADS": THREADS, "MKL_NUM_THREADS": THREADS,
+           "TOKENIZERS_PARALLELISM": "false"}
+    dasd_rates, trl_rates, dasd_rss, trl_rss = [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        packed = tmp_path / "packed.jsonl"
+        packed.write_text("".join(json.dumps(r) + "\n" for r in pack_first_fit(samples)))
+        trl_data = tmp_path / "trl.jsonl"
+        trl_data.write_text("".join(json.dumps({"prompt": s["messages"],
+                                                "completion": [{"role": "assistant", "content": s["answer"]}]})
+                                    + "\n" for s in samples))
+        driver = tmp_path / "trl_driver.py"
+        driver.write_text(TRL_DRIVER)
+        dasd_cmd = [sys.executable, "-m", "dasd_cli.cli", "train", "--model", model, "--epochs", "1",
+                    "--global-batch-size", "1", "--dtype", "fp32", "--compress", "none", "--quiet",
+                    "--out", str(tmp_path / "dasd-out"), str(packed)]
+        trl_cmd = [sys.executable, str(driver), model, str(trl_data), str(tmp_path / "trl-out")]
+        for _ in range(rounds):
+            out, rss = _rss_run(dasd_cmd, env)
+            steps = [json.loads(line) for line in out.splitlines() if line.strip()]
+            seconds = sum(s["tokens"] / s["tokens_per_s"] for s in steps)
+            dasd_rates.append(sum(s["tokens"] for s in steps) / seconds)
+            dasd_rss.append(rss)
+            out, rss = _rss_run(trl_cmd, env)
+            result = json.loads(out.strip().splitlines()[-1])
+            trl_rates.append(useful_tokens / result["seconds"])
+            trl_rss.append(rss)
+    dasd_rate, trl_rate = statistics.median(dasd_rates), statistics.median(trl_rates)
+    note = (f"SmolLM2-135M fp32 CPU, {THREADS} threads, {n} samples ({useful_tokens} tokens), "
+            f"{rounds} alternated round(s); runs: dasd {[round(r) for r in dasd_rates]}, "
+            f"TRL {[round(r) for r in trl_rates]}")
+    return [
+        {"metric": "training tokens/s", "value": dasd_rate, "unit": "tokens/s",
+         "baseline": "TRL SFTTrainer (no packing)", "baseline_value": trl_rate,
+         "ratio": dasd_rate / trl_rate, "goal": "ratio >= 1.5", "note": note},
+        {"metric": "peak RSS", "value": max(dasd_rss), "unit": "MiB",
+         "baseline": "TRL SFTTrainer (no packing)", "baseline_value": max(trl_rss),
+         "ratio": max(dasd_rss) / max(trl_rss), "goal": "ratio <= 1.0",
+         "note": f"whole process incl. model load; runs: dasd {[round(r) for r in dasd_rss]}, "
+                 f"TRL {[round(r) for r in trl_rss]}"},
+    ]

@@ -1,0 +1,51 @@
+"""``segmented`` attention: each packed sample attends within itself, one kernel call each.
+
+The sdpa and eager backends isolate packed samples with a ``[L, L]`` block-diagonal mask
+(forward.attention_inputs), which costs memory and compute quadratic in the whole packed
+length: with a custom mask, CPU sdpa takes its math path and keeps every layer's
+``[heads, L, L]`` attention weights for backward. This backend instead slices queries,
+keys and values at the sample boundaries (``cu_seq_lens_q``, the varlen boundaries
+flash-attention takes) and runs causal sdpa per sample: cost sum(Li^2) instead of L^2,
+no mask tensor, and sdpa's fused causal kernels. It is registered with transformers'
+``AttentionInterface`` under the name ``dasd_segmented``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NAME = "dasd_segmented"
+
+
+def segmented_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                        scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Any, None]:
+    """Causal attention within each packed sample; output ``[B, L, H, D]`` like sdpa's."""
+    import torch
+    import torch.nn.functional as F
+
+    boundaries = kwargs.get("cu_seq_lens_q")
+    if boundaries is None:
+        # Not a packed call (a single unpadded sequence, as in an evaluation): one sample.
+        # transformers builds no mask for this backend, so padded batches are refused.
+        if query.shape[0] != 1:
+            raise ValueError(f"{NAME} attention without sample boundaries takes one sequence")
+        boundaries = torch.tensor([0, query.shape[2]])
+    if query.shape[0] != 1:
+        raise ValueError(f"{NAME} attention takes one packed sequence per micro-batch")
+    gqa = query.shape[1] != key.shape[1]
+    edges = boundaries.tolist()
+    outputs = []
+    for start, end in zip(edges[:-1], edges[1:]):
+        outputs.append(F.scaled_dot_product_attention(
+            query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], is_causal=True,
+            scale=scaling, dropout_p=dropout if module.training else 0.0, enable_gqa=gqa))
+    out = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> str:
+    """Make ``attn_implementation="dasd_segmented"`` known to transformers (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(NAME, segmented_attention)
+    return NAME
