@@ -92,11 +92,15 @@ class _FakeHandler(BaseHTTPRequestHandler):
                                                         answer[len("Final: "):]]
                 logprobs = [-0.01, -0.02] + logprobs + [-0.03, -0.04, -0.05, -0.06, -0.07, -0.08]
                 message = {"role": "assistant", "reasoning_content": text, "content": answer}
+            if finish == "stop":  # vLLM lists the end-of-turn token too, with no text
+                pieces, logprobs = pieces + [""], logprobs + [-0.5]
             content = [{"token": p, "logprob": lp, "bytes": list(p.encode()), "top_logprobs": []}
                        for p, lp in zip(pieces, logprobs)]
             choice = {"index": 0, "message": message, "finish_reason": finish,
                       "logprobs": {"content": content}}
         else:
+            if finish == "stop":
+                pieces, logprobs = pieces + ["<|im_end|>"], logprobs + [-0.5]
             choice = {"index": 0, "text": text, "finish_reason": finish,
                       "logprobs": {"tokens": pieces, "token_logprobs": logprobs}}
         self._send(200, {"id": "x", "object": "chat.completion", "model": "fake-teacher",

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from conftest import dasd_bin, parse_records, run_dasd, to_jsonl
@@ -74,6 +73,7 @@ def test_records_and_api_key(tmp_path: Path, endpoint: str) -> None:
                       env={"DASD_TEST_KEY": "sk-very-secret"})
         assert proc.returncode == 0, proc.stderr.decode()
         assert server.authorization == {"Bearer sk-very-secret"}
+        sent = {p["seed"]: p for p in server.payloads}
     records = parse_records(proc.stdout)
     assert [r["id"] for r in records] == [f"q{i}@{t}#{k}" for i in range(12) for t in ("0.6", "1")
                                           for k in range(2)]
@@ -82,6 +82,11 @@ def test_records_and_api_key(tmp_path: Path, endpoint: str) -> None:
         assert record["teacher"]["model"] == "fake-teacher" and record["domain"] == "math"
         assert record["finish_reason"] in ("stop", "length")
         assert len(record["teacher"]["logprobs"]) <= 8
+        # one entry per response token: the fake's words, without its end-of-turn entry
+        payload = sent[record["teacher"]["seed"]]
+        key = json.dumps(payload["messages"]) if endpoint == "chat" else payload["prompt"]
+        pieces = FakeOpenAI.write(key, payload)[0]
+        assert record["response"] == "".join(pieces) and len(record["teacher"]["logprobs"]) == len(pieces)
     assert any(r["finish_reason"] == "length" for r in records)
     for blob in (proc.stdout, proc.stderr, stats.read_bytes()):
         assert b"sk-very-secret" not in blob

@@ -241,6 +241,7 @@ def parse_chat(reply: dict[str, Any], request: GenerationRequest, mode: str = "r
     if (content or reasoning) and not entries:
         raise DasdError(f"sample {request.key}: the server returned no log-probs",
                         hint="dasd needs per-token log-probs (logprobs=true); use a server that returns them")
+    raw, offsets, logprobs = drop_end_of_turn(raw, text, offsets, logprobs, _finish(choice))
     return Generation(key=request.key, text=text, token_ids=[], logprobs=logprobs,
                       offsets=map_offsets(raw, text, offsets), finish_reason=_finish(choice),
                       logprobs_mode=mode)
@@ -258,9 +259,25 @@ def parse_completion(reply: dict[str, Any], request: GenerationRequest, mode: st
     pieces = [_token_bytes(t) for t in tokens]
     raw, offsets = byte_offsets(pieces)
     logprobs = [float(x) if x is not None else 0.0 for x in lp.get("token_logprobs") or []]
+    raw, offsets, logprobs = drop_end_of_turn(raw, text, offsets, logprobs, _finish(choice))
     return Generation(key=request.key, text=text, token_ids=[], logprobs=logprobs,
                       offsets=map_offsets(raw, text, offsets), finish_reason=_finish(choice),
                       logprobs_mode=mode)
+
+
+def drop_end_of_turn(raw: str, text: str, offsets: list[int], logprobs: list[float],
+                     finish: str) -> tuple[str, list[int], list[float]]:
+    """Servers (vLLM) list the end-of-turn token of a stopped sample: drop it.
+
+    Such a token adds no text, or text that the response does not end with
+    (``<|im_end|>``); it is not a response token (DESIGN.md: one entry per response token).
+    """
+    while finish == "stop" and offsets:
+        last = raw[offsets[-1]:]
+        if last and text.endswith(last):
+            break
+        raw, offsets, logprobs = raw[:offsets[-1]], offsets[:-1], logprobs[:-1]
+    return raw, offsets, logprobs
 
 
 def map_offsets(raw: str, text: str, offsets: list[int]) -> list[int]:

@@ -273,8 +273,8 @@ class ChunkRunner:
             for generation in self.engine.generate([job.request for job in jobs]):
                 job = by_key[generation.key]
                 record = build_record(job, generation, self.engine.model_name)
-                tokens += len(generation.token_ids)
-                self.session.tally.extra["tokens"] += len(generation.token_ids)
+                tokens += len(generation.logprobs)  # one per generated token, on every backend
+                self.session.tally.extra["tokens"] += len(generation.logprobs)
                 if not self.ordered:
                     self.session.emit(record)
                 else:
