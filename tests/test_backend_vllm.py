@@ -86,7 +86,7 @@ def test_offline_engine_records(tmp_path: Path, model_path: str) -> None:
     assert [r["id"] for r in records] == [f"{p['id']}@0.6#{k}" for p in PROMPTS for k in range(2)]
     canonical = contract(records)
     print(f"vllm: canonical re-tokenization {canonical}/{len(records)}")
-    assert canonical >= len(records) // 2
+    assert canonical >= len(records) - 1  # seeded: measured 6/6
     gap = teacher_forced_gap(records)
     print(f"vllm: max |stored - teacher-forced raw| = {gap:.2e}")
     assert gap < 0.05
@@ -129,6 +129,7 @@ def vllm_server(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> An
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+        assert proc.poll() is not None
 
 
 @pytest.mark.parametrize("endpoint", ["chat", "completions"])
@@ -142,7 +143,7 @@ def test_openai_backend_against_vllm_server(vllm_server: str, endpoint: str) -> 
     assert all(r["teacher"]["model"] == "smol" for r in records)
     canonical = contract(records)
     print(f"openai/{endpoint}: canonical re-tokenization {canonical}/{len(records)}")
-    assert canonical >= len(records) // 2
+    assert canonical >= len(records) - 1  # seeded: measured 6/6
     gap = teacher_forced_gap(records)
     print(f"openai/{endpoint}: max |stored - teacher-forced raw| = {gap:.2e}")
     assert gap < 0.05
