@@ -128,6 +128,11 @@ def sample_command(
         session.kept_word = "wrote"
         if any(t < 0 for t in temperatures):
             raise UsageError("--temperature must be >= 0")
+        if top_p <= 0:
+            raise UsageError("--top-p must be above 0", hint="1.0 samples from the whole distribution")
+        if continue_ and max_tokens_ratio is not None:
+            raise UsageError("--continue and --max-tokens-ratio are separate steps",
+                             hint="cap the student with --max-tokens-ratio, then continue with --continue")
         shard_of = common.parse_shard(shard)
         done: set[str] = set()
         if resume:
