@@ -48,6 +48,7 @@ STREAMING_COMMANDS: list[StreamCase] = [
     StreamCase("filter", response_record),
     StreamCase("mix", response_record, ordered=False),
     StreamCase("pack", response_record, ["--cutoff-len", "256"], lambda recs: [i for r in recs for i in r["ids"]], ordered=False, big_records=3000, marks=[pytest.mark.slow]),
+    StreamCase("sample", lambda i: {"id": f"p{i}", "prompt": f"Say {i}."}, ["--max-tokens", "1"], lambda recs: [r["prompt_id"] for r in recs], big_records=600, marks=[pytest.mark.slow]),
     StreamCase("score", scored_record),  # pre-scored: the stream contract without a model
 ]
 
