@@ -179,9 +179,15 @@ class SeededSampler:
             mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
             sorted_probs = sorted_probs.masked_fill(mass_before >= top_ps.unsqueeze(1), 0.0)
             probs = torch.zeros_like(probs).scatter(1, order, sorted_probs)
-        # Exponential race: argmax(p / E), E ~ Exp(1), draws from p; one generator per row.
-        noise = torch.stack([torch.empty(vocab).exponential_(generator=g) for g in self.generators])
-        chosen = torch.argmax(probs / noise.to(logits.device), dim=-1)
+        # Inverse CDF: one uniform per row from that row's own generator (cheap: drawing
+        # vocab-sized noise per row costs more than the softmax).
+        uniforms = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
+        cdf = probs.double().cumsum(dim=-1)
+        targets = (uniforms.to(logits.device) * cdf[:, -1]).unsqueeze(1)
+        chosen = torch.searchsorted(cdf, targets, right=True).squeeze(1).clamp_(max=vocab - 1)
+        # never pick a zero-probability token (float edge at the end of the cdf)
+        chosen = torch.where(probs.gather(1, chosen.unsqueeze(1)).squeeze(1) > 0, chosen,
+                             torch.argmax(probs, dim=-1))
         chosen = torch.where(greedy, torch.argmax(logits, dim=-1), chosen)
         for row in range(rows):
             if self.step >= self.caps[row]:
