@@ -4,11 +4,12 @@ Same model (the embedded default, SmolLM2-135M-Instruct, fp32 weights), same sam
 (synthetic chat Q&A, responses 60 to 400 tokens, system prompt in every sample), same
 hyperparameters (AdamW 0.9/0.95, eps 1e-8, weight decay 0.1, lr 5e-5, 10% warmup, cosine
 to 1e-5, clip 1.0, 1 epoch, seed 42, loss on response tokens only), same threads.
-- dasd: samples packed first-fit into 2,048-token sequences, one sequence per step,
-  every sample isolated (block-diagonal mask), chunked loss;
+- dasd: samples packed first-fit into 1,024-token sequences (about the padded size of
+  one TRL micro-batch), one sequence per micro-batch, 2 per step (about 9 samples), every
+  sample isolated (segmented attention), chunked loss;
 - TRL: SFTTrainer without packing (its packing resets position_ids only, which leaks
   across samples on sdpa/eager), batches of 4 padded to the longest, 2 accumulation
-  steps (8 samples per step, about one dasd sequence's worth).
+  steps (8 samples per step).
 Metric: useful tokens per second (tokens of the samples, padding not counted) over the
 training loop only (model loading and saving excluded for both), and peak RSS of the
 whole process. Runs alternate dasd, TRL, dasd, TRL; the ratio uses the medians.
@@ -27,7 +28,7 @@ import textwrap
 import time
 from pathlib import Path
 
-SEQUENCE_TOKENS = 2048  # dasd packing capacity
+SEQUENCE_TOKENS = 1024  # dasd packing capacity: about TRL's padded tokens per micro-batch
 THREADS = "2"  # torch threads, both sides
 
 TRL_DRIVER = textwrap.dedent('''
@@ -130,7 +131,7 @@ def run(quick: bool) -> list[dict]:
         driver = tmp_path / "trl_driver.py"
         driver.write_text(TRL_DRIVER)
         dasd_cmd = [sys.executable, "-m", "dasd_cli.cli", "train", "--model", model, "--epochs", "1",
-                    "--global-batch-size", "1", "--dtype", "fp32", "--compress", "none", "--quiet",
+                    "--global-batch-size", "2", "--dtype", "fp32", "--compress", "none", "--quiet",
                     "--out", str(tmp_path / "dasd-out"), str(packed)]
         trl_cmd = [sys.executable, str(driver), model, str(trl_data), str(tmp_path / "trl-out")]
         for _ in range(rounds):

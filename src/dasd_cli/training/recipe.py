@@ -119,6 +119,10 @@ class Trainer:
             raise UsageError("--dtype fp16 is not supported for training", hint="use bf16 or fp32")
         if cfg.resume:
             self.resume_from = ckpt.latest_checkpoint(cfg.out)
+            if self.resume_from is None and self.ranks.is_main:
+                from dasd_cli import io
+
+                io.say(f"dasd train: no checkpoint in {cfg.out} to resume; starting at step 1")
         source = self.resume_from or (models.resolve_model(cfg.init_from) if cfg.init_from
                                       else models.resolve_model(cfg.model))
         self.attn = self._pick_attention()
