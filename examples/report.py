@@ -112,8 +112,7 @@ def figure_losses(run: Path, out: Path) -> list[str]:
         metrics = run / "ckpt" / name / "metrics.jsonl"
         if not metrics.is_file():
             continue
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if "loss" in r]
+        rows = [r for r in read_records(metrics) if "loss" in r]
         if not rows:
             continue
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label, linewidth=1)

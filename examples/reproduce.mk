@@ -22,9 +22,9 @@ RUN ?= runs/$(if $(QUICK),quick,full)
 PER_SOURCE   := $(if $(QUICK),4,12)    # training questions per source (5 sources)
 HELDOUT      := $(if $(QUICK),3,6)     # held-out questions per source
 SAMPLES      := $(if $(QUICK),2,4)     # teacher samples per question and temperature
-MAX_TOKENS   := $(if $(QUICK),96,192)  # teacher generation cap (tokens)
+MAX_TOKENS   := $(if $(QUICK),128,256) # teacher generation cap (tokens)
 EVAL_SAMPLES := $(if $(QUICK),1,2)     # student answers per held-out question
-EVAL_TOKENS  := $(if $(QUICK),96,192)  # student answer cap for evaluation (tokens)
+EVAL_TOKENS  := $(if $(QUICK),128,256) # student answer cap for evaluation (tokens)
 EPOCHS       := $(if $(QUICK),2,3)     # epochs per SFT stage (the paper: 6)
 CUTOFF       := 1024                   # packed sequence length (the paper: 65536)
 GLOBAL_BATCH := 2                      # packed sequences per optimizer step (the paper: 64)
@@ -136,8 +136,11 @@ $(RUN)/eval/%.nll.jsonl.zst: $(RUN)/eval/teacher.answers.jsonl.zst $(STUDENT)/co
 	$(DASD) score --model $(call model_of,$*) --system-prompt "$(SYSTEM)" --keep-token-logprobs \
 	  $(COMMON) -o $@ $<
 
-$(RUN)/report.md: $(foreach c,$(CHECKPOINTS),$(RUN)/eval/$(c).answers.jsonl.zst $(RUN)/eval/$(c).nll.jsonl.zst) \
-    $(RUN)/eval/teacher.answers.jsonl.zst $(foreach t,$(STAGE_TEMPS),$(RUN)/scored.t$(t).jsonl.zst)
+# Prerequisites in pipeline order: training data and checkpoints first, evaluation last.
+$(RUN)/report.md: $(foreach t,$(STAGE_TEMPS),$(RUN)/scored.t$(t).jsonl.zst) \
+    $(foreach c,$(CHECKPOINTS),$(if $(filter base,$(c)),$(STUDENT)/config.json,$(RUN)/ckpt/$(c)/config.json)) \
+    $(RUN)/eval/teacher.answers.jsonl.zst \
+    $(foreach c,$(CHECKPOINTS),$(RUN)/eval/$(c).answers.jsonl.zst $(RUN)/eval/$(c).nll.jsonl.zst)
 	$(PY) examples/report.py $(RUN)
 
 .PRECIOUS: $(RUN)/%
