@@ -84,8 +84,10 @@ def test_generated_ids_decode_and_retokenize() -> None:
     assert matched >= 0.75 * len(generations)
 
 
-@pytest.mark.parametrize("dtype,tolerance", [("fp32", 2e-3), ("bf16", 0.25)])
-def test_logprobs_are_raw(dtype: str, tolerance: float) -> None:
+# bf16: the cached incremental decode and the full forward round differently; measured
+# max 0.15-0.23, mean 0.03-0.04 on these prompts (temperature scaling moves them ~0.43).
+@pytest.mark.parametrize("dtype,tolerance,mean_tolerance", [("fp32", 2e-3, 1e-4), ("bf16", 0.5, 0.1)])
+def test_logprobs_are_raw(dtype: str, tolerance: float, mean_tolerance: float) -> None:
     """Stored log-probs at T=0.6 equal a teacher-forced forward's log-softmax of raw logits."""
     import torch
 
@@ -107,7 +109,7 @@ def test_logprobs_are_raw(dtype: str, tolerance: float) -> None:
     raw_gap, scaled_gap = sum(raw_gaps) / len(raw_gaps), sum(scaled_gaps) / len(scaled_gaps)
     print(f"{dtype}: max |stored - forced| = {worst:.2e}, mean {raw_gap:.2e}; "
           f"mean |stored - T-scaled| = {scaled_gap:.2e}")
-    assert worst < tolerance
+    assert worst < tolerance and raw_gap < mean_tolerance
     assert raw_gap < scaled_gap / 3  # the stored values are raw, not temperature-scaled
 
 
