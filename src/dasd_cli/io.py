@@ -524,7 +524,7 @@ def route_library_logging_to_stderr() -> None:
 
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    for name in ("vllm", "deepspeed", "transformers", "torch"):
+    for name in ("vllm", "deepspeed", "DeepSpeed", "transformers", "torch"):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             if getattr(handler, "stream", None) is sys.stdout:

@@ -44,6 +44,18 @@ def latest_checkpoint(out: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def prune(out: Path, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` most recent complete checkpoints (keep 0: delete none)."""
+    if keep <= 0 or not out.is_dir():
+        return []
+    found = sorted((int(m.group(1)), child) for child in out.iterdir()
+                   if (m := _CHECKPOINT_RE.match(child.name)) and (child / STATE_FILE).is_file())
+    removed = [folder for _step, folder in found[:-keep]]
+    for folder in removed:
+        shutil.rmtree(folder)
+    return removed
+
+
 def rng_state() -> dict[str, Any]:
     """Every RNG the run draws from."""
     import numpy as np

@@ -50,6 +50,7 @@ class TrainConfig:
     liger: bool = False  # Liger kernels (CUDA only)
     deepspeed: str | None = None  # DeepSpeed JSON config (ZeRO-3: configs/zero3.json)
     save_every: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends)
+    keep_checkpoints: int = 0  # keep only the N most recent checkpoints (0: all)
     resume: bool = False  # continue from the latest checkpoint in OUT
     stop_after: int | None = None  # stop (with a checkpoint) after this many steps in total
     seed: int = 42
@@ -64,6 +65,7 @@ class TrainConfig:
                   (0 <= self.min_lr <= self.lr, "--min-lr must be between 0 and --lr"),
                   (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
                   (self.save_every >= 0, "--save-every must be >= 0"),
+                  (self.keep_checkpoints >= 0, "--keep-checkpoints must be >= 0"),
                   (self.stop_after is None or self.stop_after >= 1, "--stop-after must be >= 1")]
         for ok, message in checks:
             if not ok:
@@ -322,6 +324,7 @@ class Trainer:
                                    "fingerprint": self.fingerprint, "source": self.source,
                                    "config": _jsonable(asdict(self.config))})
             ckpt.publish(tmp, final)
+            ckpt.prune(self.config.out, self.config.keep_checkpoints)
         self._barrier()
         return final
 
