@@ -239,3 +239,30 @@ def test_terminal_stdin_is_usage_error() -> None:
         os.close(follower)
     assert proc.returncode == 2
     assert b"stdin is a terminal" in proc.stderr
+
+
+def test_shard_splits_records_between_machines(cli) -> None:
+    """--shard K/N (sample, score): every record lands in exactly one shard."""
+    from dasd_cli.commands import common
+
+    records = [response_record(i) for i in range(7)]
+    seen = []
+    for k in range(3):
+        session = common.Session("t", common.Common(inputs=["-"]), writes_records=False)
+        import io as _io
+        import sys
+
+        old = sys.stdin
+        sys.stdin = _io.TextIOWrapper(_io.BytesIO(to_jsonl(records)))
+        try:
+            got = [line.record["id"] for line in session.records(shard=(k, 3))]
+        finally:
+            sys.stdin = old
+        assert session.tally.read == len(got)
+        assert session.tally.extra.get("other_shards", 0) == 7 - len(got)
+        seen += got
+    assert sorted(seen) == sorted(r["id"] for r in records)
+    assert common.parse_shard("2/3") == (2, 3)
+    for bad in ("3/3", "x", "1/0"):
+        with pytest.raises(Exception):
+            common.parse_shard(bad)

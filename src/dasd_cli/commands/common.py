@@ -42,6 +42,10 @@ OnError = Annotated[str, typer.Option(
     "--on-error", help="On a bad record (malformed JSON, missing field): fail (exit 1) or "
     "skip (count it, write it to --rejects, go on).", metavar="fail|skip")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+Shard = Annotated[Optional[str], typer.Option(
+    "--shard", metavar="K/N", help="Process only the input records whose index i (from 0, over "
+    "all inputs) has i mod N == K, to split one job across N machines; the others are counted "
+    "as other_shards.", show_default=False)]
 
 DEFAULT_SEED = 42
 
@@ -104,11 +108,19 @@ class Session:
             raise errors[0]
 
     # -- reading
-    def records(self, inputs: list[str] | None = None) -> Iterator[io.Line]:
-        """Every input record in order; each one read is counted."""
+    def records(self, inputs: list[str] | None = None, shard: tuple[int, int] | None = None
+                ) -> Iterator[io.Line]:
+        """Every input record in order (this shard's, with ``shard=(K, N)``); each is counted.
+
+        Records of other shards are not read as far as the summary goes (read = kept +
+        dropped + skipped holds per shard); their number is ``other_shards``.
+        """
         paths = io.check_inputs(self.common.inputs if inputs is None else inputs)
         sink = io.SkipSink(self.tally, self.rejects, self.command)
-        for line in io.iter_lines(paths, self.common.on_error, sink):
+        for index, line in enumerate(io.iter_lines(paths, self.common.on_error, sink)):
+            if shard is not None and index % shard[1] != shard[0]:
+                self.tally.extra["other_shards"] = self.tally.extra.get("other_shards", 0) + 1
+                continue
             self.tally.read += 1
             yield line
 

@@ -68,9 +68,7 @@ def sample_command(
     system_prompt: Annotated[Optional[str], typer.Option(
         "--system-prompt", metavar="TEXT", help="System turn added where a record has none.",
         show_default=False)] = None,
-    shard: Annotated[Optional[str], typer.Option(
-        "--shard", metavar="K/N", help="Sample only input records whose index i has i mod N == K.",
-        show_default=False)] = None,
+    shard: common.Shard = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="With -o (plain .jsonl): keep the records already there, sample only the "
         "missing ids, append each record as it completes.")] = False,
@@ -154,10 +152,7 @@ def sample_command(
         try:
             if display is not None:
                 display.start()
-            for index, line in enumerate(session.records()):
-                if shard_of is not None and index % shard_of[1] != shard_of[0]:
-                    session.tally.extra["other_shards"] = session.tally.extra.get("other_shards", 0) + 1
-                    continue
+            for line in session.records(shard=shard_of):
                 try:
                     jobs = planner.plan(line.record)
                 except RecordError as err:

@@ -60,6 +60,7 @@ def score_command(
     plot: Annotated[Optional[str], typer.Option(
         "--plot", metavar="FILE.png", help="Write histograms of response p_teacher per teacher "
         "temperature and of p_student.", show_default=False)] = None,
+    shard: common.Shard = None,
     output: common.Output = None,
     compress: common.Compress = "auto",
     rejects: common.Rejects = None,
@@ -80,7 +81,7 @@ def score_command(
     options = {"model": model, "beta": beta, "distilled": distilled, "alpha": alpha,
                "backend": backend, "dtype": dtype, "device": device, "batch_tokens": batch_tokens,
                "keep_token_logprobs": keep_token_logprobs, "system_prompt": system_prompt,
-               "explain": explain, "limit": limit, "plot": plot}
+               "explain": explain, "limit": limit, "plot": plot, "shard": shard}
     shared = common.Common(inputs=inputs, output=None if html_page else output, compress=compress,
                            quiet=quiet, stats=stats, rejects=rejects, on_error=on_error, debug=debug,
                            options=options)
@@ -99,7 +100,7 @@ def score_command(
         try:
             # Showing only (no records out, no plot): read no more than what is shown.
             stop_after = limit if show_only and not plot else None
-            for record in scorer.run(session, _windows(session, stop_after)):
+            for record in scorer.run(session, _windows(session, stop_after, common.parse_shard(shard))):
                 das = record["das"]
                 session.tally.extra["sentences"] += len(das["sentences"])
                 session.tally.extra["teacher_sentences"] += das["score"]
@@ -135,9 +136,10 @@ def score_command(
     common.run_command("score", shared, body, writes_records=not show_only)
 
 
-def _windows(session: common.Session, stop_after: int | None = None) -> Iterator[list[io.Line]]:
+def _windows(session: common.Session, stop_after: int | None = None,
+             shard: tuple[int, int] | None = None) -> Iterator[list[io.Line]]:
     window: list[io.Line] = []
-    for line in itertools.islice(session.records(), stop_after):
+    for line in itertools.islice(session.records(shard=shard), stop_after):
         window.append(line)
         if len(window) >= WINDOW:
             yield window
