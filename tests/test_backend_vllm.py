@@ -24,8 +24,8 @@ from conftest import ROOT, parse_records, run_dasd, to_jsonl
 VENV = ROOT / ".venv-vllm"
 VLLM_PYTHON = VENV / "bin" / "python"
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not VLLM_PYTHON.exists(),
-                                 reason=".venv-vllm is absent (build it with `make setup-vllm`)")]
+              pytest.mark.skipif(not (VENV / ".dasd-setup").exists(),
+                                 reason=".venv-vllm is absent or incomplete (build it with `make setup-vllm`)")]
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
        "VLLM_LOGGING_STREAM": "ext://sys.stderr"}
 PROMPTS = [{"id": "a", "prompt": "What is 2+2?"}, {"id": "b", "prompt": "Name a color."},
