@@ -23,6 +23,7 @@ PER_SOURCE   := $(if $(QUICK),4,12)    # training questions per source (5 source
 HELDOUT      := $(if $(QUICK),3,6)     # held-out questions per source
 SAMPLES      := $(if $(QUICK),2,4)     # teacher samples per question and temperature
 MAX_TOKENS   := $(if $(QUICK),128,256) # teacher generation cap (tokens)
+CONTINUE_TOKENS := $(if $(QUICK),256,512) # teacher continuation cap (tokens)
 EVAL_SAMPLES := $(if $(QUICK),1,2)     # student answers per held-out question
 EVAL_TOKENS  := $(if $(QUICK),128,256) # student answer cap for evaluation (tokens)
 EPOCHS       := $(if $(QUICK),2,3)     # epochs per SFT stage (the paper: 6)
@@ -34,8 +35,8 @@ SEED         := 42
 SYSTEM       := You are a helpful assistant.
 
 STUDENT := $(RUN)/student
-COMMON  = --seed $(SEED) --quiet
-SAMPLE  = $(DASD) sample --system-prompt "$(SYSTEM)" $(COMMON)
+COMMON  = --quiet
+SAMPLE  = $(DASD) sample --system-prompt "$(SYSTEM)" --seed $(SEED) $(COMMON)
 TRAIN   = $(DASD) train --epochs $(EPOCHS) --global-batch-size $(GLOBAL_BATCH) --lr $(LR) --min-lr $(MIN_LR) \
           --dtype fp32 --save-every 0 --keep-checkpoints 1 --compress none --seed $(SEED)
 STAGE_TEMPS := 0.6 1.0
@@ -47,7 +48,7 @@ CHECKPOINTS := base $(foreach a,$(ARMS),$(a)-s1 $(a)-s2 $(a)-mp)
 all: $(RUN)/report.md
 
 $(RUN)/.dir:
-	mkdir -p $(RUN)/stats $(RUN)/data $(RUN)/ckpt $(RUN)/eval $(RUN)/mp
+	mkdir -p $(RUN)/stats $(RUN)/data $(RUN)/packed $(RUN)/ckpt $(RUN)/eval $(RUN)/mp
 	touch $@
 
 # ---- 0. questions (real ones, read from installed packages) and the toy student
@@ -77,20 +78,20 @@ $(RUN)/scored.t%.jsonl.zst: $(RUN)/filtered.t%.jsonl.zst $(STUDENT)/config.json
 
 # ---- 4. two arms at equal budget: one response per question, by DAS or at random
 $(RUN)/data/das.t%.jsonl.zst: $(RUN)/scored.t%.jsonl.zst
-	$(DASD) mix --select das --per-prompt 1 $(COMMON) --stats $(RUN)/stats/4-mix-das-t$*.json -o $@ $<
+	$(DASD) mix --select das --per-prompt 1 --seed $(SEED) $(COMMON) --stats $(RUN)/stats/4-mix-das-t$*.json -o $@ $<
 $(RUN)/data/random.t%.jsonl.zst: $(RUN)/scored.t%.jsonl.zst
-	$(DASD) mix --select random --per-prompt 1 $(COMMON) --stats $(RUN)/stats/4-mix-random-t$*.json -o $@ $<
+	$(DASD) mix --select random --per-prompt 1 --seed $(SEED) $(COMMON) --stats $(RUN)/stats/4-mix-random-t$*.json -o $@ $<
 
 # ---- 5. pack, then stage 1 on T=0.6 data and stage 2 on T=1.0 data from stage 1
-$(RUN)/data/%.packed.jsonl.zst: $(RUN)/data/%.jsonl.zst $(STUDENT)/config.json
+$(RUN)/packed/%.jsonl.zst: $(RUN)/data/%.jsonl.zst $(STUDENT)/config.json
 	$(DASD) pack --tokenizer $(STUDENT) --cutoff-len $(CUTOFF) --system-prompt "$(SYSTEM)" $(COMMON) \
 	  --stats $(RUN)/stats/5-pack-$*.json -o $@ $<
 
-$(RUN)/ckpt/%-s1/config.json: $(RUN)/data/%.t0.6.packed.jsonl.zst $(STUDENT)/config.json
+$(RUN)/ckpt/%-s1/config.json: $(RUN)/packed/%.t0.6.jsonl.zst $(STUDENT)/config.json
 	$(TRAIN) --model $(STUDENT) --data $< --out $(RUN)/ckpt/$*-s1 > $(RUN)/ckpt/$*-s1.metrics.tmp
 	mv $(RUN)/ckpt/$*-s1.metrics.tmp $(RUN)/ckpt/$*-s1/metrics.jsonl
 
-$(RUN)/ckpt/%-s2/config.json: $(RUN)/data/%.t1.0.packed.jsonl.zst $(RUN)/ckpt/%-s1/config.json
+$(RUN)/ckpt/%-s2/config.json: $(RUN)/packed/%.t1.0.jsonl.zst $(RUN)/ckpt/%-s1/config.json
 	$(TRAIN) --init-from $(RUN)/ckpt/$*-s1 --data $< --out $(RUN)/ckpt/$*-s2 > $(RUN)/ckpt/$*-s2.metrics.tmp
 	mv $(RUN)/ckpt/$*-s2.metrics.tmp $(RUN)/ckpt/$*-s2/metrics.jsonl
 
@@ -102,10 +103,10 @@ $(RUN)/mp/%.student.jsonl.zst: $(RUN)/data/%.t1.0.jsonl.zst $(RUN)/ckpt/%-s2/con
 	  --stats $(RUN)/stats/6-mp-student-$*.json -o $@ $<
 
 $(RUN)/mp/%.capped.jsonl.zst: $(RUN)/mp/%.student.jsonl.zst
-	$(DASD) filter --only-truncated $(COMMON) --stats $(RUN)/stats/6-mp-capped-$*.json -o $@ $<
+	$(DASD) filter --only-truncated --no-repetition --keep-tool-calls $(COMMON) --stats $(RUN)/stats/6-mp-capped-$*.json -o $@ $<
 
 $(RUN)/mp/%.continued.jsonl.zst: $(RUN)/mp/%.capped.jsonl.zst
-	$(SAMPLE) --continue --cut-min 0.5 --temperature 1.0 --max-tokens $(MAX_TOKENS) \
+	$(SAMPLE) --continue --cut-min 0.5 --temperature 1.0 --max-tokens $(CONTINUE_TOKENS) \
 	  --stats $(RUN)/stats/6-mp-continue-$*.json -o $@ $<
 
 $(RUN)/mp/%.kept.jsonl.zst: $(RUN)/mp/%.continued.jsonl.zst $(STUDENT)/config.json
@@ -113,9 +114,9 @@ $(RUN)/mp/%.kept.jsonl.zst: $(RUN)/mp/%.continued.jsonl.zst $(STUDENT)/config.js
 	  $(COMMON) --stats $(RUN)/stats/6-mp-filter-$*.json -o $@ $<
 
 $(RUN)/data/%.mp.jsonl.zst: $(RUN)/mp/%.kept.jsonl.zst $(RUN)/data/%.t1.0.jsonl.zst
-	$(DASD) mix --allow-short $(COMMON) --stats $(RUN)/stats/6-mp-mix-$*.json -o $@ $^
+	$(DASD) mix --allow-short --seed $(SEED) $(COMMON) --stats $(RUN)/stats/6-mp-mix-$*.json -o $@ $^
 
-$(RUN)/ckpt/%-mp/config.json: $(RUN)/data/%.mp.packed.jsonl.zst $(RUN)/ckpt/%-s2/config.json
+$(RUN)/ckpt/%-mp/config.json: $(RUN)/packed/%.mp.jsonl.zst $(RUN)/ckpt/%-s2/config.json
 	$(TRAIN) --init-from $(RUN)/ckpt/$*-s2 --epochs 1 --data $< --out $(RUN)/ckpt/$*-mp > $(RUN)/ckpt/$*-mp.metrics.tmp
 	mv $(RUN)/ckpt/$*-mp.metrics.tmp $(RUN)/ckpt/$*-mp/metrics.jsonl
 
@@ -143,4 +144,5 @@ $(RUN)/report.md: $(foreach t,$(STAGE_TEMPS),$(RUN)/scored.t$(t).jsonl.zst) \
     $(foreach c,$(CHECKPOINTS),$(RUN)/eval/$(c).answers.jsonl.zst $(RUN)/eval/$(c).nll.jsonl.zst)
 	$(PY) examples/report.py $(RUN)
 
-.PRECIOUS: $(RUN)/%
+# Keep every intermediate file: each is a stage a re-run resumes from.
+.SECONDARY:
