@@ -35,7 +35,7 @@ setup-vllm: .venv-vllm/.dasd-setup
 test: setup
 	$(BIN)/python -m pytest -q
 	@# vLLM prompt-log-prob scoring needs vllm importable: run it in .venv-vllm when built.
-	if [ -f .venv-vllm/.dasd-setup ]; then .venv-vllm/bin/python -m pytest -q -p no:cacheprovider tests/test_score_vllm.py; fi
+	if [ -f .venv-vllm/.dasd-setup ]; then VLLM_LOGGING_LEVEL=WARNING .venv-vllm/bin/python -m pytest -q -p no:cacheprovider tests/test_score_vllm.py; fi
 
 # Unit and CLI tests only (no model loading).
 test-fast: setup
