@@ -266,3 +266,16 @@ def test_shard_splits_records_between_machines(cli) -> None:
     for bad in ("3/3", "x", "1/0"):
         with pytest.raises(Exception):
             common.parse_shard(bad)
+
+
+def test_stdout_carries_records_only_whatever_libraries_print() -> None:
+    """Library prints and C-level writes to fd 1 land on stderr once stdout is claimed."""
+    import sys
+
+    code = ("from dasd_cli import io; io.claim_stdout(); print('python noise'); import os; "
+            "os.write(1, b'c noise\\n'); w = io.RecordWriter(None, 'none'); w.write({'a': 1}); "
+            "w.close(True)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b'{"a":1}\n'
+    assert b"python noise" in proc.stderr and b"c noise" in proc.stderr

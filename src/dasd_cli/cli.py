@@ -51,6 +51,7 @@ app.command("train")(train_command)
 
 def main() -> None:
     """Console entry point."""
+    io.claim_stdout()
     io.route_library_logging_to_stderr()
     try:
         app(prog_name="dasd")

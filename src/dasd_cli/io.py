@@ -285,6 +285,45 @@ class _Critical:
 critical = _Critical()
 
 
+# --------------------------------------------------------------------------- stdout
+
+_records_out: IO[bytes] | None = None  # where records go once stdout is claimed
+
+
+def claim_stdout() -> None:
+    """Keep stdout for records alone, whatever libraries print.
+
+    The original stdout is kept on a private descriptor for the record writer, and fd 1
+    is pointed at stderr, so ``print``, loggers bound to ``sys.stdout`` and C-level writes
+    (DeepSpeed's accelerator banner, vLLM's workers) land on stderr. Idempotent; does
+    nothing where stdout is not fd 1 (in-process test runners).
+    """
+    global _records_out
+    if _records_out is not None:
+        return
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    if fd != 1:
+        return
+    sys.stdout.flush()
+    _records_out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+
+
+def discard_records() -> None:
+    """Records written from here on go nowhere (non-zero ranks of a distributed run)."""
+    global _records_out
+    claim_stdout()
+    _records_out = open(os.devnull, "wb")
+
+
+def records_stream() -> IO[bytes]:
+    """The binary stream records are written to when no -o is given."""
+    return _records_out if _records_out is not None else sys.stdout.buffer
+
+
 # --------------------------------------------------------------------------- outputs
 
 
@@ -297,7 +336,7 @@ def resolve_compression(compress: str, output: str | None, stream: IO[bytes] | N
     if output is not None and output != "-":
         suffix = Path(output).suffix.lower()
         return {".zst": "zstd", ".zstd": "zstd", ".gz": "gzip"}.get(suffix, "none")
-    stream = stream if stream is not None else sys.stdout
+    stream = stream if stream is not None else records_stream()
     return "none" if stream is not None and stream.isatty() else "zstd"
 
 
@@ -322,7 +361,7 @@ class RecordWriter:
         self._tmp: str | None = None
         self._broken = False
         if self.path is None:
-            self._sink: IO[bytes] = sys.stdout.buffer
+            self._sink: IO[bytes] = records_stream()
         elif append:
             self._sink = open(self.path, "ab")
         else:
@@ -512,9 +551,9 @@ def silence_stdout_at_fd_level() -> None:
     """After a broken pipe: point fd 1 at /dev/null so interpreter exit stays quiet."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, records_stream().fileno())
         os.close(devnull)
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         pass
 
 

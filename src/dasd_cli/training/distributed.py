@@ -37,36 +37,19 @@ def ranks_from_env() -> Ranks:
     return Ranks(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")))
 
 
-_KEEP_OPEN: list[Any] = []
-
-
 def claim_stdout(ranks: Ranks) -> None:
-    """Keep stdout for records: from here on, writes to fd 1 land on stderr.
+    """Keep stdout for records: library prints land on stderr (see io.claim_stdout).
 
-    On rank 0, ``sys.stdout`` becomes a duplicate of the original stdout, for the
-    record writer to bind to (call :func:`library_prints_to_stderr` once it has);
-    other ranks get /dev/null, so a launcher's shared stdout holds one copy of the
-    metrics. Does nothing where stdout is not a real file descriptor (test runners).
+    Rank 0 writes the metrics; other ranks discard theirs, so a launcher's shared stdout
+    holds one copy. Does nothing where stdout is not a real file descriptor (test runners)
+    except discarding the other ranks' records.
     """
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):
-        fd = None
-    if fd != 1:
-        if not ranks.is_main:
-            sys.stdout = open(os.devnull, "w")
-            _KEEP_OPEN.append(sys.stdout)
-        return
-    sys.stdout.flush()
+    from dasd_cli import io
+
     if ranks.is_main:
-        saved = os.dup(1)
-        os.dup2(2, 1)
-        sys.stdout = os.fdopen(saved, "w", buffering=1)
-        _KEEP_OPEN.append(sys.stdout)  # the writer holds only its buffer; keep it from closing
+        io.claim_stdout()
     else:
-        os.dup2(2, 1)
-        sys.stdout = open(os.devnull, "w")
-        _KEEP_OPEN.append(sys.stdout)
+        io.discard_records()
 
 
 @contextlib.contextmanager
