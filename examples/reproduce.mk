@@ -135,7 +135,7 @@ $(RUN)/eval/%.answers.jsonl.zst: $(RUN)/heldout.prompts.jsonl $(STUDENT)/config.
 $(RUN)/eval/%.nll.jsonl.zst: $(RUN)/eval/teacher.answers.jsonl.zst $(STUDENT)/config.json \
     $$(if $$(filter base,$$*),,$(RUN)/ckpt/$$*/config.json)
 	$(DASD) score --model $(call model_of,$*) --system-prompt "$(SYSTEM)" --keep-token-logprobs \
-	  $(COMMON) -o $@ $<
+	  $(COMMON) --stats $(RUN)/stats/7-nll-$*.json -o $@ $<
 
 # Prerequisites in pipeline order: training data and checkpoints first, evaluation last.
 $(RUN)/report.md: $(foreach t,$(STAGE_TEMPS),$(RUN)/scored.t$(t).jsonl.zst) \
