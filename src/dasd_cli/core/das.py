@@ -23,7 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from dasd_cli.core.segment import sentence_spans
 
@@ -64,6 +67,7 @@ class Analysis:
 
 def geometric_mean(logprobs: Sequence[float]) -> float:
     """exp(mean log-prob): the geometric mean of token probabilities (NaN if no tokens)."""
+    import numpy as np  # imported on use: `dasd` starts without numpy
     if len(logprobs) == 0:
         return math.nan
     return float(math.exp(float(np.mean(np.asarray(logprobs, dtype=np.float64)))))
@@ -81,6 +85,7 @@ def classify(p_teacher: float, p_student: float, beta: float = DEFAULT_BETA) -> 
 
 def in_range(model: TokenLogprobs, start: int, end: int) -> TokenLogprobs:
     """Only the tokens that start inside [start, end) (e.g. past a student prefix)."""
+    import numpy as np  # imported on use: `dasd` starts without numpy
     offsets = np.asarray(model.offsets, dtype=np.int64)
     keep = (offsets >= start) & (offsets < end)
     return TokenLogprobs(np.asarray(model.logprobs, dtype=np.float64)[keep], offsets[keep])
@@ -92,6 +97,7 @@ def sentence_sums(model: TokenLogprobs, spans: Sequence[tuple[int, int]]) -> tup
     A token belongs to the sentence holding its first character; tokens before the first
     span or at/after the last span's end belong to none.
     """
+    import numpy as np  # imported on use: `dasd` starts without numpy
     n = len(spans)
     if n == 0:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
@@ -113,6 +119,7 @@ def merge_untokenized(spans: Sequence[tuple[int, int]], sums: list[np.ndarray],
     Into the previous sentence, or the next one for leading sentences. Returns the new
     spans, sums and counts, and how many sentences were merged away.
     """
+    import numpy as np  # imported on use: `dasd` starts without numpy
     groups: list[list[int]] = []  # indices of the original sentences in each kept one
     pending: list[int] = []  # leading sentences waiting for the first complete one
     for i in range(len(spans)):
@@ -140,6 +147,7 @@ def analyze(text: str, teacher: TokenLogprobs, student: TokenLogprobs, *,
     ``start`` > 0 scores only the text from there on (mixed-policy records: the teacher
     wrote ``response[prefix_chars:]``); offsets are always indices into ``text``.
     """
+    import numpy as np  # imported on use: `dasd` starts without numpy
     models = [teacher, student] + ([distilled] if distilled is not None else [])
     models = [in_range(m, start, len(text)) for m in models]
     spans = [(a + start, b + start) for a, b in sentence_spans(text[start:])]
