@@ -15,7 +15,6 @@ Reads only what the pipeline wrote under RUN (see examples/reproduce.mk for the 
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import subprocess
@@ -24,8 +23,6 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-import orjson
-import zstandard
 
 SETTINGS = [  # (name, label) in the order of the paper's tables
     ("base", "student before distillation"),
@@ -39,10 +36,10 @@ SETTINGS = [  # (name, label) in the order of the paper's tables
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    data = path.read_bytes()
-    if data.startswith(b"\x28\xb5\x2f\xfd"):
-        data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True).read()
-    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+    """Every record of a dasd output file (compression sniffed by dasd's own reader)."""
+    from dasd_cli.io import iter_lines
+
+    return [line.record for line in iter_lines([str(path)])]
 
 
 def accuracy(records: list[dict[str, Any]]) -> dict[str, Any]:

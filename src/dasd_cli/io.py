@@ -494,17 +494,7 @@ def read_existing_ids(path: str, field: str = "id") -> tuple[set[str], int]:
 
 def write_json_atomic(path: str, data: Any) -> None:
     """Write a JSON document (``--stats``) through a temp file and rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-            fh.write(b"\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
 
 
 def write_text_atomic(path: str, text: str | bytes) -> None:
