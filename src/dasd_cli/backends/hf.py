@@ -285,11 +285,8 @@ class HFBackend(Backend):
 
     # -- scoring
     def score(self, requests: Sequence[ScoreRequest]) -> Iterator[Scored]:
-        try:
-            from dasd_cli.backends.hf_score import score_batches
-        except ImportError:
-            raise DasdError("the hf backend cannot score yet (backends/hf_score.py is missing)",
-                            hint="install a dasd version with `dasd score` support") from None
+        from dasd_cli.backends.hf_score import score_batches
+
         yield from score_batches(self.model, self.tokenizer, requests, self.batch_tokens)
 
     def token_count(self, text: str) -> int:

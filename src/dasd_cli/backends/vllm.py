@@ -99,11 +99,8 @@ class VLLMBackend(Backend):
                              logprobs_mode="raw")
 
     def score(self, requests: Sequence[ScoreRequest]) -> Iterator[Scored]:
-        try:
-            from dasd_cli.backends.vllm_score import score_batches
-        except ImportError:
-            raise DasdError("the vllm backend cannot score yet (backends/vllm_score.py is missing)",
-                            hint="score with --backend hf") from None
+        from dasd_cli.backends.vllm_score import score_batches
+
         yield from score_batches(self.llm, self.tokenizer, requests, self.batch_tokens)
 
     def token_count(self, text: str) -> int:
