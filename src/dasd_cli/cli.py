@@ -51,6 +51,7 @@ app.command("train")(train_command)
 
 def main() -> None:
     """Console entry point."""
+    io.install_interrupt_handler()
     io.claim_stdout()
     io.route_library_logging_to_stderr()
     try:
@@ -58,6 +59,8 @@ def main() -> None:
     except BrokenPipeError:
         io.silence_stdout_at_fd_level()
         sys.exit(0)
+    except KeyboardInterrupt:  # Ctrl-C before a command's own loop took over
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -242,11 +242,13 @@ def with_rejection(record: dict[str, Any], by: str, reason: str, detail: str = "
 # --------------------------------------------------------------------------- interrupts
 
 _interrupt_pending = False
+_interrupt_seen = False
 _in_critical = 0
 
 
 def _on_sigint(signum: int, frame: Any) -> None:
-    global _interrupt_pending
+    global _interrupt_pending, _interrupt_seen
+    _interrupt_seen = True
     if _in_critical:
         _interrupt_pending = True  # raised once the write in progress is complete
         return
@@ -263,6 +265,12 @@ def _is_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def interrupt_seen() -> bool:
+    """Whether Ctrl-C arrived, even if a library turned the KeyboardInterrupt into another
+    error (transformers' lazy imports re-raise it as ModuleNotFoundError)."""
+    return _interrupt_seen
 
 
 def check_interrupt() -> None:

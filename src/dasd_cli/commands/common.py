@@ -179,6 +179,11 @@ def run_command(command: str, common: Common, body: Callable[[Session], None], *
         except KeyboardInterrupt:
             session.interrupted = True
             raise
+        except Exception:
+            if not io.interrupt_seen():
+                raise
+            session.interrupted = True
+            raise KeyboardInterrupt from None
         finally:
             session.close(success)
         session.finish()
@@ -198,6 +203,8 @@ def run_command(command: str, common: Common, body: Callable[[Session], None], *
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no locals dumped
+        if io.interrupt_seen():  # a Ctrl-C that surfaced as another error is still a Ctrl-C
+            raise typer.Exit(130) from None
         _print_error(command, f"dasd {command}: error: internal error: {type(exc).__name__}: {exc}"
                      + ("" if common.debug else "\n  hint: rerun with --debug for a traceback"),
                      common.debug)
