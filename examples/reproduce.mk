@@ -24,6 +24,9 @@ HELDOUT      := $(if $(QUICK),3,6)     # held-out questions per source
 SAMPLES      := $(if $(QUICK),2,4)     # teacher samples per question and temperature
 MAX_TOKENS   := $(if $(QUICK),128,256) # teacher generation cap (tokens)
 CONTINUE_TOKENS := $(if $(QUICK),256,512) # teacher continuation cap (tokens)
+CONTINUE_TEMP := 0.6                   # teacher temperature for mixed-policy continuations
+                                       # (not given by the paper; at T=1.0 the 135M teacher
+                                       # continuing a toy student's prefix rarely stops)
 EVAL_SAMPLES := $(if $(QUICK),1,2)     # student answers per held-out question
 EVAL_TOKENS  := $(if $(QUICK),128,256) # student answer cap for evaluation (tokens)
 EPOCHS       := $(if $(QUICK),2,3)     # epochs per SFT stage (the paper: 6)
@@ -106,7 +109,7 @@ $(RUN)/mp/%.capped.jsonl.zst: $(RUN)/mp/%.student.jsonl.zst
 	$(DASD) filter --only-truncated --no-repetition --keep-tool-calls $(COMMON) --stats $(RUN)/stats/6-mp-capped-$*.json -o $@ $<
 
 $(RUN)/mp/%.continued.jsonl.zst: $(RUN)/mp/%.capped.jsonl.zst
-	$(SAMPLE) --continue --cut-min 0.5 --temperature 1.0 --max-tokens $(CONTINUE_TOKENS) \
+	$(SAMPLE) --continue --cut-min 0.5 --temperature $(CONTINUE_TEMP) --max-tokens $(CONTINUE_TOKENS) \
 	  --stats $(RUN)/stats/6-mp-continue-$*.json -o $@ $<
 
 $(RUN)/mp/%.kept.jsonl.zst: $(RUN)/mp/%.continued.jsonl.zst $(STUDENT)/config.json
