@@ -194,6 +194,34 @@ def test_sigint_exits_130_with_valid_output(case: StreamCase) -> None:
         assert got == expected(case, range(len(got)))
 
 
+def test_sigterm_exits_143_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    """A scheduler's stop (SIGTERM) ends a run like Ctrl-C: exit 128+15, the -o temp file
+    removed, the final name never half-written; stdout output stays valid JSONL."""
+    out = tmp_path / "out.jsonl.zst"
+    proc = subprocess.Popen(dasd_bin() + ["filter", "-o", str(out), "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(to_jsonl([response_record(i) for i in range(50)]))
+    proc.stdin.flush()
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    assert "Traceback" not in err.decode()
+    assert list(tmp_path.iterdir()) == []
+    proc = subprocess.Popen(dasd_bin() + ["filter", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(to_jsonl([response_record(i) for i in range(50)]))
+    proc.stdin.flush()
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    stdout, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    got = [r["id"] for r in parse_records(stdout)]  # all 50, or fewer on a slow start
+    assert got == [response_record(i)["id"] for i in range(len(got))]
+
+
 def test_interrupt_that_a_library_rewraps_still_exits_130(tmp_path: Path) -> None:
     """A Ctrl-C landing inside a lazy import comes back as another exception
     (transformers raises ModuleNotFoundError); the command still exits 130, not 1."""
@@ -215,7 +243,7 @@ def test_interrupt_that_a_library_rewraps_still_exits_130(tmp_path: Path) -> Non
             run_command("filter", Common(output=str(tmp_path / "out.jsonl"), quiet=True), body)
     finally:
         signal.signal(signal.SIGINT, previous)
-        io._interrupt_seen = False
+        io._interrupt_signal = None
     assert exit_info.value.exit_code == 130
     assert not (tmp_path / "out.jsonl").exists()  # -o is atomic: nothing half-written
 

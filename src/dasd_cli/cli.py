@@ -59,8 +59,12 @@ def main() -> None:
     except BrokenPipeError:
         io.silence_stdout_at_fd_level()
         sys.exit(0)
-    except KeyboardInterrupt:  # Ctrl-C before a command's own loop took over
-        sys.exit(130)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before a command's own loop took over
+        sys.exit(io.interrupt_exit_code())
+    except SystemExit:
+        if io.interrupt_seen():  # click turns an early interrupt into its own exit status
+            sys.exit(io.interrupt_exit_code())
+        raise
 
 
 if __name__ == "__main__":

@@ -242,13 +242,13 @@ def with_rejection(record: dict[str, Any], by: str, reason: str, detail: str = "
 # --------------------------------------------------------------------------- interrupts
 
 _interrupt_pending = False
-_interrupt_seen = False
+_interrupt_signal: int | None = None  # SIGINT or SIGTERM, once one arrived
 _in_critical = 0
 
 
-def _on_sigint(signum: int, frame: Any) -> None:
-    global _interrupt_pending, _interrupt_seen
-    _interrupt_seen = True
+def _on_interrupt(signum: int, frame: Any) -> None:
+    global _interrupt_pending, _interrupt_signal
+    _interrupt_signal = signum
     if _in_critical:
         _interrupt_pending = True  # raised once the write in progress is complete
         return
@@ -256,9 +256,12 @@ def _on_sigint(signum: int, frame: Any) -> None:
 
 
 def install_interrupt_handler() -> None:
-    """Defer Ctrl-C while a record is being written, so output stays whole."""
+    """Ctrl-C and SIGTERM (a scheduler's stop, `timeout`) both end a command the same way:
+    deferred while a record is being written, so output stays whole and ``-o`` temp files
+    are removed."""
     if _is_main_thread():
-        signal.signal(signal.SIGINT, _on_sigint)
+        signal.signal(signal.SIGINT, _on_interrupt)
+        signal.signal(signal.SIGTERM, _on_interrupt)
 
 
 def _is_main_thread() -> bool:
@@ -267,10 +270,15 @@ def _is_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def interrupt_exit_code() -> int:
+    """130 after Ctrl-C, 143 after SIGTERM (128 + the signal number)."""
+    return 128 + (_interrupt_signal or signal.SIGINT)
+
+
 def interrupt_seen() -> bool:
     """Whether Ctrl-C arrived, even if a library turned the KeyboardInterrupt into another
     error (transformers' lazy imports re-raise it as ModuleNotFoundError)."""
-    return _interrupt_seen
+    return _interrupt_signal is not None
 
 
 def check_interrupt() -> None:

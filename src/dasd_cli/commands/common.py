@@ -196,7 +196,7 @@ def run_command(command: str, common: Common, body: Callable[[Session], None], *
             session.finish()
         except Exception:  # noqa: BLE001 - the interrupt is what matters now
             pass
-        code = 130
+        code = io.interrupt_exit_code()
     except DasdError as err:
         _print_error(command, err.render(command), common.debug)
         code = err.exit_code
@@ -204,7 +204,7 @@ def run_command(command: str, common: Common, body: Callable[[Session], None], *
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no locals dumped
         if io.interrupt_seen():  # a Ctrl-C that surfaced as another error is still a Ctrl-C
-            raise typer.Exit(130) from None
+            raise typer.Exit(io.interrupt_exit_code()) from None
         _print_error(command, f"dasd {command}: error: internal error: {type(exc).__name__}: {exc}"
                      + ("" if common.debug else "\n  hint: rerun with --debug for a traceback"),
                      common.debug)
