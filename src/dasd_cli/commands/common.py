@@ -46,6 +46,14 @@ Shard = Annotated[Optional[str], typer.Option(
     "--shard", metavar="K/N", help="Process only the input records whose index i (from 0, over "
     "all inputs) has i mod N == K, to split one job across N machines; the others are counted "
     "as other_shards.", show_default=False)]
+# The two vLLM engine settings users tune most (sample and score --backend vllm).
+GpuMemoryUtilization = Annotated[float, typer.Option(
+    "--gpu-memory-utilization", min=0.01, max=1.0, metavar="FRACTION", help="vllm: share of GPU "
+    "memory the engine takes for weights, activations and KV cache (lower it when another "
+    "process shares the GPU).")]
+MaxModelLen = Annotated[Optional[int], typer.Option(
+    "--max-model-len", min=1, metavar="N", help="vllm: longest prompt + response the engine plans "
+    "for (default: the model's context; lower it to fit the KV cache).", show_default=False)]
 
 DEFAULT_SEED = 42
 

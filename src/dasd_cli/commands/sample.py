@@ -78,6 +78,8 @@ def sample_command(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="hf: sequences per batch.")] = 16,
     tensor_parallel_size: Annotated[int, typer.Option(
         "--tensor-parallel-size", min=1, help="vllm: GPUs per model.")] = 1,
+    gpu_memory_utilization: common.GpuMemoryUtilization = 0.9,
+    max_model_len: common.MaxModelLen = None,
     base_url: Annotated[Optional[str], typer.Option(
         "--base-url", metavar="URL", help="openai: server URL, e.g. http://127.0.0.1:8000/v1.",
         show_default=False)] = None,
@@ -118,6 +120,7 @@ def sample_command(
                            options=options)
     backend_options = {"model": model, "dtype": dtype, "device": device, "batch_size": batch_size,
                        "tensor_parallel_size": tensor_parallel_size, "seed": seed,
+                       "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
                        "base_url": base_url, "endpoint": endpoint, "api_key_env": api_key_env,
                        "concurrency": concurrency, "max_retries": max_retries, "timeout": timeout,
                        "tokenizer": tokenizer}

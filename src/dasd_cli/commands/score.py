@@ -47,6 +47,8 @@ def score_command(
     batch_tokens: Annotated[int, typer.Option(
         "--batch-tokens", min=1, metavar="N", help="Padded tokens per forward batch (responses are "
         "sorted by length into batches within this budget).")] = 16384,
+    gpu_memory_utilization: common.GpuMemoryUtilization = 0.9,
+    max_model_len: common.MaxModelLen = None,
     keep_token_logprobs: Annotated[bool, typer.Option(
         "--keep-token-logprobs", help="Also store the student's per-token log-probs and offsets "
         "(das.student_logprobs, das.student_offsets).")] = False,
@@ -80,6 +82,7 @@ def score_command(
     show_only = explain and (html_page or (output is None and sys.stdout.isatty()))
     options = {"model": model, "beta": beta, "distilled": distilled, "alpha": alpha,
                "backend": backend, "dtype": dtype, "device": device, "batch_tokens": batch_tokens,
+               "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
                "keep_token_logprobs": keep_token_logprobs, "system_prompt": system_prompt,
                "explain": explain, "limit": limit, "plot": plot, "shard": shard}
     shared = common.Common(inputs=inputs, output=None if html_page else output, compress=compress,
@@ -92,7 +95,8 @@ def score_command(
             raise UsageError("--backend openai cannot score: it has no teacher-forced log-probs",
                              hint="use --backend hf or vllm")
         scorer = _Scorer(model, distilled, backend=backend, dtype=dtype, device=device,
-                         batch_tokens=batch_tokens, beta=beta, alpha=alpha,
+                         batch_tokens=batch_tokens, gpu_memory_utilization=gpu_memory_utilization,
+                         max_model_len=max_model_len, beta=beta, alpha=alpha,
                          keep_token_logprobs=keep_token_logprobs, system_prompt=system_prompt)
         shown: list[dict[str, Any]] = []
         points: list[tuple[Any, Any, Any]] = []
@@ -227,11 +231,12 @@ class _Scorer:
 
 
 def _open_backend(spec: str | None, *, backend: str, dtype: str, device: str, batch_tokens: int,
-                  **_: Any) -> Any:
+                  gpu_memory_utilization: float, max_model_len: int | None, **_: Any) -> Any:
     if backend == "vllm":
         from dasd_cli.backends.vllm import VLLMBackend
 
-        scorer = VLLMBackend(spec, dtype=dtype)
+        scorer = VLLMBackend(spec, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                             max_model_len=max_model_len)
         scorer.batch_tokens = batch_tokens
         return scorer
     from dasd_cli.backends.hf import HFBackend
