@@ -136,6 +136,69 @@ def sentence_types(run: Path) -> list[str]:
     return lines
 
 
+def commentary(results: dict[str, Any], stats: dict[str, dict[str, Any]],
+               prob_lines: list[str]) -> list[str]:
+    """What this run's numbers show and do not show, stated from the numbers themselves."""
+    def nll(name: str) -> float:
+        return results.get(name, {}).get("nll", float("nan"))
+
+    def acc(name: str) -> float:
+        return results.get(name, {}).get("acc", {}).get("all", float("nan"))
+
+    def trunc(name: str) -> float:
+        return results.get(name, {}).get("truncation", float("nan"))
+
+    out = []
+    kept = {k: v for k, v in stats.items() if k.startswith("2-filter-")}
+    if kept:
+        reasons: Counter = Counter()
+        for v in kept.values():
+            reasons.update(v.get("dropped_by_reason", {}))
+        top = ", ".join(f"{r} {c}" for r, c in reasons.most_common(3))
+        out.append("- Quality control: the filter kept " + ", ".join(
+            f"{v.get('kept', 0)} of {v.get('read', 0)} teacher responses at T={k.removeprefix('2-filter-t')}"
+            for k, v in kept.items()) + f" (most drops: {top}).")
+    means = [(line.split("|")[1].strip(), float(line.split("|")[3])) for line in prob_lines]
+    if len(means) >= 2:
+        (t_low, p_low), (t_high, p_high) = means[0], means[-1]
+        verdict = "sharper" if p_low > p_high else "NOT sharper"
+        out.append(f"- Temperature: responses sampled at T={t_low} are {verdict} under the teacher "
+                   f"than at T={t_high} (mean p_teacher {p_low:.3f} vs {p_high:.3f}; the paper's Fig. 3).")
+    for arm, label in (("random", "random"), ("das", "DAS")):
+        steps = [nll("base"), nll(f"{arm}-s1"), nll(f"{arm}-s2"), nll(f"{arm}-mp")]
+        if not any(math.isnan(x) for x in steps):
+            out.append(f"- {label} arm: held-out NLL per token {steps[0]:.2f} before distillation, "
+                       f"{steps[1]:.2f} after stage 1, {steps[2]:.2f} after stage 2, {steps[3]:.2f} "
+                       "after mixed-policy.")
+    gap = nll("das-s2") - nll("random-s2")
+    if not math.isnan(gap):
+        out.append(f"- DAS vs random after stage 2: NLL differs by {gap:+.3f} (DAS minus random). One run "
+                   "with a few dozen training samples per arm cannot separate the arms; it is not "
+                   "evidence either way. When the student is far weaker than the teacher almost every sentence is "
+                   "a Teacher sentence, so DAS mostly prefers the candidate with the most sentences.")
+    capped = sum(v.get("kept", 0) for k, v in stats.items() if k.startswith("6-mp-capped-"))
+    answered = sum(v.get("read", 0) for k, v in stats.items() if k.startswith("6-mp-capped-"))
+    continued = sum(v.get("kept", 0) for k, v in stats.items() if k.startswith("6-mp-filter-"))
+    if answered:
+        out.append(f"- Mixed-policy: {capped} of {answered} student answers hit the 1.5x cap; "
+                   f"{continued} teacher continuations passed the filters and joined the off-policy "
+                   f"samples. Student truncation on held-out questions: {fmt_share(trunc('das-s2'))} "
+                   f"before and {fmt_share(trunc('das-mp'))} after the stage (DAS arm). The stage trains "
+                   "on the student's own prefix unmasked, as the paper prescribes; with a student this "
+                   "weak that prefix is mostly noise, so the stage can move NLL up rather than down.")
+    if not math.isnan(acc("teacher")):
+        students = [acc(name) for name, _ in SETTINGS if not math.isnan(acc(name))]
+        out.append(f"- Accuracy: the teacher answers {fmt_share(acc('teacher'))} of the verifiable held-out "
+                   f"questions, the students {fmt_share(min(students))} to {fmt_share(max(students))}. A "
+                   "135M teacher and a 10-layer student are too weak for the paper's accuracy gains; "
+                   "the NLL column is the signal at this scale.")
+    return out
+
+
+def fmt_share(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.1%}"
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
@@ -202,6 +265,10 @@ def main(argv: list[str]) -> int:
         "share of answers that hit the generation cap (what mixed-policy distillation targets).",
         "",
         *table,
+        "",
+        "## What this run shows, and what it does not",
+        "",
+        *commentary(results, stats, prob_lines),
         "",
         "## Response probability by sampling temperature (Fig. 3 style)",
         "",

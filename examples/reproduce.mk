@@ -19,9 +19,9 @@ QUICK ?=
 RUN ?= runs/$(if $(QUICK),quick,full)
 
 # ---- sizes (QUICK: fits 10 minutes on 2 cores; default: 45 minutes)
-PER_SOURCE   := $(if $(QUICK),4,12)    # training questions per source (5 sources)
+PER_SOURCE   := $(if $(QUICK),4,10)    # training questions per source (5 sources)
 HELDOUT      := $(if $(QUICK),3,6)     # held-out questions per source
-SAMPLES      := $(if $(QUICK),2,4)     # teacher samples per question and temperature
+SAMPLES      := $(if $(QUICK),2,3)     # teacher samples per question and temperature
 MAX_TOKENS   := $(if $(QUICK),128,256) # teacher generation cap (tokens)
 CONTINUE_TOKENS := $(if $(QUICK),256,512) # teacher continuation cap (tokens)
 CONTINUE_TEMP := 0.6                   # teacher temperature for mixed-policy continuations
