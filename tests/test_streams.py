@@ -227,7 +227,7 @@ def test_interrupt_that_a_library_rewraps_still_exits_130(tmp_path: Path) -> Non
     (transformers raises ModuleNotFoundError); the command still exits 130, not 1."""
     import typer
 
-    from dasd_cli import io
+    from dasd_cli import interrupts
     from dasd_cli.commands.common import Common, run_command
 
     def body(session: Any) -> None:
@@ -243,7 +243,7 @@ def test_interrupt_that_a_library_rewraps_still_exits_130(tmp_path: Path) -> Non
             run_command("filter", Common(output=str(tmp_path / "out.jsonl"), quiet=True), body)
     finally:
         signal.signal(signal.SIGINT, previous)
-        io._interrupt_signal = None
+        interrupts._interrupt_signal = None
     assert exit_info.value.exit_code == 130
     assert not (tmp_path / "out.jsonl").exists()  # -o is atomic: nothing half-written
 

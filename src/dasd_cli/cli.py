@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dasd_cli import __version__, io
+from dasd_cli import __version__, interrupts, io
 from dasd_cli.commands.filter import filter_command
 from dasd_cli.commands.mix import mix_command
 from dasd_cli.commands.pack import pack_command
@@ -51,7 +51,7 @@ app.command("train")(train_command)
 
 def main() -> None:
     """Console entry point."""
-    io.install_interrupt_handler()
+    interrupts.install_interrupt_handler()
     io.claim_stdout()
     io.route_library_logging_to_stderr()
     try:
@@ -60,10 +60,10 @@ def main() -> None:
         io.silence_stdout_at_fd_level()
         sys.exit(0)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM before a command's own loop took over
-        sys.exit(io.interrupt_exit_code())
+        sys.exit(interrupts.interrupt_exit_code())
     except SystemExit:
-        if io.interrupt_seen():  # click turns an early interrupt into its own exit status
-            sys.exit(io.interrupt_exit_code())
+        if interrupts.interrupt_seen():  # click turns an early interrupt into its own exit status
+            sys.exit(interrupts.interrupt_exit_code())
         raise
 
 

@@ -1,4 +1,4 @@
-"""Every stream dasd touches: inputs, outputs, compression, rejects, stats, interrupts.
+"""Every stream dasd touches: inputs, outputs, compression, rejects, stats.
 
 Rules (DESIGN.md "Streams"):
 - Inputs are FILE arguments in order; none or ``-`` means stdin. Compression is sniffed
@@ -6,7 +6,8 @@ Rules (DESIGN.md "Streams"):
 - Output goes to stdout or to ``-o PATH`` through a temp file in the same folder that is
   renamed on success, so no half-written file ever carries the final name.
 - stdout carries records only; everything human goes to stderr.
-- A Ctrl-C leaves stdout holding complete records (and a closed zstd frame).
+- A Ctrl-C leaves stdout holding complete records (and a closed zstd frame): a record
+  is written inside ``interrupts.critical``, and the interrupt lands after it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -27,6 +27,7 @@ import orjson
 import zstandard
 
 from dasd_cli.errors import DasdError, RecordError, UsageError
+from dasd_cli.interrupts import check_interrupt, critical
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -237,68 +238,6 @@ def with_rejection(record: dict[str, Any], by: str, reason: str, detail: str = "
     out = dict(record)
     out["rejected"] = {"by": by, "reason": reason, "detail": detail}
     return out
-
-
-# --------------------------------------------------------------------------- interrupts
-
-_interrupt_pending = False
-_interrupt_signal: int | None = None  # SIGINT or SIGTERM, once one arrived
-_in_critical = 0
-
-
-def _on_interrupt(signum: int, frame: Any) -> None:
-    global _interrupt_pending, _interrupt_signal
-    _interrupt_signal = signum
-    if _in_critical:
-        _interrupt_pending = True  # raised once the write in progress is complete
-        return
-    raise KeyboardInterrupt
-
-
-def install_interrupt_handler() -> None:
-    """Ctrl-C and SIGTERM (a scheduler's stop, `timeout`) both end a command the same way:
-    deferred while a record is being written, so output stays whole and ``-o`` temp files
-    are removed."""
-    if _is_main_thread():
-        signal.signal(signal.SIGINT, _on_interrupt)
-        signal.signal(signal.SIGTERM, _on_interrupt)
-
-
-def _is_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def interrupt_exit_code() -> int:
-    """130 after Ctrl-C, 143 after SIGTERM (128 + the signal number)."""
-    return 128 + (_interrupt_signal or signal.SIGINT)
-
-
-def interrupt_seen() -> bool:
-    """Whether Ctrl-C arrived, even if a library turned the KeyboardInterrupt into another
-    error (transformers' lazy imports re-raise it as ModuleNotFoundError)."""
-    return _interrupt_signal is not None
-
-
-def check_interrupt() -> None:
-    global _interrupt_pending
-    if _interrupt_pending and not _in_critical:
-        _interrupt_pending = False
-        raise KeyboardInterrupt
-
-
-class _Critical:
-    def __enter__(self) -> None:
-        global _in_critical
-        _in_critical += 1
-
-    def __exit__(self, *exc: Any) -> None:
-        global _in_critical
-        _in_critical -= 1
-
-
-critical = _Critical()
 
 
 # --------------------------------------------------------------------------- stdout

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from dasd_cli import io
+from dasd_cli import interrupts, io
 from dasd_cli.core.tally import Tally
 from dasd_cli.errors import DasdError, RecordError, UsageError
 
@@ -177,7 +177,7 @@ def run_command(command: str, common: Common, body: Callable[[Session], None], *
     code = 0
     session = Session(command, common, writes_records=writes_records)
     try:
-        io.install_interrupt_handler()
+        interrupts.install_interrupt_handler()
         common.validate()
         session.open()
         success = False
@@ -188,7 +188,7 @@ def run_command(command: str, common: Common, body: Callable[[Session], None], *
             session.interrupted = True
             raise
         except Exception:
-            if not io.interrupt_seen():
+            if not interrupts.interrupt_seen():
                 raise
             session.interrupted = True
             raise KeyboardInterrupt from None
@@ -204,15 +204,15 @@ def run_command(command: str, common: Common, body: Callable[[Session], None], *
             session.finish()
         except Exception:  # noqa: BLE001 - the interrupt is what matters now
             pass
-        code = io.interrupt_exit_code()
+        code = interrupts.interrupt_exit_code()
     except DasdError as err:
         _print_error(command, err.render(command), common.debug)
         code = err.exit_code
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no locals dumped
-        if io.interrupt_seen():  # a Ctrl-C that surfaced as another error is still a Ctrl-C
-            raise typer.Exit(io.interrupt_exit_code()) from None
+        if interrupts.interrupt_seen():  # a Ctrl-C that surfaced as another error is still a Ctrl-C
+            raise typer.Exit(interrupts.interrupt_exit_code()) from None
         _print_error(command, f"dasd {command}: error: internal error: {type(exc).__name__}: {exc}"
                      + ("" if common.debug else "\n  hint: rerun with --debug for a traceback"),
                      common.debug)
