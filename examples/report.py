@@ -180,12 +180,14 @@ def commentary(results: dict[str, Any], stats: dict[str, dict[str, Any]],
     answered = sum(v.get("read", 0) for k, v in stats.items() if k.startswith("6-mp-capped-"))
     continued = sum(v.get("kept", 0) for k, v in stats.items() if k.startswith("6-mp-filter-"))
     if answered:
+        plural = "" if continued == 1 else "s"
         out.append(f"- Mixed-policy: {capped} of {answered} student answers hit the 1.5x cap; "
-                   f"{continued} teacher continuations passed the filters and joined the off-policy "
-                   f"samples. Student truncation on held-out questions: {fmt_share(trunc('das-s2'))} "
-                   f"before and {fmt_share(trunc('das-mp'))} after the stage (DAS arm). The stage trains "
-                   "on the student's own prefix unmasked, as the paper prescribes; with a student this "
-                   "weak that prefix is mostly noise, so the stage can move NLL up rather than down.")
+                   f"{continued} teacher continuation{plural} passed the filters and joined the "
+                   f"off-policy samples. Student truncation on held-out questions: "
+                   f"{fmt_share(trunc('das-s2'))} before and {fmt_share(trunc('das-mp'))} after the "
+                   "stage (DAS arm). The stage trains on the student's own prefix unmasked, as the "
+                   "paper prescribes; with a student this weak that prefix is mostly noise, so the "
+                   "stage can move NLL up rather than down.")
     if not math.isnan(acc("teacher")):
         students = [acc(name) for name, _ in SETTINGS if not math.isnan(acc(name))]
         out.append(f"- Accuracy: the teacher answers {fmt_share(acc('teacher'))} of the verifiable held-out "
