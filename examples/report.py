@@ -190,8 +190,10 @@ def commentary(results: dict[str, Any], stats: dict[str, dict[str, Any]],
                    "stage can move NLL up rather than down.")
     if not math.isnan(acc("teacher")):
         students = [acc(name) for name, _ in SETTINGS if not math.isnan(acc(name))]
+        span = (f"{fmt_share(min(students))} at every checkpoint" if min(students) == max(students)
+                else f"{fmt_share(min(students))} to {fmt_share(max(students))}")
         out.append(f"- Accuracy: the teacher answers {fmt_share(acc('teacher'))} of the verifiable held-out "
-                   f"questions, the students {fmt_share(min(students))} to {fmt_share(max(students))}. A "
+                   f"questions, the students {span}. A "
                    "135M teacher and a 10-layer student are too weak for the paper's accuracy gains; "
                    "the NLL column is the signal at this scale.")
     return out
