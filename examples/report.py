@@ -188,14 +188,14 @@ def commentary(results: dict[str, Any], stats: dict[str, dict[str, Any]],
                    "stage (DAS arm). The stage trains on the student's own prefix unmasked, as the "
                    "paper prescribes; with a student this weak that prefix is mostly noise, so the "
                    "stage can move NLL up rather than down.")
-    if not math.isnan(acc("teacher")):
-        students = [acc(name) for name, _ in SETTINGS if not math.isnan(acc(name))]
+    students = [acc(name) for name, _ in SETTINGS if not math.isnan(acc(name))]
+    if not math.isnan(acc("teacher")) and students:
         span = (f"{fmt_share(min(students))} at every checkpoint" if min(students) == max(students)
                 else f"{fmt_share(min(students))} to {fmt_share(max(students))}")
-        out.append(f"- Accuracy: the teacher answers {fmt_share(acc('teacher'))} of the verifiable held-out "
-                   f"questions, the students {span}. A "
-                   "135M teacher and a 10-layer student are too weak for the paper's accuracy gains; "
-                   "the NLL column is the signal at this scale.")
+        out.append(f"- Accuracy: the teacher answers {fmt_share(acc('teacher'))} of the verifiable "
+                   f"held-out questions, the students {span}. A 135M teacher and a 10-layer student "
+                   "are too weak for the paper's accuracy gains; the NLL column is the signal at "
+                   "this scale.")
     return out
 
 
