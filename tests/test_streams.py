@@ -55,6 +55,20 @@ STREAMING_COMMANDS: list[StreamCase] = [
 CASES = [pytest.param(case, id=case.command, marks=case.marks) for case in STREAMING_COMMANDS]
 
 
+def wait_for_signal_handlers(proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Wait until dasd has installed its SIGINT/SIGTERM handlers (SigCgt in /proc), so a
+    signal sent next tests dasd's handling, not the interpreter's start-up on a slow machine."""
+    bit = 1 << (signal.SIGTERM - 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        caught = next(int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:"))
+        if caught & bit:
+            return
+        time.sleep(0.05)
+    raise AssertionError("dasd did not install its signal handlers in time")
+
+
 def ids_of(case: StreamCase, records: list[dict[str, Any]]) -> list[str]:
     ids = case.output_ids(records)
     return ids if case.ordered else sorted(ids)
@@ -183,6 +197,7 @@ def test_sigint_exits_130_with_valid_output(case: StreamCase) -> None:
     assert proc.stdin is not None
     proc.stdin.write(to_jsonl([case.make_record(i) for i in range(50)]))
     proc.stdin.flush()
+    wait_for_signal_handlers(proc)
     time.sleep(2.0)  # mid-run or, on a slow machine, still loading a model: 130 either way
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -203,6 +218,7 @@ def test_sigterm_exits_143_and_leaves_no_temp_file(tmp_path: Path) -> None:
     assert proc.stdin is not None
     proc.stdin.write(to_jsonl([response_record(i) for i in range(50)]))
     proc.stdin.flush()
+    wait_for_signal_handlers(proc)
     time.sleep(2.0)
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
@@ -214,6 +230,7 @@ def test_sigterm_exits_143_and_leaves_no_temp_file(tmp_path: Path) -> None:
     assert proc.stdin is not None
     proc.stdin.write(to_jsonl([response_record(i) for i in range(50)]))
     proc.stdin.flush()
+    wait_for_signal_handlers(proc)
     time.sleep(2.0)
     proc.send_signal(signal.SIGTERM)
     stdout, err = proc.communicate(timeout=60)
