@@ -181,13 +181,13 @@ def commentary(results: dict[str, Any], stats: dict[str, dict[str, Any]],
     continued = sum(v.get("kept", 0) for k, v in stats.items() if k.startswith("6-mp-filter-"))
     if answered:
         plural = "" if continued == 1 else "s"
+        change = nll("das-mp") - nll("das-s2")
         out.append(f"- Mixed-policy: {capped} of {answered} student answers hit the 1.5x cap; "
                    f"{continued} teacher continuation{plural} passed the filters and joined the "
-                   f"off-policy samples. Student truncation on held-out questions: "
-                   f"{fmt_share(trunc('das-s2'))} before and {fmt_share(trunc('das-mp'))} after the "
-                   "stage (DAS arm). The stage trains on the student's own prefix unmasked, as the "
-                   "paper prescribes; with a student this weak that prefix is mostly noise, so the "
-                   "stage can move NLL up rather than down.")
+                   f"off-policy samples (the paper does not mask the student prefix; neither does "
+                   f"this run). In the DAS arm the stage changed held-out NLL by {change:+.3f}, and "
+                   f"student truncation on held-out questions went from {fmt_share(trunc('das-s2'))} "
+                   f"to {fmt_share(trunc('das-mp'))}.")
     students = [acc(name) for name, _ in SETTINGS if not math.isnan(acc(name))]
     if not math.isnan(acc("teacher")) and students:
         span = (f"{fmt_share(min(students))} at every checkpoint" if min(students) == max(students)

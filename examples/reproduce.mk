@@ -101,6 +101,8 @@ $(RUN)/ckpt/%-s2/config.json: $(RUN)/packed/%.t1.0.jsonl.zst $(RUN)/ckpt/%-s1/co
 # ---- 6. mixed-policy: the stage-2 student re-answers the training questions, capped at
 # 1.5x the teacher's answer; capped answers are cut beyond half and continued by the
 # teacher, filtered, mixed with off-policy samples and trained one epoch (no prefix masking).
+# The toy's epoch is a few packed sequences: one per optimizer step, so the stage takes
+# several steps down its schedule instead of a single step at peak lr from a fresh optimizer.
 $(RUN)/mp/%.student.jsonl.zst: $(RUN)/data/%.t1.0.jsonl.zst $(RUN)/ckpt/%-s2/config.json
 	$(SAMPLE) --model $(RUN)/ckpt/$*-s2 --temperature 1.0 --max-tokens-ratio 1.5 \
 	  --stats $(RUN)/stats/6-mp-student-$*.json -o $@ $<
@@ -120,7 +122,7 @@ $(RUN)/data/%.mp.jsonl.zst: $(RUN)/mp/%.kept.jsonl.zst $(RUN)/data/%.t1.0.jsonl.
 	$(DASD) mix --allow-short --seed $(SEED) $(COMMON) --stats $(RUN)/stats/6-mp-mix-$*.json -o $@ $^
 
 $(RUN)/ckpt/%-mp/config.json: $(RUN)/packed/%.mp.jsonl.zst $(RUN)/ckpt/%-s2/config.json
-	$(TRAIN) --init-from $(RUN)/ckpt/$*-s2 --epochs 1 --data $< --out $(RUN)/ckpt/$*-mp > $(RUN)/ckpt/$*-mp.metrics.tmp
+	$(TRAIN) --init-from $(RUN)/ckpt/$*-s2 --epochs 1 --global-batch-size 1 --data $< --out $(RUN)/ckpt/$*-mp > $(RUN)/ckpt/$*-mp.metrics.tmp
 	mv $(RUN)/ckpt/$*-mp.metrics.tmp $(RUN)/ckpt/$*-mp/metrics.jsonl
 
 # ---- 7. evaluate every checkpoint: held-out accuracy and NLL of the teacher's answers
