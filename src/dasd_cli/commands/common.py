@@ -178,10 +178,10 @@ def run_command(command: str, common: Common, body: Callable[[Session], None], *
     session = Session(command, common, writes_records=writes_records)
     try:
         interrupts.install_interrupt_handler()
-        common.validate()
-        session.open()
         success = False
         try:
+            common.validate()
+            session.open()
             body(session)
             success = True
         except KeyboardInterrupt:
@@ -190,6 +190,7 @@ def run_command(command: str, common: Common, body: Callable[[Session], None], *
         except Exception:
             if not interrupts.interrupt_seen():
                 raise
+            # A Ctrl-C that a library re-raised as another error is still a Ctrl-C.
             session.interrupted = True
             raise KeyboardInterrupt from None
         finally:
@@ -211,8 +212,6 @@ def run_command(command: str, common: Common, body: Callable[[Session], None], *
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no locals dumped
-        if interrupts.interrupt_seen():  # a Ctrl-C that surfaced as another error is still a Ctrl-C
-            raise typer.Exit(interrupts.interrupt_exit_code()) from None
         _print_error(command, f"dasd {command}: error: internal error: {type(exc).__name__}: {exc}"
                      + ("" if common.debug else "\n  hint: rerun with --debug for a traceback"),
                      common.debug)
