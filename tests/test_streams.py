@@ -69,6 +69,22 @@ def wait_for_signal_handlers(proc: subprocess.Popen, timeout: float = 120.0) -> 
     raise AssertionError("dasd did not install its signal handlers in time")
 
 
+def signal_midrun(args: list[str], records: list[dict[str, Any]],
+                  sig: signal.Signals) -> tuple[int, bytes, str]:
+    """Start dasd on ``records`` with stdin left open, signal it once it handles signals
+    and has had 2 s for the records, and return (exit status, stdout, stderr)."""
+    proc = subprocess.Popen(dasd_bin() + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(to_jsonl(records))
+    proc.stdin.flush()
+    wait_for_signal_handlers(proc)
+    time.sleep(2.0)  # mid-run or, on a slow machine, still loading a model: same exit either way
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err.decode()
+
+
 def ids_of(case: StreamCase, records: list[dict[str, Any]]) -> list[str]:
     ids = case.output_ids(records)
     return ids if case.ordered else sorted(ids)
@@ -192,18 +208,11 @@ def test_head_closes_pipe_quietly(tmp_path: Path, case: StreamCase) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_sigint_exits_130_with_valid_output(case: StreamCase) -> None:
     """Ctrl-C: exit 130, and what reached stdout is complete JSONL (zstd frame closed)."""
-    proc = subprocess.Popen(dasd_bin() + [case.command, *case.args, "-"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdin is not None
-    proc.stdin.write(to_jsonl([case.make_record(i) for i in range(50)]))
-    proc.stdin.flush()
-    wait_for_signal_handlers(proc)
-    time.sleep(2.0)  # mid-run or, on a slow machine, still loading a model: 130 either way
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err.decode()
+    code, out, err = signal_midrun([case.command, *case.args, "-"],
+                                   [case.make_record(i) for i in range(50)], signal.SIGINT)
+    assert code == 130, err
     records = parse_records(out)
-    assert "Traceback" not in err.decode()
+    assert "Traceback" not in err
     if case.ordered:
         got = ids_of(case, records)
         assert got == expected(case, range(len(got)))
@@ -212,31 +221,16 @@ def test_sigint_exits_130_with_valid_output(case: StreamCase) -> None:
 def test_sigterm_exits_143_and_leaves_no_temp_file(tmp_path: Path) -> None:
     """A scheduler's stop (SIGTERM) ends a run like Ctrl-C: exit 128+15, the -o temp file
     removed, the final name never half-written; stdout output stays valid JSONL."""
-    out = tmp_path / "out.jsonl.zst"
-    proc = subprocess.Popen(dasd_bin() + ["filter", "-o", str(out), "-"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdin is not None
-    proc.stdin.write(to_jsonl([response_record(i) for i in range(50)]))
-    proc.stdin.flush()
-    wait_for_signal_handlers(proc)
-    time.sleep(2.0)
-    proc.send_signal(signal.SIGTERM)
-    _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err.decode()
-    assert "Traceback" not in err.decode()
+    records = [response_record(i) for i in range(50)]
+    code, _out, err = signal_midrun(["filter", "-o", str(tmp_path / "out.jsonl.zst"), "-"],
+                                    records, signal.SIGTERM)
+    assert code == 143, err
+    assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
-    proc = subprocess.Popen(dasd_bin() + ["filter", "-"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdin is not None
-    proc.stdin.write(to_jsonl([response_record(i) for i in range(50)]))
-    proc.stdin.flush()
-    wait_for_signal_handlers(proc)
-    time.sleep(2.0)
-    proc.send_signal(signal.SIGTERM)
-    stdout, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err.decode()
+    code, stdout, err = signal_midrun(["filter", "-"], records, signal.SIGTERM)
+    assert code == 143, err
     got = [r["id"] for r in parse_records(stdout)]  # all 50, or fewer on a slow start
-    assert got == [response_record(i)["id"] for i in range(len(got))]
+    assert got == [r["id"] for r in records[:len(got)]]
 
 
 def test_interrupt_that_a_library_rewraps_still_exits_130(tmp_path: Path) -> None:
@@ -312,23 +306,16 @@ def test_terminal_stdin_is_usage_error() -> None:
     assert b"stdin is a terminal" in proc.stderr
 
 
-def test_shard_splits_records_between_machines(cli) -> None:
+def test_shard_splits_records_between_machines(tmp_path: Path) -> None:
     """--shard K/N (sample, score): every record lands in exactly one shard."""
     from dasd_cli.commands import common
 
     records = [response_record(i) for i in range(7)]
+    inputs = [str(write_file(tmp_path / "in.jsonl", records))]
     seen = []
     for k in range(3):
-        session = common.Session("t", common.Common(inputs=["-"]), writes_records=False)
-        import io as _io
-        import sys
-
-        old = sys.stdin
-        sys.stdin = _io.TextIOWrapper(_io.BytesIO(to_jsonl(records)))
-        try:
-            got = [line.record["id"] for line in session.records(shard=(k, 3))]
-        finally:
-            sys.stdin = old
+        session = common.Session("t", common.Common(inputs=inputs), writes_records=False)
+        got = [line.record["id"] for line in session.records(shard=(k, 3))]
         assert session.tally.read == len(got)
         assert session.tally.extra.get("other_shards", 0) == 7 - len(got)
         seen += got
