@@ -71,7 +71,8 @@ def token_nll(records: list[dict[str, Any]]) -> float:
     return total / count if count else float("nan")
 
 
-def figure_probabilities(run: Path, out: Path) -> list[str]:
+def figure_probabilities(run: Path, out: Path) -> list[tuple[str, int, float, float]]:
+    """Plot response p_teacher per sampling temperature; return (T, n, mean, std) rows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,7 +88,7 @@ def figure_probabilities(run: Path, out: Path) -> list[str]:
         ax.hist(values, bins=20, range=(0, 1), alpha=0.55, label=f"T={temperature} (n={len(values)})")
         mean = sum(values) / len(values)
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-        lines.append(f"| {temperature} | {len(values)} | {mean:.3f} | {std:.3f} |")
+        lines.append((temperature, len(values), mean, std))
     ax.set_xlabel("response probability under the teacher: exp(mean token log-prob)")
     ax.set_ylabel("responses")
     ax.legend()
@@ -137,16 +138,17 @@ def sentence_types(run: Path) -> list[str]:
 
 
 def commentary(results: dict[str, Any], stats: dict[str, dict[str, Any]],
-               prob_lines: list[str]) -> list[str]:
+               probabilities: list[tuple[str, int, float, float]]) -> list[str]:
     """What this run's numbers show and do not show, stated from the numbers themselves."""
+    def metric(key: str, name: str) -> float:
+        value = results.get(name, {}).get(key, float("nan"))
+        return value.get("all", float("nan")) if isinstance(value, dict) else value
+
     def nll(name: str) -> float:
-        return results.get(name, {}).get("nll", float("nan"))
+        return metric("nll", name)
 
     def acc(name: str) -> float:
-        return results.get(name, {}).get("acc", {}).get("all", float("nan"))
-
-    def trunc(name: str) -> float:
-        return results.get(name, {}).get("truncation", float("nan"))
+        return metric("acc", name)
 
     out = []
     kept = {k: v for k, v in stats.items() if k.startswith("2-filter-")}
@@ -158,9 +160,8 @@ def commentary(results: dict[str, Any], stats: dict[str, dict[str, Any]],
         out.append("- Quality control: the filter kept " + ", ".join(
             f"{v.get('kept', 0)} of {v.get('read', 0)} teacher responses at T={k.removeprefix('2-filter-t')}"
             for k, v in kept.items()) + f" (most drops: {top}).")
-    means = [(line.split("|")[1].strip(), float(line.split("|")[3])) for line in prob_lines]
-    if len(means) >= 2:
-        (t_low, p_low), (t_high, p_high) = means[0], means[-1]
+    if len(probabilities) >= 2:
+        (t_low, _, p_low, _), (t_high, _, p_high, _) = probabilities[0], probabilities[-1]
         verdict = "sharper" if p_low > p_high else "NOT sharper"
         out.append(f"- Temperature: responses sampled at T={t_low} are {verdict} under the teacher "
                    f"than at T={t_high} (mean p_teacher {p_low:.3f} vs {p_high:.3f}; the paper's Fig. 3).")
@@ -176,8 +177,9 @@ def commentary(results: dict[str, Any], stats: dict[str, dict[str, Any]],
                    "with a few dozen training samples per arm cannot separate the arms; it is not "
                    "evidence either way. When the student is far weaker than the teacher almost every sentence is "
                    "a Teacher sentence, so DAS mostly prefers the candidate with the most sentences.")
-    capped = sum(v.get("kept", 0) for k, v in stats.items() if k.startswith("6-mp-capped-"))
-    answered = sum(v.get("read", 0) for k, v in stats.items() if k.startswith("6-mp-capped-"))
+    capping = [v for k, v in stats.items() if k.startswith("6-mp-capped-")]
+    capped = sum(v.get("kept", 0) for v in capping)
+    answered = sum(v.get("read", 0) for v in capping)
     continued = sum(v.get("kept", 0) for k, v in stats.items() if k.startswith("6-mp-filter-"))
     if answered:
         plural = "" if continued == 1 else "s"
@@ -186,21 +188,24 @@ def commentary(results: dict[str, Any], stats: dict[str, dict[str, Any]],
                    f"{continued} teacher continuation{plural} passed the filters and joined the "
                    f"off-policy samples (the paper does not mask the student prefix; neither does "
                    f"this run). In the DAS arm the stage changed held-out NLL by {change:+.3f}, and "
-                   f"student truncation on held-out questions went from {fmt_share(trunc('das-s2'))} "
-                   f"to {fmt_share(trunc('das-mp'))}.")
+                   f"student truncation on held-out questions went from {fmt(metric('truncation', 'das-s2'))} "
+                   f"to {fmt(metric('truncation', 'das-mp'))}.")
     students = [acc(name) for name, _ in SETTINGS if not math.isnan(acc(name))]
     if not math.isnan(acc("teacher")) and students:
-        span = (f"{fmt_share(min(students))} at every checkpoint" if min(students) == max(students)
-                else f"{fmt_share(min(students))} to {fmt_share(max(students))}")
-        out.append(f"- Accuracy: the teacher answers {fmt_share(acc('teacher'))} of the verifiable "
+        span = (f"{fmt(min(students))} at every checkpoint" if min(students) == max(students)
+                else f"{fmt(min(students))} to {fmt(max(students))}")
+        out.append(f"- Accuracy: the teacher answers {fmt(acc('teacher'))} of the verifiable "
                    f"held-out questions, the students {span}. A 135M teacher and a 10-layer student "
                    "are too weak for the paper's accuracy gains; the NLL column is the signal at "
                    "this scale.")
     return out
 
 
-def fmt_share(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.1%}"
+def fmt(value: Any, pct: bool = True) -> str:
+    """A share as a percentage (or a plain 3-decimal number); n/a when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.1%}" if pct else f"{value:.3f}"
 
 
 def git_commit() -> str:
@@ -231,11 +236,6 @@ def main(argv: list[str]) -> int:
     header = "| setting | accuracy (all) | " + " | ".join(domain_list) + " | held-out NLL / token | truncated answers |"
     table = [header, "|" + "---|" * (4 + len(domain_list))]
 
-    def fmt(value: Any, pct: bool = True) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return "n/a"
-        return f"{value:.1%}" if pct else f"{value:.3f}"
-
     for name, label in [("teacher", "teacher (reference)")] + SETTINGS:
         entry = results.get(name, {})
         acc = entry.get("acc", {})
@@ -245,7 +245,7 @@ def main(argv: list[str]) -> int:
         cells += [fmt(entry.get("nll"), pct=False), fmt(entry.get("truncation"))]
         table.append(f"| {label} | " + " | ".join(cells) + " |")
 
-    prob_lines = figure_probabilities(run, run / "fig_probabilities.png")
+    probabilities = figure_probabilities(run, run / "fig_probabilities.png")
     loss_lines = figure_losses(run, run / "fig_losses.png")
     stats = {p.stem: json.loads(p.read_text()) for p in sorted((run / "stats").glob("*.json"))}
     stat_lines = [f"| {k} | {v.get('read', '')} | {v.get('kept', '')} | "
@@ -272,7 +272,7 @@ def main(argv: list[str]) -> int:
         "",
         "## What this run shows, and what it does not",
         "",
-        *commentary(results, stats, prob_lines),
+        *commentary(results, stats, probabilities),
         "",
         "## Response probability by sampling temperature (Fig. 3 style)",
         "",
@@ -280,7 +280,7 @@ def main(argv: list[str]) -> int:
         "",
         "| temperature | responses | mean p_teacher | std |",
         "|---|---|---|---|",
-        *prob_lines,
+        *(f"| {t} | {n} | {mean:.3f} | {std:.3f} |" for t, n, mean, std in probabilities),
         "",
         "## Sentence types (DAS, beta 0.1, base student vs teacher)",
         "",
