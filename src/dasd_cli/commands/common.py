@@ -47,6 +47,7 @@ Shard = Annotated[Optional[str], typer.Option(
     "all inputs) has i mod N == K, to split one job across N machines; the others are counted "
     "as other_shards.", show_default=False)]
 # The two vLLM engine settings users tune most (sample and score --backend vllm).
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's own default
 GpuMemoryUtilization = Annotated[float, typer.Option(
     "--gpu-memory-utilization", min=0.01, max=1.0, metavar="FRACTION", help="vllm: share of GPU "
     "memory the engine takes for weights, activations and KV cache (lower it when another "

@@ -78,7 +78,7 @@ def sample_command(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="hf: sequences per batch.")] = 16,
     tensor_parallel_size: Annotated[int, typer.Option(
         "--tensor-parallel-size", min=1, help="vllm: GPUs per model.")] = 1,
-    gpu_memory_utilization: common.GpuMemoryUtilization = 0.9,
+    gpu_memory_utilization: common.GpuMemoryUtilization = common.DEFAULT_GPU_MEMORY_UTILIZATION,
     max_model_len: common.MaxModelLen = None,
     base_url: Annotated[Optional[str], typer.Option(
         "--base-url", metavar="URL", help="openai: server URL, e.g. http://127.0.0.1:8000/v1.",

@@ -47,7 +47,7 @@ def score_command(
     batch_tokens: Annotated[int, typer.Option(
         "--batch-tokens", min=1, metavar="N", help="Padded tokens per forward batch (responses are "
         "sorted by length into batches within this budget).")] = 16384,
-    gpu_memory_utilization: common.GpuMemoryUtilization = 0.9,
+    gpu_memory_utilization: common.GpuMemoryUtilization = common.DEFAULT_GPU_MEMORY_UTILIZATION,
     max_model_len: common.MaxModelLen = None,
     keep_token_logprobs: Annotated[bool, typer.Option(
         "--keep-token-logprobs", help="Also store the student's per-token log-probs and offsets "
