@@ -41,7 +41,7 @@ STUDENT := $(RUN)/student
 COMMON  = --quiet
 SAMPLE  = $(DASD) sample --system-prompt "$(SYSTEM)" --seed $(SEED) $(COMMON)
 TRAIN   = $(DASD) train --epochs $(EPOCHS) --global-batch-size $(GLOBAL_BATCH) --lr $(LR) --min-lr $(MIN_LR) \
-          --dtype fp32 --save-every 0 --keep-checkpoints 1 --compress none --seed $(SEED)
+          --dtype fp32 --save-every 0 --keep-checkpoints 1 --delete-checkpoints --compress none --seed $(SEED)
 STAGE_TEMPS := 0.6 1.0
 ARMS := das random
 CHECKPOINTS := base $(foreach a,$(ARMS),$(a)-s1 $(a)-s2 $(a)-mp)

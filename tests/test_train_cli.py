@@ -68,6 +68,24 @@ def test_stdin_zstd_metrics_plot_and_final_model(tmp_path, tiny):
 
     AutoModelForCausalLM.from_pretrained(str(tmp_path / "o"))
     AutoTokenizer.from_pretrained(str(tmp_path / "o"))
+    # one checkpoint per epoch end stays for a later --resume
+    assert sorted(p.name for p in (tmp_path / "o").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_delete_checkpoints_leaves_only_the_final_model(cli, tmp_path, tiny):
+    data = write_file(tmp_path / "p.jsonl", packed_records(make_samples(4), 1))
+    out = tmp_path / "o"
+    code, _, err = cli(["train", "--model", str(tiny), "--out", str(out), "--epochs", "2",
+                        "--global-batch-size", "2", "--dtype", "fp32", "--delete-checkpoints", str(data)])
+    assert code == 0, err
+    assert list(out.glob("checkpoint-*")) == [] and list(out.glob(".*")) == []
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    # a stopped run keeps its checkpoint: deletion waits for the final model
+    code, _, err = cli(["train", "--model", str(tiny), "--out", str(tmp_path / "s"), "--epochs", "2",
+                        "--global-batch-size", "2", "--dtype", "fp32", "--delete-checkpoints",
+                        "--stop-after", "1", str(data)])
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "s").glob("checkpoint-*")] == ["checkpoint-1"]
 
 
 def test_empty_input_is_an_error(cli, tmp_path, tiny):

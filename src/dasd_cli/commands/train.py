@@ -73,6 +73,9 @@ def train_command(
         "--keep-checkpoints", min=0, metavar="N",
         help="Keep only the N most recent checkpoints in --out (0: keep all). A checkpoint holds "
         "the optimizer state, about 3x the model's size in fp32.")] = 0,
+    delete_checkpoints: Annotated[bool, typer.Option(
+        "--delete-checkpoints", help="Once the final model is written, delete every checkpoint in "
+        "--out (they serve only --resume of an unfinished run).")] = False,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue exactly from the latest checkpoint in --out.")] = False,
     stop_after: Annotated[Optional[int], typer.Option(
@@ -176,7 +179,8 @@ def _config(out: Path, options: dict[str, Any], seed: int) -> Any:
         grad_clip=options["grad_clip"], dtype=options["dtype"], attn=options["attn"],
         gradient_checkpointing=options["gradient_checkpointing"], liger=options["liger"],
         deepspeed=options["deepspeed"], save_every=options["save_every"],
-        keep_checkpoints=options["keep_checkpoints"], resume=options["resume"],
+        keep_checkpoints=options["keep_checkpoints"], delete_checkpoints=options["delete_checkpoints"],
+        resume=options["resume"],
         stop_after=options["stop_after"], seed=seed, shuffle=options["shuffle"],
         loss_chunk_size=options["loss_chunk_size"])
 

@@ -32,25 +32,33 @@ def checkpoint_dir(out: Path, step: int) -> Path:
     return out / f"checkpoint-{step}"
 
 
+def complete_checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """Every complete checkpoint in ``out`` as (step, folder), oldest first."""
+    if not out.is_dir():
+        return []
+    return sorted((int(m.group(1)), child) for child in out.iterdir()
+                  if (m := _CHECKPOINT_RE.match(child.name)) and (child / STATE_FILE).is_file())
+
+
 def latest_checkpoint(out: Path) -> Path | None:
     """The complete checkpoint with the highest step in ``out``, or None."""
-    if not out.is_dir():
-        return None
-    found = []
-    for child in out.iterdir():
-        match = _CHECKPOINT_RE.match(child.name)
-        if match and (child / STATE_FILE).is_file():
-            found.append((int(match.group(1)), child))
-    return max(found)[1] if found else None
+    found = complete_checkpoints(out)
+    return found[-1][1] if found else None
 
 
 def prune(out: Path, keep: int) -> list[Path]:
     """Delete all but the ``keep`` most recent complete checkpoints (keep 0: delete none)."""
-    if keep <= 0 or not out.is_dir():
+    if keep <= 0:
         return []
-    found = sorted((int(m.group(1)), child) for child in out.iterdir()
-                   if (m := _CHECKPOINT_RE.match(child.name)) and (child / STATE_FILE).is_file())
-    removed = [folder for _step, folder in found[:-keep]]
+    removed = [folder for _step, folder in complete_checkpoints(out)[:-keep]]
+    for folder in removed:
+        shutil.rmtree(folder)
+    return removed
+
+
+def remove_all(out: Path) -> list[Path]:
+    """Delete every complete checkpoint (once the final model is written they only serve --resume)."""
+    removed = [folder for _step, folder in complete_checkpoints(out)]
     for folder in removed:
         shutil.rmtree(folder)
     return removed

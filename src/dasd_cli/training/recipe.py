@@ -51,6 +51,7 @@ class TrainConfig:
     deepspeed: str | None = None  # DeepSpeed JSON config (ZeRO-3: configs/zero3.json)
     save_every: int = 0  # also checkpoint every N optimizer steps (0: only at epoch ends)
     keep_checkpoints: int = 0  # keep only the N most recent checkpoints (0: all)
+    delete_checkpoints: bool = False  # delete every checkpoint once the final model is written
     resume: bool = False  # continue from the latest checkpoint in OUT
     stop_after: int | None = None  # stop (with a checkpoint) after this many steps in total
     seed: int = 42
@@ -237,6 +238,8 @@ class Trainer:
             if stopping and step < self.total_steps:
                 return
         self.save_final()
+        if cfg.delete_checkpoints and self.ranks.is_main:
+            ckpt.remove_all(cfg.out)
 
     def _step(self, step: int, epoch: int, step_sequences: list[int],
               micro_batches: list[MicroBatch]) -> dict[str, Any]:
