@@ -84,15 +84,32 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+_KEY_BLOCK = 8 << 20
+
+
+def _content_key(path: Path) -> str:
+    """sha256 over the size and the first and last 8 MiB: a GGUF file's header (metadata,
+    tensor table) and a slice of its weights, read in milliseconds instead of hashing
+    every byte on every call."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as fh:
+        digest.update(fh.read(_KEY_BLOCK))
+        if size > _KEY_BLOCK:
+            fh.seek(max(_KEY_BLOCK, size - _KEY_BLOCK))
+            digest.update(fh.read(_KEY_BLOCK))
+    return digest.hexdigest()[:12]
+
+
 def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     """Dequantize a GGUF file into a transformers folder in the cache, once.
 
-    The folder name carries a hash of the file's path, size and mtime, so a changed
+    The folder name carries a fingerprint of the file's content (see ``_content_key``),
+    so the same file installed in several environments is converted once and a changed
     file is converted again. Concurrent callers wait on a lock; the folder appears
     atomically (built in a temp folder, then renamed).
     """
-    stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    key = _content_key(gguf_path)
     target = cache_dir() / "models" / f"{name or gguf_path.stem}-{key}"
     if (target / "config.json").is_file():
         return target
