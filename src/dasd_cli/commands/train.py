@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from dasd_cli.commands import common
+from dasd_cli.core.train import loss as loss_core
 from dasd_cli.errors import RecordError, UsageError
 
 ATTN_CHOICES = "auto|segmented|sdpa|eager|flash_attention_2"
@@ -86,7 +87,8 @@ def train_command(
         "--shuffle/--no-shuffle", help="Reshuffle packed sequences each epoch (from --seed).")] = True,
     loss_chunk_size: Annotated[int, typer.Option(
         "--loss-chunk-size", min=1, metavar="TOKENS",
-        help="Tokens projected to the vocabulary at once in the loss.")] = 1024,
+        help="Tokens projected to the vocabulary at once in the loss (peak extra memory: TOKENS x "
+        "vocabulary fp32 logits).")] = loss_core.DEFAULT_CHUNK_SIZE,
     plot: Annotated[Optional[str], typer.Option(
         "--plot", metavar="PATH", show_default=False,
         help="Write a plot of loss and learning rate against step (e.g. loss.png).")] = None,

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dasd_cli.core.train import loss as loss_core
 from dasd_cli.core.train.batching import MicroBatch, PackedSequence, StepPlan
 from dasd_cli.core.train.schedule import Schedule
 from dasd_cli.errors import DasdError, UsageError
@@ -56,7 +57,7 @@ class TrainConfig:
     stop_after: int | None = None  # stop (with a checkpoint) after this many steps in total
     seed: int = 42
     shuffle: bool = True  # reshuffle packed sequences every epoch (from seed and epoch)
-    loss_chunk_size: int = 1024  # rows of hidden states projected to the vocabulary at once
+    loss_chunk_size: int = loss_core.DEFAULT_CHUNK_SIZE  # rows projected to the vocabulary at once
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:

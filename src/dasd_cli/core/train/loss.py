@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 IGNORE_INDEX = -100  # label of a token that carries no loss
-DEFAULT_CHUNK_SIZE = 1024  # rows projected at once: 1024 x vocab fp32 logits at most
+DEFAULT_CHUNK_SIZE = 256  # rows projected at once: 256 x vocab fp32 logits at most
 
 
 def _select_targets(hidden: Any, targets: Any) -> tuple[Any, Any]:
