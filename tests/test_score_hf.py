@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from dasd_cli.backends.base import ScoreRequest
-from dasd_cli.backends.hf_score import plan_batches
+from dasd_cli.backends.hf_score import plan_batches, plan_rows
 
 REQUESTS = [
     ScoreRequest("a", [{"role": "user", "content": "What is 2+3?"}],
@@ -30,6 +30,16 @@ def test_plan_batches_respects_budget_and_sorts_longest_first():
         assert max(lengths[i] for i in batch) * len(batch) <= 60 or len(batch) == 1
     flat = [lengths[i] for b in batches for i in b]
     assert flat == sorted(flat, reverse=True)
+
+
+def test_plan_rows_fills_first_fit_within_budget():
+    lengths = [5, 50, 20, 20, 100, 7, 30]
+    rows = plan_rows(lengths, 60)
+    assert sorted(i for r in rows for i in r) == list(range(7))
+    assert rows[0] == [4]  # longer than the budget: alone
+    assert all(sum(lengths[i] for i in r) <= 60 for r in rows[1:])
+    # longest first, each into the first row with room (the 5 fits beside 30 + 20)
+    assert [[lengths[i] for i in r] for r in rows[1:]] == [[50, 7], [30, 20, 5], [20]]
 
 
 def _reference(model, tokenizer, request):
@@ -58,13 +68,22 @@ def tokenizer():
 # run other kernels than one unpadded sequence, so per-token differences of ~0.1 are bf16
 # noise (measured: max 0.14, mean 0.01); the mean bound catches real misalignment.
 @pytest.mark.parametrize("dtype,max_tolerance,mean_tolerance", [("fp32", 1e-4, 1e-5), ("bf16", 0.25, 0.02)])
-def test_scores_equal_reference_forward(tokenizer, dtype, max_tolerance, mean_tolerance):
-    from dasd_cli.backends.hf_score import score_batches
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
+def test_scores_equal_reference_forward(tokenizer, monkeypatch, packed, dtype, max_tolerance, mean_tolerance):
+    from dasd_cli.backends import hf_score
     from dasd_cli.backends.models import load_causal_lm
 
     model = load_causal_lm(None, dtype=dtype, device="cpu")
-    # A small budget forces several padded batches of different widths.
-    got = {s.key: s for s in score_batches(model, tokenizer, REQUESTS, batch_tokens=160)}
+    assert hf_score._packable(model)  # SmolLM2 on sdpa takes the segmented attention
+    if not packed:  # the fallback for models that cannot switch attention
+        monkeypatch.setattr(hf_score, "_packable", lambda model: False)
+    seen = []
+    real = hf_score._score_packed if packed else hf_score._score_padded
+    monkeypatch.setattr(hf_score, real.__name__, lambda *a: seen.append(len(a[1])) or real(*a))
+    # A small budget forces several rows (or padded batches) of different sizes.
+    got = {s.key: s for s in hf_score.score_batches(model, tokenizer, REQUESTS, batch_tokens=160)}
+    assert sum(seen) == len(REQUESTS) and len(seen) > 1 and max(seen) > 1
+    assert model.config._attn_implementation == "sdpa"  # restored after each packed row
     assert set(got) == {r.key for r in REQUESTS}
     worst, total, count = 0.0, 0.0, 0
     for request in REQUESTS:

@@ -3,11 +3,14 @@
 What makes it fast and small (the naive way is one padded forward in input order and a
 full [tokens x vocab] log-softmax):
 
-- requests are sorted by length and packed into batches of at most ``batch_tokens``
-  padded tokens, so little compute goes to padding;
-- batches are right-padded and run without an attention mask: under a causal mask a
-  real token never sees the padding after it, so its outputs are exact, and attention
-  can take the fused (flash) path instead of materializing a [L x L] mask;
+- requests are packed, without padding, into rows of at most ``batch_tokens`` tokens
+  (first-fit, longest first); position ids restart at 0 for every request and each
+  attends only within itself: varlen boundaries on flash-attention, and on sdpa/eager
+  the ``dasd_segmented`` attention of training (causal sdpa per request, switched on for
+  the call and restored after). Exact: each request sees what it would see alone;
+- models that cannot take another attention function fall back to length-sorted padded
+  batches within ``batch_tokens``, right-padded and run without an attention mask (under
+  a causal mask a real token never sees the padding after it);
 - only the hidden states that predict response tokens go through the output layer, in
   chunks of rows; each chunk's target log-prob is logit[target] - logsumexp(logits) in
   fp32, so the full log-softmax over the vocabulary never exists in memory.
@@ -18,6 +21,7 @@ context only. The end-of-turn text is not scored.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +61,50 @@ def plan_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
+def plan_rows(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Indices packed into rows of at most ``batch_tokens`` tokens: first-fit, longest first.
+
+    A sequence longer than the budget gets a row of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        slot = next((r for r, room in enumerate(free) if lengths[i] <= room), None)
+        if slot is None:
+            rows.append([])
+            free.append(batch_tokens)
+            slot = len(rows) - 1
+        rows[slot].append(i)
+        free[slot] -= lengths[i]
+    return rows
+
+
+def _packable(model: Any) -> bool:
+    """Varlen attention already, or sdpa/eager on a model that takes another attention function."""
+    from dasd_cli.training import forward
+
+    impl = getattr(model.config, "_attn_implementation", None)
+    return impl in forward.VARLEN_BACKENDS or (
+        impl in forward.MASKED_BACKENDS and getattr(model, "_supports_attention_backend", False))
+
+
+@contextlib.contextmanager
+def _isolating_attention(model: Any) -> Iterator[None]:
+    """sdpa/eager switched to segmented attention for the block (restored after)."""
+    from dasd_cli.training import attention, forward
+
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl not in forward.MASKED_BACKENDS:
+        yield
+        return
+    model.set_attn_implementation(attention.register())
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(impl)
+
+
 def _decoder_and_head(model: Any) -> tuple[Any, Any]:
     """The transformer body (hidden states) and the output layer of a causal LM."""
     head = model.get_output_embeddings()
@@ -90,8 +138,6 @@ def score_batches(model: Any, tokenizer: Any, requests: Iterable[ScoreRequest],
     ``model`` is a causal LM in eval mode, ``tokenizer`` its (fast) tokenizer. Each result
     has one log-prob and one start character per response token.
     """
-    import torch
-
     items = []
     for req in requests:
         enc = encode_example(tokenizer, req.messages, req.response, add_end_of_turn=False)
@@ -99,33 +145,73 @@ def score_batches(model: Any, tokenizer: Any, requests: Iterable[ScoreRequest],
             raise ValueError(f"{req.key}: the chat template rendered an empty prompt; "
                              "the first response token has no context to be scored in")
         items.append(_Item(req.key, enc.input_ids, enc.prompt_len, enc.response_offsets))
-    body, head = _decoder_and_head(model)
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    device = head.weight.device
+    lengths = [len(it.input_ids) for it in items]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for batch in plan_batches([len(it.input_ids) for it in items], batch_tokens):
-        members = [items[i] for i in batch]
-        width = max(len(it.input_ids) for it in members)
-        ids = torch.full((len(members), width), pad_id, dtype=torch.long)
-        rows_b, rows_p = [], []
-        for b, it in enumerate(members):
-            ids[b, :len(it.input_ids)] = torch.tensor(it.input_ids, dtype=torch.long)
-            # position p predicts token p + 1: the response tokens are prompt_len .. end - 1
-            positions = range(it.prompt_len - 1, len(it.input_ids) - 1)
-            rows_b.extend([b] * len(positions))
-            rows_p.extend(positions)
-        ids = ids.to(device)
-        with torch.inference_mode():
-            # No attention mask: right padding is invisible to real tokens under causality.
-            hidden = body(input_ids=ids, use_cache=False).last_hidden_state
-            b_index = torch.tensor(rows_b, dtype=torch.long, device=device)
-            p_index = torch.tensor(rows_p, dtype=torch.long, device=device)
-            selected = hidden[b_index, p_index]
-            del hidden
-            logprobs = target_logprobs(selected, head, ids[b_index, p_index + 1], softcap=softcap)
-        logprobs = logprobs.cpu().tolist()
+    packed = _packable(model)
+    for group in plan_rows(lengths, batch_tokens) if packed else plan_batches(lengths, batch_tokens):
+        members = [items[i] for i in group]
+        if packed:
+            with _isolating_attention(model):  # not held across the yields below
+                logprobs = _score_packed(model, members)
+        else:
+            logprobs = _score_padded(model, members, pad_id)
         at = 0
         for it in members:
             n = len(it.input_ids) - it.prompt_len
             yield Scored(it.key, logprobs[at:at + n], list(it.offsets), {"tokens": n})
             at += n
+
+
+def _output_layer(model: Any) -> tuple[Any, float | None]:
+    return _decoder_and_head(model)[1], getattr(model.config, "final_logit_softcapping", None)
+
+
+def _score_packed(model: Any, members: list[_Item]) -> list[float]:
+    """Response-token log-probs of ``members`` packed into one row, each isolated."""
+    import torch
+
+    from dasd_cli.training import forward
+
+    head, softcap = _output_layer(model)
+    device = head.weight.device
+    ids = torch.tensor([[t for it in members for t in it.input_ids]], dtype=torch.long, device=device)
+    positions = torch.tensor([[p for it in members for p in range(len(it.input_ids))]],
+                             dtype=torch.long, device=device)
+    predicting, start = [], 0  # position p predicts the token at p + 1
+    for it in members:
+        predicting.extend(range(start + it.prompt_len - 1, start + len(it.input_ids) - 1))
+        start += len(it.input_ids)
+    with torch.inference_mode():
+        hidden = forward.hidden_states(model, ids, positions)[0]
+        index = torch.tensor(predicting, dtype=torch.long, device=device)
+        selected = hidden[index]
+        del hidden
+        logprobs = target_logprobs(selected, head, ids[0, index + 1], softcap=softcap)
+    return logprobs.cpu().tolist()
+
+
+def _score_padded(model: Any, members: list[_Item], pad_id: int) -> list[float]:
+    """Response-token log-probs of ``members`` as one right-padded batch, no attention mask."""
+    import torch
+
+    body, _ = _decoder_and_head(model)
+    head, softcap = _output_layer(model)
+    device = head.weight.device
+    width = max(len(it.input_ids) for it in members)
+    ids = torch.full((len(members), width), pad_id, dtype=torch.long)
+    rows_b, rows_p = [], []
+    for b, it in enumerate(members):
+        ids[b, :len(it.input_ids)] = torch.tensor(it.input_ids, dtype=torch.long)
+        positions = range(it.prompt_len - 1, len(it.input_ids) - 1)
+        rows_b.extend([b] * len(positions))
+        rows_p.extend(positions)
+    ids = ids.to(device)
+    with torch.inference_mode():
+        # No attention mask: right padding is invisible to real tokens under causality.
+        hidden = body(input_ids=ids, use_cache=False).last_hidden_state
+        b_index = torch.tensor(rows_b, dtype=torch.long, device=device)
+        p_index = torch.tensor(rows_p, dtype=torch.long, device=device)
+        selected = hidden[b_index, p_index]
+        del hidden
+        logprobs = target_logprobs(selected, head, ids[b_index, p_index + 1], softcap=softcap)
+    return logprobs.cpu().tolist()
