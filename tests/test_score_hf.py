@@ -98,3 +98,22 @@ def test_scores_equal_reference_forward(tokenizer, monkeypatch, packed, dtype, m
     assert total / count <= mean_tolerance, f"{dtype}: mean |difference| {total / count:.2e}"
     assert len(got["empty"].logprobs) == 0
     assert all(lp <= 0 for s in got.values() for lp in s.logprobs)
+
+
+def test_models_with_windowed_or_capped_attention_are_scored_padded():
+    from types import SimpleNamespace
+
+    from dasd_cli.backends.hf_score import _packable
+
+    def model(**config):
+        return SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa", **config),
+                               _supports_attention_backend=True)
+
+    assert _packable(model())
+    assert _packable(model(layer_types=["full_attention"] * 2, sliding_window=4096))  # Qwen3 default
+    assert not _packable(model(layer_types=["sliding_attention", "full_attention"], sliding_window=512))
+    assert not _packable(model(sliding_window=4096))  # Mistral-style, every layer windowed
+    assert _packable(model(sliding_window=4096, use_sliding_window=False))
+    assert not _packable(model(attn_logit_softcapping=50.0))
+    assert not _packable(SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa"),
+                                         _supports_attention_backend=False))

@@ -81,12 +81,14 @@ def plan_rows(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 
 
 def _packable(model: Any) -> bool:
-    """Varlen attention already, or sdpa/eager on a model that takes another attention function."""
-    from dasd_cli.training import forward
+    """Varlen attention already, or sdpa/eager on a model that takes another attention
+    function and has nothing (sliding windows, soft-capping) plain causal attention drops."""
+    from dasd_cli.training import attention, forward
 
     impl = getattr(model.config, "_attn_implementation", None)
     return impl in forward.VARLEN_BACKENDS or (
-        impl in forward.MASKED_BACKENDS and getattr(model, "_supports_attention_backend", False))
+        impl in forward.MASKED_BACKENDS and getattr(model, "_supports_attention_backend", False)
+        and attention.unsupported(model.config) is None)
 
 
 @contextlib.contextmanager

@@ -45,8 +45,8 @@ def score_command(
         "(auto: bf16 where the hardware runs it fast).")] = "auto",
     device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where the student runs.")] = "auto",
     batch_tokens: Annotated[int, typer.Option(
-        "--batch-tokens", min=1, metavar="N", help="Padded tokens per forward batch (responses are "
-        "sorted by length into batches within this budget).")] = 16384,
+        "--batch-tokens", min=1, metavar="N", help="Tokens per forward pass (hf: responses packed "
+        "without padding, longest first; vllm: tokens per engine call).")] = 16384,
     gpu_memory_utilization: common.GpuMemoryUtilization = common.DEFAULT_GPU_MEMORY_UTILIZATION,
     max_model_len: common.MaxModelLen = None,
     keep_token_logprobs: Annotated[bool, typer.Option(

@@ -43,6 +43,22 @@ def segmented_attention(module: Any, query: Any, key: Any, value: Any, attention
     return out.transpose(1, 2).contiguous(), None
 
 
+def unsupported(config: Any) -> str | None:
+    """What in this model's attention the segmented kernel would drop (None: nothing).
+
+    It runs plain causal attention: sliding windows and logit soft-capping are not in it.
+    """
+    if getattr(config, "attn_logit_softcapping", None):
+        return "attention logit soft-capping"
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        if any(kind != "full_attention" for kind in layer_types):
+            return "sliding-window layers"
+    elif getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return "sliding-window attention"
+    return None
+
+
 def register() -> str:
     """Make ``attn_implementation="dasd_segmented"`` known to transformers (idempotent)."""
     from transformers import AttentionInterface
