@@ -7,7 +7,7 @@ full [tokens x vocab] log-softmax):
   (first-fit, longest first); position ids restart at 0 for every request and each
   attends only within itself: varlen boundaries on flash-attention, and on sdpa/eager
   the ``dasd_segmented`` attention of training (causal sdpa per request, switched on for
-  the call and restored after). Exact: each request sees what it would see alone;
+  each row and restored after). Exact: each request sees what it would see alone;
 - models that cannot take another attention function fall back to length-sorted padded
   batches within ``batch_tokens``, right-padded and run without an attention mask (under
   a causal mask a real token never sees the padding after it);
@@ -164,17 +164,14 @@ def score_batches(model: Any, tokenizer: Any, requests: Iterable[ScoreRequest],
             at += n
 
 
-def _output_layer(model: Any) -> tuple[Any, float | None]:
-    return _decoder_and_head(model)[1], getattr(model.config, "final_logit_softcapping", None)
-
-
 def _score_packed(model: Any, members: list[_Item]) -> list[float]:
     """Response-token log-probs of ``members`` packed into one row, each isolated."""
     import torch
 
     from dasd_cli.training import forward
 
-    head, softcap = _output_layer(model)
+    _, head = _decoder_and_head(model)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
     device = head.weight.device
     ids = torch.tensor([[t for it in members for t in it.input_ids]], dtype=torch.long, device=device)
     positions = torch.tensor([[p for it in members for p in range(len(it.input_ids))]],
@@ -196,8 +193,8 @@ def _score_padded(model: Any, members: list[_Item], pad_id: int) -> list[float]:
     """Response-token log-probs of ``members`` as one right-padded batch, no attention mask."""
     import torch
 
-    body, _ = _decoder_and_head(model)
-    head, softcap = _output_layer(model)
+    body, head = _decoder_and_head(model)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
     device = head.weight.device
     width = max(len(it.input_ids) for it in members)
     ids = torch.full((len(members), width), pad_id, dtype=torch.long)

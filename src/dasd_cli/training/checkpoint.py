@@ -48,20 +48,18 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 def prune(out: Path, keep: int) -> list[Path]:
     """Delete all but the ``keep`` most recent complete checkpoints (keep 0: delete none)."""
-    if keep <= 0:
-        return []
-    removed = [folder for _step, folder in complete_checkpoints(out)[:-keep]]
-    for folder in removed:
-        shutil.rmtree(folder)
-    return removed
+    return _delete(complete_checkpoints(out)[:-keep] if keep > 0 else [])
 
 
 def remove_all(out: Path) -> list[Path]:
     """Delete every complete checkpoint (once the final model is written they only serve --resume)."""
-    removed = [folder for _step, folder in complete_checkpoints(out)]
-    for folder in removed:
+    return _delete(complete_checkpoints(out))
+
+
+def _delete(found: list[tuple[int, Path]]) -> list[Path]:
+    for _step, folder in found:
         shutil.rmtree(folder)
-    return removed
+    return [folder for _step, folder in found]
 
 
 def rng_state() -> dict[str, Any]:
