@@ -69,3 +69,28 @@ def test_smollm2_packed_equals_alone(attn):
 
     model = load_causal_lm(None, dtype="fp32", device="cpu", attn_implementation=_attn(attn))
     assert _max_isolation_error(model, model.config.vocab_size) <= 1e-4
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "segmented"])
+def test_a_sliding_window_the_backend_would_drop_is_refused(attn):
+    """Mistral-style windowed attention: packed samples longer than the window would be
+    trained under full causal attention on these backends, so they are refused."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from dasd_cli.errors import UsageError
+    from dasd_cli.training import attention
+
+    impl = attention.register() if attn == "segmented" else attn
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                           sliding_window=8, attn_implementation=impl)
+    model = MistralForCausalLM(config).eval()
+    samples, input_ids, position_ids = _packed(97)  # the longest sample has 12 tokens
+    with pytest.raises(UsageError, match="12-token sample is longer than this model's 8-token sliding"):
+        forward.packed_logits(model, input_ids, position_ids)
+    model.config.sliding_window = 12  # every sample fits the window: exact, so allowed
+    with torch.no_grad():
+        packed = forward.packed_logits(model, input_ids, position_ids)[0]
+        alone = model(input_ids=samples[1][None]).logits[0]
+    assert float((packed[7:19] - alone).abs().max()) <= 1e-4

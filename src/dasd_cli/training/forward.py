@@ -39,10 +39,35 @@ def attention_inputs(model: Any, position_ids: Any, dtype: Any) -> Any:
                      hint="use --attn segmented, sdpa, eager or flash_attention_2")
 
 
+def refuse_dropped_attention(model: Any, position_ids: Any) -> None:
+    """Fail where this backend would silently drop part of the model's attention.
+
+    The block mask and the segmented kernel are plain causal attention: a sliding window
+    is exact only for samples no longer than the window, and segmented attention has no
+    logit soft-capping. flash-attention's varlen kernels apply both themselves.
+    """
+    from dasd_cli.training import attention
+
+    problem = attention.unsupported(model.config)
+    impl = getattr(model.config, "_attn_implementation", None)
+    if problem is None or impl in ("flash_attention_2", "flash_attention_3"):
+        return
+    if impl == attention.NAME and "soft-capping" in problem:
+        raise UsageError(f"--attn segmented has no {problem}, which this model uses",
+                         hint="use --attn eager (or flash_attention_2 on a GPU)")
+    window = getattr(model.config, "sliding_window", None)
+    longest = masks.cu_seqlens(position_ids)[1]
+    if window and longest > window:
+        raise UsageError(f"a {longest}-token sample is longer than this model's {window}-token sliding "
+                         f"window, which attention {impl!r} does not apply",
+                         hint=f"pack with --cutoff-len {window} or less, or use --attn flash_attention_2 on a GPU")
+
+
 def hidden_states(model: Any, input_ids: Any, position_ids: Any) -> Any:
     """Last hidden states ``[B, L, H]`` of the model body for packed ``input_ids``."""
     import torch
 
+    refuse_dropped_attention(model, position_ids)
     body = model.get_decoder()
     compute_dtype = torch.get_autocast_dtype(input_ids.device.type) if torch.is_autocast_enabled(
         input_ids.device.type) else next(model.parameters()).dtype
