@@ -32,14 +32,15 @@ def test_plan_batches_respects_budget_and_sorts_longest_first():
     assert flat == sorted(flat, reverse=True)
 
 
-def test_plan_rows_fills_first_fit_within_budget():
+def test_plan_rows_fills_best_fit_within_budget():
     lengths = [5, 50, 20, 20, 100, 7, 30]
     rows = plan_rows(lengths, 60)
     assert sorted(i for r in rows for i in r) == list(range(7))
     assert rows[0] == [4]  # longer than the budget: alone
     assert all(sum(lengths[i] for i in r) <= 60 for r in rows[1:])
-    # longest first, each into the first row with room (the 5 fits beside 30 + 20)
-    assert [[lengths[i] for i in r] for r in rows[1:]] == [[50, 7], [30, 20, 5], [20]]
+    # dasd pack's best-fit decreasing: each into the row with the least room that fits it
+    # (the 7 into 30 + 20, which has 10 left like 50's row but reached it last; the 5 beside 50)
+    assert [sorted((lengths[i] for i in r), reverse=True) for r in rows[1:]] == [[50, 5], [30, 20, 7], [20]]
 
 
 def _reference(model, tokenizer, request):
@@ -79,7 +80,7 @@ def test_scores_equal_reference_forward(tokenizer, monkeypatch, packed, dtype, m
         monkeypatch.setattr(hf_score, "_packable", lambda model: False)
     seen = []
     real = hf_score._score_packed if packed else hf_score._score_padded
-    monkeypatch.setattr(hf_score, real.__name__, lambda *a: seen.append(len(a[1])) or real(*a))
+    monkeypatch.setattr(hf_score, real.__name__, lambda *a: seen.append(len(a[2])) or real(*a))
     # A small budget forces several rows (or padded batches) of different sizes.
     got = {s.key: s for s in hf_score.score_batches(model, tokenizer, REQUESTS, batch_tokens=160)}
     assert sum(seen) == len(REQUESTS) and len(seen) > 1 and max(seen) > 1

@@ -4,7 +4,7 @@ What makes it fast and small (the naive way is one padded forward in input order
 full [tokens x vocab] log-softmax):
 
 - requests are packed, without padding, into rows of at most ``batch_tokens`` tokens
-  (first-fit, longest first); position ids restart at 0 for every request and each
+  (best-fit decreasing, as in ``dasd pack``); position ids restart at 0 for every request and each
   attends only within itself: varlen boundaries on flash-attention, and on sdpa/eager
   the ``dasd_segmented`` attention of training (causal sdpa per request, switched on for
   each row and restored after). Exact: each request sees what it would see alone;
@@ -62,22 +62,14 @@ def plan_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 
 
 def plan_rows(lengths: list[int], batch_tokens: int) -> list[list[int]]:
-    """Indices packed into rows of at most ``batch_tokens`` tokens: first-fit, longest first.
+    """Indices packed into rows of at most ``batch_tokens`` tokens, with ``dasd pack``'s
+    best-fit decreasing. A sequence longer than the budget gets a row of its own, first."""
+    from dasd_cli.core.pack import best_fit_decreasing, bin_members
 
-    A sequence longer than the budget gets a row of its own.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    rows: list[list[int]] = []
-    free: list[int] = []
-    for i in order:
-        slot = next((r for r, room in enumerate(free) if lengths[i] <= room), None)
-        if slot is None:
-            rows.append([])
-            free.append(batch_tokens)
-            slot = len(rows) - 1
-        rows[slot].append(i)
-        free[slot] -= lengths[i]
-    return rows
+    alone = sorted((i for i, n in enumerate(lengths) if n > batch_tokens), key=lambda i: (-lengths[i], i))
+    fitting = [i for i, n in enumerate(lengths) if n <= batch_tokens]
+    bins = bin_members(best_fit_decreasing([lengths[i] for i in fitting], batch_tokens))
+    return [[i] for i in alone] + [[fitting[j] for j in members] for members in bins]
 
 
 def _packable(model: Any) -> bool:
@@ -149,14 +141,16 @@ def score_batches(model: Any, tokenizer: Any, requests: Iterable[ScoreRequest],
         items.append(_Item(req.key, enc.input_ids, enc.prompt_len, enc.response_offsets))
     lengths = [len(it.input_ids) for it in items]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    body, head = _decoder_and_head(model)
+    output = _Output(head, getattr(model.config, "final_logit_softcapping", None))
     packed = _packable(model)
     for group in plan_rows(lengths, batch_tokens) if packed else plan_batches(lengths, batch_tokens):
         members = [items[i] for i in group]
         if packed:
             with _isolating_attention(model):  # not held across the yields below
-                logprobs = _score_packed(model, members)
+                logprobs = _score_packed(model, output, members)
         else:
-            logprobs = _score_padded(model, members, pad_id)
+            logprobs = _score_padded(body, output, members, pad_id)
         at = 0
         for it in members:
             n = len(it.input_ids) - it.prompt_len
@@ -164,15 +158,28 @@ def score_batches(model: Any, tokenizer: Any, requests: Iterable[ScoreRequest],
             at += n
 
 
-def _score_packed(model: Any, members: list[_Item]) -> list[float]:
+@dataclass
+class _Output:
+    """The output layer: log-probs of the targets of the hidden states that predict them."""
+
+    head: Any
+    softcap: float | None
+
+    @property
+    def device(self) -> Any:
+        return self.head.weight.device
+
+    def logprobs(self, selected: Any, targets: Any) -> list[float]:
+        return target_logprobs(selected, self.head, targets, softcap=self.softcap).cpu().tolist()
+
+
+def _score_packed(model: Any, output: _Output, members: list[_Item]) -> list[float]:
     """Response-token log-probs of ``members`` packed into one row, each isolated."""
     import torch
 
     from dasd_cli.training import forward
 
-    _, head = _decoder_and_head(model)
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    device = head.weight.device
+    device = output.device
     ids = torch.tensor([[t for it in members for t in it.input_ids]], dtype=torch.long, device=device)
     positions = torch.tensor([[p for it in members for p in range(len(it.input_ids))]],
                              dtype=torch.long, device=device)
@@ -185,17 +192,14 @@ def _score_packed(model: Any, members: list[_Item]) -> list[float]:
         index = torch.tensor(predicting, dtype=torch.long, device=device)
         selected = hidden[index]
         del hidden
-        logprobs = target_logprobs(selected, head, ids[0, index + 1], softcap=softcap)
-    return logprobs.cpu().tolist()
+        return output.logprobs(selected, ids[0, index + 1])
 
 
-def _score_padded(model: Any, members: list[_Item], pad_id: int) -> list[float]:
+def _score_padded(body: Any, output: _Output, members: list[_Item], pad_id: int) -> list[float]:
     """Response-token log-probs of ``members`` as one right-padded batch, no attention mask."""
     import torch
 
-    body, head = _decoder_and_head(model)
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    device = head.weight.device
+    device = output.device
     width = max(len(it.input_ids) for it in members)
     ids = torch.full((len(members), width), pad_id, dtype=torch.long)
     rows_b, rows_p = [], []
@@ -212,5 +216,4 @@ def _score_padded(model: Any, members: list[_Item], pad_id: int) -> list[float]:
         p_index = torch.tensor(rows_p, dtype=torch.long, device=device)
         selected = hidden[b_index, p_index]
         del hidden
-        logprobs = target_logprobs(selected, head, ids[b_index, p_index + 1], softcap=softcap)
-    return logprobs.cpu().tolist()
+        return output.logprobs(selected, ids[b_index, p_index + 1])
