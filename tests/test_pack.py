@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dasd_cli.core.pack import (IGNORE_INDEX, SampleBuffer, best_fit_decreasing, bin_members,
+from dasd_cli.core.pack import (IGNORE_INDEX, best_fit_decreasing, bin_members, packed_record, plan_sequences,
                                 lower_bound)
 
 # --------------------------------------------------------------------------- bin packing
@@ -88,6 +88,23 @@ def test_bin_members_groups_in_input_order() -> None:
 
 
 # --------------------------------------------------------------------------- packed records
+
+
+class SampleBuffer:
+    """Samples in memory, packed the way `dasd pack` packs its on-disk store."""
+
+    def __init__(self) -> None:
+        self.tokens, self.prompt_lens, self.ids = [], [], []
+
+    def add(self, sample_id: str, tokens, prompt_len: int) -> None:
+        self.tokens.append(np.asarray(tokens, dtype=np.int32))
+        self.prompt_lens.append(prompt_len)
+        self.ids.append(sample_id)
+
+    def packed(self, capacity: int, pack: bool = True):
+        members, report = plan_sequences(np.array([len(t) for t in self.tokens]), capacity, pack)
+        return ((packed_record([self.tokens[i] for i in m], [self.prompt_lens[i] for i in m],
+                               [self.ids[i] for i in m]) for m in members), report)
 
 
 def filled_buffer(lengths: list[int], prompt_lens: list[int]) -> SampleBuffer:
@@ -242,7 +259,10 @@ def test_cli_packs_drops_over_cutoff_and_writes_the_packed_record(cli, tmp_path:
                          stdin=to_jsonl(records))
     assert code == 0, err
     packed = parse_records(out)
-    assert all(set(p) == {"input_ids", "labels", "position_ids", "ids"} for p in packed)
+    assert all(set(p) == {"input_ids", "labels", "position_ids", "ids", "tokenizer"} for p in packed)
+    from dasd_cli.core.chat import tokenizer_fingerprint
+
+    assert {p["tokenizer"] for p in packed} == {tokenizer_fingerprint(smollm2_tokenizer)}
     ids = [i for p in packed for i in p["ids"]]
     assert sorted(ids) == sorted(f"r{i}" for i in range(8) if i != 3)  # each once; r3 too long
     data = orjson.loads(stats.read_bytes())

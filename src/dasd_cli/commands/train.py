@@ -1,6 +1,7 @@
 """``dasd train``: supervised fine-tuning on packed sequences (METHOD.md "Training recipe").
 
-Reads packed records (DESIGN.md "Packed sequence") from files or stdin, trains with
+Reads packed records (DESIGN.md "Packed sequence") from files or stdin, converted once
+into a token store (training/data.py) that later runs and every rank reuse, trains with
 sample isolation and a token-weighted chunked loss (dasd_cli.training), writes one
 metrics record per optimizer step to stdout, checkpoints under OUT and the final model
 (transformers format, tokenizer included) at the top of OUT.
@@ -15,7 +16,7 @@ import typer
 
 from dasd_cli.commands import common
 from dasd_cli.core.train import loss as loss_core
-from dasd_cli.errors import RecordError, UsageError
+from dasd_cli.errors import DasdError, RecordError, UsageError
 
 ATTN_CHOICES = "auto|segmented|sdpa|eager|flash_attention_2"
 
@@ -89,6 +90,11 @@ def train_command(
         "--loss-chunk-size", min=1, metavar="TOKENS",
         help="Tokens projected to the vocabulary at once in the loss (peak extra memory: TOKENS x "
         "vocabulary fp32 logits).")] = loss_core.DEFAULT_CHUNK_SIZE,
+    token_store: Annotated[Optional[str], typer.Option(
+        "--token-store", metavar="DIR", show_default=False,
+        help="Where packed files are converted once into a memory-mappable token store, "
+        "reused by later runs, --resume and every rank (default: $DASD_CACHE/tokens; put it "
+        "on shared storage for several nodes). Stdin is converted into a temporary store.")] = None,
     plot: Annotated[Optional[str], typer.Option(
         "--plot", metavar="PATH", show_default=False,
         help="Write a plot of loss and learning rate against step (e.g. loss.png).")] = None,
@@ -135,20 +141,26 @@ def train_command(
             raise UsageError("a distributed run reads its data from files, not stdin",
                              hint="pass --data PATH (every rank reads it)")
         config = _config(Path(out), options, seed)
-        from dasd_cli.core.train.batching import packed_from_record
+        from dasd_cli.backends.models import cache_dir
+        from dasd_cli.core.chat import tokenizer_fingerprint
+        from dasd_cli.training.data import open_sequences
         from dasd_cli.training.recipe import Trainer
 
         trainer = Trainer(config, ranks)
+        sequences = None
         try:
             trainer.setup_model()
-            sequences = []
-            for line in session.records():
-                try:
-                    sequences.append(packed_from_record(line.record, trainer.vocab_size))
-                except RecordError as err:
-                    session.bad_record(line, err)
-                    continue
-                session.tally.keep()
+            root = Path(token_store) if token_store else cache_dir() / "tokens"
+            sequences = open_sequences(session, files or None, root)
+            try:
+                sequences.check_model(trainer.vocab_size, tokenizer_fingerprint(trainer.tokenizer))
+            except RecordError as err:
+                raise DasdError(err.message, hint=err.hint) from None
+            if sequences.meta.get("unmarked") and ranks.is_main:
+                from dasd_cli import io
+
+                io.say(f"dasd train: warning: {sequences.meta['unmarked']} packed records carry no "
+                       "tokenizer fingerprint (packed by an older dasd); the tokenizer is not checked")
             if ranks.is_main:
                 config.out.mkdir(parents=True, exist_ok=True)
             trainer.setup_data(sequences)
@@ -162,6 +174,8 @@ def train_command(
                 plot_metrics(plot, history, title=f"dasd train: {config.out}")
         finally:
             trainer.close()
+            if sequences is not None:
+                sequences.close()
 
     common.run_command("train", shared, body)
 

@@ -14,6 +14,8 @@ API (``apply_chat_template``, ``__call__`` with ``return_offsets_mapping``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,3 +132,25 @@ def encode_example(tokenizer: Any, messages: list[dict[str, str]], response: str
 def count_training_tokens(tokenizer: Any, messages: list[dict[str, str]], response: str) -> int:
     """Length of the full training sequence for one sample (what --max-tokens limits)."""
     return len(encode_example(tokenizer, messages, response))
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A short hash of the vocabulary (token -> id, added tokens included) and chat template.
+
+    Two tokenizers with the same fingerprint turn the same conversation into the same ids,
+    so packed data made with one trains correctly under the other. Cached on the object.
+    """
+    cached = getattr(tokenizer, "_dasd_fingerprint", None)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    for token, index in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]):
+        digest.update(f"{index}\x1f{token}\x1e".encode("utf-8", "surrogatepass"))
+    template = getattr(tokenizer, "chat_template", None)
+    digest.update(json.dumps(template, sort_keys=True).encode("utf-8"))
+    fingerprint = "sha256:" + digest.hexdigest()[:16]
+    try:
+        tokenizer._dasd_fingerprint = fingerprint
+    except AttributeError:  # pragma: no cover - slotted tokenizer objects
+        pass
+    return fingerprint

@@ -22,8 +22,10 @@ The order of operations, per record as it arrives and then once at the end:
    saying how many are missing, unless ``allow_short`` (then it is reported).
 5. **Order**: kept records are shuffled with the seed, or keep their input order.
 
-Memory grows with the records kept (K per prompt, or the quota), plus a 16-byte digest
-and the id of every record read, for dedupe.
+The mixer keeps whatever the caller hands it as ``item`` (the record itself by default).
+``dasd mix`` hands it a small handle into an on-disk spill instead, so memory grows with
+per-record metadata only: the handle, the rank, a 16-byte digest and the id of every
+record read (for dedupe), never with record bodies.
 """
 
 from __future__ import annotations
@@ -46,9 +48,9 @@ _SPACE = re.compile(r"\s+")
 
 @dataclass(slots=True)
 class Drop:
-    """A record the mix leaves out, with its reason code."""
+    """A record the mix leaves out (its ``item``, see :meth:`Mixer.add`), with its reason code."""
 
-    record: dict[str, Any]
+    record: Any
     reason: str
     detail: str = ""
 
@@ -110,39 +112,40 @@ class _Pool:
     select: str | None
     per_prompt: int
     rng: random.Random
-    # with selection: prompt -> sorted [(rank, seq, record)], best first, at most K long
-    groups: dict[str, list[tuple[Any, int, dict[str, Any]]]] = field(default_factory=dict)
+    # with selection: prompt -> sorted [(rank, seq, item)], best first, at most K long
+    groups: dict[str, list[tuple[Any, int, Any]]] = field(default_factory=dict)
     # without selection, with a count: a max-heap on the random key (negated)
-    reservoir: list[tuple[float, int, dict[str, Any]]] = field(default_factory=list)
+    reservoir: list[tuple[float, int, Any]] = field(default_factory=list)
     # without selection or count: everything
-    kept: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    kept: list[tuple[int, Any]] = field(default_factory=list)
 
-    def add(self, record: dict[str, Any], seq: int, rank: Any) -> Drop | None:
+    def add(self, record: dict[str, Any], seq: int, rank: Any, item: Any) -> Drop | None:
         if self.select is not None:
-            group = self.groups.setdefault(prompt_key(record), [])
-            entry = (rank, seq, record)
+            prompt = prompt_key(record)
+            group = self.groups.setdefault(prompt, [])
+            entry = (rank, seq, item)
             bisect.insort(group, entry, key=lambda e: (e[0], e[1]))
             if len(group) > self.per_prompt:
                 _, _, loser = group.pop()
                 return Drop(loser, "not_selected", f"not among the best {self.per_prompt} "
-                            f"of prompt {prompt_key(loser)} by {self.select}")
+                            f"of prompt {prompt} by {self.select}")
             return None
         self.quota.available += 1
         if self.quota.target is None:
-            self.kept.append((seq, record))
+            self.kept.append((seq, item))
             return None
         key = self.rng.random()
         if len(self.reservoir) < self.quota.target:
-            heapq.heappush(self.reservoir, (-key, seq, record))
+            heapq.heappush(self.reservoir, (-key, seq, item))
             return None
         if self.quota.target and -self.reservoir[0][0] > key:
-            _, _, loser = heapq.heapreplace(self.reservoir, (-key, seq, record))
+            _, _, loser = heapq.heapreplace(self.reservoir, (-key, seq, item))
         else:
-            loser = record
+            loser = item
         return Drop(loser, "over_quota", f"not drawn for quota {self.quota.name}={self.quota.target}")
 
-    def finish(self) -> tuple[list[tuple[int, dict[str, Any]]], list[Drop]]:
-        """The kept (seq, record) pairs and the records the quota leaves out."""
+    def finish(self) -> tuple[list[tuple[int, Any]], list[Drop]]:
+        """The kept (seq, item) pairs and the records the quota leaves out."""
         if self.select is None:
             chosen = self.kept if self.quota.target is None else [(s, r) for _, s, r in self.reservoir]
             self.quota.kept = len(chosen)
@@ -157,9 +160,9 @@ class _Pool:
                     ranked.append(group[depth])
         self.quota.available = len(ranked)
         target = len(ranked) if self.quota.target is None else self.quota.target
-        chosen = [(seq, record) for _, seq, record in ranked[:target]]
-        drops = [Drop(record, "over_quota", f"not drawn for quota {self.quota.name}={target}")
-                 for _, _, record in ranked[target:]]
+        chosen = [(seq, item) for _, seq, item in ranked[:target]]
+        drops = [Drop(item, "over_quota", f"not drawn for quota {self.quota.name}={target}")
+                 for _, _, item in ranked[target:]]
         self.quota.kept = len(chosen)
         return chosen, drops
 
@@ -217,12 +220,16 @@ class Mixer:
             return None
         return self._pool(f"domain {domain}", domain, self.quotas[domain])
 
-    def add(self, record: dict[str, Any], source: int = 0) -> Drop | None:
-        """Take one record from input ``source``; returns the record it drops, if any.
+    def add(self, record: dict[str, Any], source: int = 0, item: Any = None) -> Drop | None:
+        """Take one record from input ``source``; returns what it drops, if any.
 
+        The mixer keeps ``item`` (default: the record) and hands items back from
+        :meth:`finish` and in every :class:`Drop`; it reads ``record`` only here.
         Raises :class:`RecordError` (before changing any state) for a record that
         selection cannot rank.
         """
+        if item is None:
+            item = record
         rank: Any = None
         if self.select is not None:
             prompt_key(record)
@@ -230,25 +237,25 @@ class Mixer:
         record_id = record.get("id")
         if record_id is not None:
             if str(record_id) in self._seen_ids:
-                return Drop(record, "duplicate_id", f"id {record_id} seen before")
+                return Drop(item, "duplicate_id", f"id {record_id} seen before")
         digest = content_digest(record)
         if digest in self._seen_content:
-            return Drop(record, "duplicate_content", "same prompt and response as an earlier record")
+            return Drop(item, "duplicate_content", "same prompt and response as an earlier record")
         if record_id is not None:
             self._seen_ids.add(str(record_id))
         self._seen_content.add(digest)
         pool = self._pool_of(record, source)
         if pool is None:
-            return Drop(record, "no_quota", f"domain {record.get('domain') or 'other'} has no --quota")
+            return Drop(item, "no_quota", f"domain {record.get('domain') or 'other'} has no --quota")
         self._seq += 1
-        return pool.add(record, self._seq, rank)
+        return pool.add(record, self._seq, rank, item)
 
-    def finish(self) -> tuple[list[dict[str, Any]], list[Drop], list[Quota]]:
-        """Kept records in output order, the records quotas leave out, and each pool's counts.
+    def finish(self) -> tuple[list[Any], list[Drop], list[Quota]]:
+        """Kept items in output order, the items quotas leave out, and each pool's counts.
 
         Raises :class:`DasdError` when a count cannot be met and short is not allowed.
         """
-        kept: list[tuple[int, dict[str, Any]]] = []
+        kept: list[tuple[int, Any]] = []
         drops: list[Drop] = []
         quotas: list[Quota] = []
         for pool in self._pools.values():
@@ -265,7 +272,7 @@ class Mixer:
                 f"available, {q.short} missing{more}",
                 hint="lower the count, add input, or pass --allow-short to keep what there is")
         kept.sort(key=lambda pair: pair[0])
-        records = [record for _, record in kept]
+        items = [item for _, item in kept]
         if not self.keep_order:
-            random.Random(f"{self.seed}:order").shuffle(records)
-        return records, drops, quotas
+            random.Random(f"{self.seed}:order").shuffle(items)
+        return items, drops, quotas

@@ -7,15 +7,17 @@ Three pieces, all pure:
   time (prompt rendered by the template, response appended raw, then end of turn).
 - :func:`best_fit_decreasing` assigns samples to sequences: global best-fit decreasing,
   deterministic, O(n log L) through a 64-ary bitmap tree over remaining capacities.
-- :class:`SampleBuffer` keeps the token ids compactly (one int32 array per sample) and
-  builds the packed records of DESIGN.md: ``input_ids``, ``labels``, ``position_ids``
-  restarting at 0 per sample, ``ids``.
+- :func:`plan_sequences` turns the sample lengths into sequences (lists of sample
+  indices), and :func:`packed_record` builds one DESIGN.md packed record from its
+  samples' token arrays: ``input_ids``, ``labels``, ``position_ids`` restarting at 0
+  per sample, ``ids``, ``tokenizer``. Where the token arrays live (on disk, for
+  ``dasd pack``) is the caller's business.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,13 +46,26 @@ def encode_batch(tokenizer: Any, examples: Sequence[tuple[list[dict[str, str]], 
     prompts = [render_prompt(tokenizer, messages) for messages, _ in examples]
     responses = [response for _, response in examples]
     end_ids = np.asarray(encode_ids(tokenizer, end_of_turn(tokenizer)), dtype=np.int32)
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    prompt_ids = _ids_batch(tokenizer, prompts)
+    response_ids = _ids_batch(tokenizer, responses)
     out = []
     for p_ids, r_ids in zip(prompt_ids, response_ids):
         parts = [np.asarray(p_ids, dtype=np.int32), np.asarray(r_ids, dtype=np.int32), end_ids]
         out.append((np.concatenate(parts), len(p_ids)))
     return out
+
+
+def _ids_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, no special tokens added.
+
+    A fast tokenizer's ``encode_batch_fast`` gives the same ids as calling the tokenizer,
+    without computing character offsets (about 1.5x faster on long responses).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    fast = getattr(backend, "encode_batch_fast", None)
+    if fast is None:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [encoding.ids for encoding in fast(texts, add_special_tokens=False)]
 
 
 # --------------------------------------------------------------------------- bin packing
@@ -215,52 +230,36 @@ class PackReport:
         return self.tokens / (self.sequences * self.capacity) if self.sequences else 0.0
 
 
-class SampleBuffer:
-    """Tokenized samples held until every sample is known (BFD needs all lengths).
+def plan_sequences(lengths: np.ndarray, capacity: int, pack: bool = True
+                   ) -> tuple[list[np.ndarray], PackReport]:
+    """The sample indices of every sequence, in output order, and their counts.
 
-    Each sample is one int32 array (4 bytes per token) plus its prompt length and id.
+    With ``pack`` the samples go through :func:`best_fit_decreasing`; without it each
+    sample is its own sequence, in input order.
     """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    bin_of = best_fit_decreasing(lengths, capacity) if pack else one_per_bin(len(lengths))
+    members = bin_members(bin_of)
+    return members, PackReport(len(lengths), len(members), int(lengths.sum()), capacity)
 
-    def __init__(self) -> None:
-        self.tokens: list[np.ndarray] = []
-        self.prompt_lens: list[int] = []
-        self.ids: list[str] = []
 
-    def add(self, sample_id: str, input_ids: np.ndarray, prompt_len: int) -> None:
-        """Keep one sample; ``input_ids[:prompt_len]`` carries no loss."""
-        self.tokens.append(np.asarray(input_ids, dtype=np.int32))
-        self.prompt_lens.append(int(prompt_len))
-        self.ids.append(sample_id)
+def packed_record(parts: Sequence[np.ndarray], prompt_lens: Sequence[int], ids: Sequence[str],
+                  tokenizer: str | None = None) -> dict[str, Any]:
+    """One packed sequence of the given samples, in that order (numpy int32 arrays).
 
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def lengths(self) -> np.ndarray:
-        """Token count of every sample, in the order added."""
-        return np.fromiter((len(t) for t in self.tokens), dtype=np.int64, count=len(self.tokens))
-
-    def packed(self, capacity: int, pack: bool = True) -> tuple[Iterator[dict[str, Any]], PackReport]:
-        """The packed records (lazily) and their counts.
-
-        With ``pack`` the samples go through :func:`best_fit_decreasing`; without it
-        each sample is its own sequence, in input order.
-        """
-        lengths = self.lengths()
-        bin_of = best_fit_decreasing(lengths, capacity) if pack else one_per_bin(len(lengths))
-        members = bin_members(bin_of)
-        report = PackReport(len(lengths), len(members), int(lengths.sum()), capacity)
-        return (self.record(m) for m in members), report
-
-    def record(self, members: Sequence[int] | np.ndarray) -> dict[str, Any]:
-        """One packed sequence of the given samples, in that order (numpy int32 arrays)."""
-        parts = [self.tokens[i] for i in members]
-        input_ids = np.concatenate(parts)
-        lens = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-        starts = np.cumsum(lens) - lens
-        position_ids = (np.arange(len(input_ids), dtype=np.int64)
-                        - np.repeat(starts, lens)).astype(np.int32)
-        labels = input_ids.copy()
-        for start, i in zip(starts.tolist(), members):
-            labels[start:start + self.prompt_lens[i]] = IGNORE_INDEX
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
-                "ids": [self.ids[i] for i in members]}
+    ``parts[k]`` are sample k's token ids, of which the first ``prompt_lens[k]`` carry
+    no loss; ``tokenizer`` is the fingerprint of the tokenizer that made them.
+    """
+    input_ids = np.concatenate([np.asarray(p, dtype=np.int32) for p in parts])
+    lens = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+    starts = np.cumsum(lens) - lens
+    position_ids = (np.arange(len(input_ids), dtype=np.int64)
+                    - np.repeat(starts, lens)).astype(np.int32)
+    labels = input_ids.copy()
+    for start, prompt_len in zip(starts.tolist(), prompt_lens):
+        labels[start:start + int(prompt_len)] = IGNORE_INDEX
+    record: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
+                              "ids": list(ids)}
+    if tokenizer is not None:
+        record["tokenizer"] = tokenizer
+    return record

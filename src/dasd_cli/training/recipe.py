@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dasd_cli.core.train import loss as loss_core
-from dasd_cli.core.train.batching import MicroBatch, PackedSequence, StepPlan
+from dasd_cli.core.train.batching import MicroBatch, SequenceList, StepPlan
 from dasd_cli.core.train.schedule import Schedule
 from dasd_cli.errors import DasdError, UsageError
 from dasd_cli.training import checkpoint as ckpt
@@ -95,7 +95,7 @@ class Trainer:
         config.validate()
         self.config = config
         self.ranks = ranks or dist_util.ranks_from_env()
-        self.sequences: list[PackedSequence] = []
+        self.sequences: Any = SequenceList([])  # len, [i] and target_count(i)
         self.start_step = 0
         self.resume_from: Path | None = None
         self.engine: Any = None  # the DeepSpeed engine, when --deepspeed
@@ -180,12 +180,18 @@ class Trainer:
         _apply_liger_kernel_to_instance(model=self.model, rope=True, rms_norm=True, swiglu=True,
                                         cross_entropy=False, fused_linear_cross_entropy=False)
 
-    def setup_data(self, sequences: list[PackedSequence]) -> None:
-        """Plan the steps, build optimizer and schedule, restore a checkpoint if resuming."""
+    def setup_data(self, sequences: Any) -> None:
+        """Plan the steps, build optimizer and schedule, restore a checkpoint if resuming.
+
+        ``sequences``: a list of ``PackedSequence``, or anything with ``len``,
+        ``[i]`` and ``target_count(i)`` (the token store of training/data.py).
+        """
         import torch
 
         cfg = self.config
-        if not sequences:
+        if isinstance(sequences, list):
+            sequences = SequenceList(sequences)
+        if not len(sequences):
             raise DasdError("no packed records to train on", hint="check the input of dasd train")
         self.sequences = sequences
         self.plan = StepPlan(len(sequences), cfg.global_batch_size, self.ranks.world_size, self.ranks.rank)
@@ -250,7 +256,7 @@ class Trainer:
         started = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"] if self.engine is None else self.schedule.lr(step)
         # the whole global batch's target count, the same on every rank
-        targets = sum(self.sequences[i].target_count for i in step_sequences)
+        targets = sum(self.sequences.target_count(i) for i in step_sequences)
         scale = self.ranks.world_size / max(targets, 1)  # ranks' gradients are averaged
         loss_sum, tokens = 0.0, 0
         for n, micro in enumerate(micro_batches):

@@ -23,11 +23,20 @@ import numpy as np
 from dasd_cli.errors import RecordError
 
 IGNORE_INDEX = -100
+INT32_MAX = 2**31 - 1  # token ids, labels and positions are stored as int32
+
+
+def target_count(labels: np.ndarray, position_ids: np.ndarray) -> int:
+    """Tokens that carry a loss after the next-token shift (sample boundaries excluded)."""
+    if len(labels) < 2:
+        return 0
+    same_sample = position_ids[1:] == position_ids[:-1] + 1
+    return int(((labels[1:] != IGNORE_INDEX) & same_sample).sum())
 
 
 @dataclass
 class PackedSequence:
-    """One packed record as compact arrays (int32 to keep big datasets in memory)."""
+    """One packed record as compact int32 arrays."""
 
     input_ids: np.ndarray
     labels: np.ndarray
@@ -40,17 +49,32 @@ class PackedSequence:
     @property
     def target_count(self) -> int:
         """Tokens that carry a loss after the next-token shift (boundaries excluded)."""
-        if len(self) < 2:
-            return 0
-        same_sample = self.position_ids[1:] == self.position_ids[:-1] + 1
-        return int(((self.labels[1:] != IGNORE_INDEX) & same_sample).sum())
+        return target_count(self.labels, self.position_ids)
 
 
-def packed_from_record(record: dict[str, Any], vocab_size: int | None = None) -> PackedSequence:
-    """Check one packed record (DESIGN.md) and turn it into arrays.
+class SequenceList:
+    """Packed sequences held in memory, with the interface the trainer reads
+    (``len``, ``[i]``, ``target_count(i)``; the token store offers the same)."""
+
+    def __init__(self, sequences: list[PackedSequence]) -> None:
+        self.sequences = sequences
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, index: int) -> PackedSequence:
+        return self.sequences[index]
+
+    def target_count(self, index: int) -> int:
+        return self.sequences[index].target_count
+
+
+def check_packed(record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check one packed record (DESIGN.md) without a model; its int32 input_ids, labels and
+    position_ids.
 
     Raises :class:`RecordError` naming the problem: a missing field, lists of unequal
-    length, an empty sequence, or a token id outside the vocabulary.
+    length, an empty sequence, a negative token id, label or position.
     """
     arrays = {}
     for name in ("input_ids", "labels", "position_ids"):
@@ -60,7 +84,7 @@ def packed_from_record(record: dict[str, Any], vocab_size: int | None = None) ->
                               hint="dasd train reads packed records, as written by `dasd pack`")
         try:
             arrays[name] = np.asarray(value, dtype=np.int64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise RecordError(f"'{name}' must be a list of integers", reason="bad_field") from None
         if arrays[name].ndim != 1:
             raise RecordError(f"'{name}' must be a flat list of integers", reason="bad_field")
@@ -69,20 +93,36 @@ def packed_from_record(record: dict[str, Any], vocab_size: int | None = None) ->
         raise RecordError(f"packed record lists differ in length: {lengths}", reason="bad_field")
     if lengths["input_ids"] == 0:
         raise RecordError("packed record is empty", reason="empty")
-    ids = arrays["input_ids"]
-    if ids.min() < 0 or (vocab_size is not None and ids.max() >= vocab_size):
-        raise RecordError(f"token id {int(ids.max() if ids.min() >= 0 else ids.min())} outside the "
-                          f"model's vocabulary (size {vocab_size})", reason="bad_token",
-                          hint="pack with the tokenizer of the model you train")
-    labels = arrays["labels"]
-    bad = (labels != IGNORE_INDEX) & ((labels < 0) | ((labels >= vocab_size) if vocab_size else False))
-    if bad.any():
+    ids, labels, positions = arrays["input_ids"], arrays["labels"], arrays["position_ids"]
+    if ids.min() < 0 or ids.max() > INT32_MAX:
+        raise RecordError(f"token id {int(ids.min() if ids.min() < 0 else ids.max())} is not a "
+                          "vocabulary index", reason="bad_token")
+    if ((labels != IGNORE_INDEX) & ((labels < 0) | (labels > INT32_MAX))).any():
         raise RecordError("label outside the vocabulary (and not -100)", reason="bad_token")
-    if arrays["position_ids"].min() < 0:
-        raise RecordError("negative position id", reason="bad_field")
+    if positions.min() < 0 or positions.max() > INT32_MAX:
+        raise RecordError("position id out of range", reason="bad_field")
+    return ids.astype(np.int32), labels.astype(np.int32), positions.astype(np.int32)
+
+
+def check_vocab(max_token: int, max_label: int, vocab_size: int | None, where: str = "") -> None:
+    """Refuse token ids or labels past the model's vocabulary."""
+    if vocab_size is None:
+        return
+    if max_token >= vocab_size:
+        raise RecordError(f"token id {max_token} outside the model's vocabulary (size {vocab_size})"
+                          + (f" at {where}" if where else ""), reason="bad_token",
+                          hint="pack with the tokenizer of the model you train")
+    if max_label >= vocab_size:
+        raise RecordError("label outside the vocabulary (and not -100)"
+                          + (f" at {where}" if where else ""), reason="bad_token")
+
+
+def packed_from_record(record: dict[str, Any], vocab_size: int | None = None) -> PackedSequence:
+    """Check one packed record (see :func:`check_packed`, plus the vocabulary) into arrays."""
+    ids, labels, positions = check_packed(record)
+    check_vocab(int(ids.max()), int(labels.max()), vocab_size)
     record_ids = record.get("ids", [])
-    return PackedSequence(arrays["input_ids"].astype(np.int32), labels.astype(np.int32),
-                          arrays["position_ids"].astype(np.int32),
+    return PackedSequence(ids, labels, positions,
                           [str(i) for i in record_ids] if isinstance(record_ids, list) else [])
 
 

@@ -1,0 +1,191 @@
+"""Packed records as the trainer reads them: a token store converted once, then reused.
+
+``dasd train`` does not keep packed sequences on the heap. The first run over a set of
+packed files converts them into a token store (``dasd_cli.store``: ``input_ids``,
+``labels`` and ``position_ids`` as int32 ``.npy`` files, an offsets index, the loss
+target count of every sequence, and ``meta.json``), in a folder named by a hash of the
+files' bytes (and ``--on-error``). Every later run over the same bytes, every
+``--resume`` and every rank of a distributed run opens that folder instead of parsing
+JSON again; ranks read sequences with ``pread``, so a node holds one copy of the data
+in its page cache, whatever its number of ranks.
+
+The first rank to arrive converts, under a lock, into a temporary folder renamed into
+place when complete; the others wait and open it. On shared storage (the folder given
+by ``--token-store``) the ranks of every node map the same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dasd_cli.core.train.batching import (PackedSequence, check_packed, check_vocab,
+                                          target_count)
+from dasd_cli.errors import DasdError, RecordError
+from dasd_cli.store import STORE_VERSION, TokenStore, TokenStoreWriter, locked
+
+COLUMNS = ("input_ids", "labels", "position_ids")
+HASH_BLOCK = 8 << 20  # bytes read at a time when hashing the input files
+
+
+class StoredSequences:
+    """Packed sequences in a token store, with the interface of ``SequenceList``."""
+
+    def __init__(self, store: TokenStore, temporary: bool = False) -> None:
+        self.store = store
+        self.targets = store.per_row["targets"]
+        self.temporary = temporary  # converted from a stream: removed on close
+
+    def close(self) -> None:
+        self.store.close()
+        if self.temporary:
+            shutil.rmtree(self.store.folder, ignore_errors=True)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, index: int) -> PackedSequence:
+        row = [self.store.row(index, name) for name in COLUMNS]
+        return PackedSequence(*row, ids=[])
+
+    def target_count(self, index: int) -> int:
+        return int(self.targets[index])
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.store.meta
+
+    def check_model(self, vocab_size: int, tokenizer_fingerprint: str) -> None:
+        """Refuse data packed for another tokenizer, or with ids past the vocabulary."""
+        meta = self.store.meta
+        packed_with = meta.get("tokenizers") or []
+        if len(packed_with) > 1:
+            raise DasdError(f"the packed data mixes {len(packed_with)} tokenizers "
+                            f"({', '.join(packed_with)})",
+                            hint="pack every input with the same --tokenizer (the student's)")
+        if packed_with and packed_with[0] != tokenizer_fingerprint:
+            raise DasdError(
+                f"the data was packed with another tokenizer ({packed_with[0]}) than the "
+                f"model's ({tokenizer_fingerprint}): token ids would mean different text",
+                hint="re-run dasd pack with --tokenizer set to the model you train")
+        check_vocab(int(meta["max_token"]), int(meta["max_label"]), vocab_size,
+                    where=meta.get("max_token_at", ""))
+
+
+def content_key(paths: list[str], on_error: str) -> str:
+    """A hash of the input files' bytes, in order, and of what the conversion depends on."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"dasd-token-store/{STORE_VERSION}/{on_error}".encode())
+    for path in paths:
+        digest.update(b"\x00file\x00")
+        with open(path, "rb") as fh:
+            while block := fh.read(HASH_BLOCK):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def cacheable(paths: list[str] | None) -> bool:
+    """Only regular files can be hashed before reading (stdin, pipes and FIFOs cannot)."""
+    if not paths:
+        return False
+    for path in paths:
+        if path == "-":
+            return False
+        try:
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                return False
+        except OSError:
+            return False  # the reader names the missing file
+    return True
+
+
+def open_sequences(session: Any, files: list[str] | None, store_root: Path) -> StoredSequences:
+    """The packed sequences of ``files`` (stdin when none): from the cached token store
+    when one exists for their content, else converted now (and cached when they are
+    regular files). ``session`` is the command's session: it counts records and reports
+    bad ones, also when they are counted from an earlier conversion."""
+    if not cacheable(files):
+        folder = Path(tempfile.mkdtemp(prefix="dasd-train-tokens-"))
+        try:
+            _convert(session, files, folder)
+            return StoredSequences(TokenStore(folder), temporary=True)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+    assert files is not None
+    key = content_key(files, session.common.on_error)
+    folder = store_root / key
+    if not (folder / "meta.json").is_file():
+        with locked(store_root / f"{key}.lock"):
+            if not (folder / "meta.json").is_file():
+                _build(session, files, folder)
+                return StoredSequences(TokenStore(folder))
+    store = TokenStore(folder)
+    _replay_counts(session, store.meta)
+    return StoredSequences(store)
+
+
+def _build(session: Any, files: list[str], folder: Path) -> None:
+    """Convert into a temporary folder beside ``folder``, then rename it into place."""
+    tmp = folder.parent / f".{folder.name}.{socket.gethostname()}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _convert(session, files, tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "meta.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another node finished first: same bytes
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _convert(session: Any, files: list[str] | None, folder: Path) -> None:
+    """Check every packed record and append it to a new token store in ``folder``."""
+    writer = TokenStoreWriter(folder, COLUMNS, per_row=("targets",))
+    max_token, max_label, max_token_at = -1, -1, ""
+    tokenizers: list[str] = []
+    unmarked = 0  # records without a tokenizer fingerprint (packed by an older dasd)
+    for line in session.records(files):
+        try:
+            input_ids, labels, positions = check_packed(line.record)
+        except RecordError as err:
+            session.bad_record(line, err)
+            continue
+        fingerprint = line.record.get("tokenizer")
+        if fingerprint is None:
+            unmarked += 1
+        elif fingerprint not in tokenizers:
+            tokenizers.append(str(fingerprint))
+        top = int(input_ids.max())
+        if top > max_token:
+            max_token, max_token_at = top, f"{line.source}:{line.line}"
+        max_label = max(max_label, int(labels.max()))
+        writer.append(dict(zip(COLUMNS, (input_ids, labels, positions))),
+                      targets=target_count(labels, positions))
+        session.tally.keep()
+    tally = session.tally
+    writer.close({"tokenizers": tokenizers, "unmarked": unmarked, "max_token": max_token,
+                  "max_label": max_label, "max_token_at": max_token_at,
+                  "counts": {"read": tally.read, "kept": tally.kept,
+                             "skipped_by_reason": dict(tally.skipped)}})
+
+
+def _replay_counts(session: Any, meta: dict[str, Any]) -> None:
+    """The summary of a run on a cached store counts the records as the conversion did."""
+    counts = meta["counts"]
+    tally = session.tally
+    tally.keep(int(counts["kept"]))
+    tally.read += int(counts["kept"])
+    for reason, n in counts.get("skipped_by_reason", {}).items():
+        for _ in range(int(n)):
+            tally.skip(reason)
+    tally.extra["token_store"] = "reused"

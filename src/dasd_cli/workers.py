@@ -1,0 +1,58 @@
+"""An ordered, bounded map over worker processes, for per-record work that needs every core.
+
+``ordered_map(fn, chunks, workers=N)`` yields ``(chunk, fn(chunk))`` for every chunk in
+input order (the chunk too, so the caller can report on it). At most ``window`` chunks are in flight, so memory stays bounded however long
+the input (``multiprocessing.Pool.imap`` would read the whole input ahead). Workers are
+started with ``spawn`` (no fork of a process whose tokenizer threads already ran) and
+set up once by ``initializer(*initargs)``. With ``workers <= 1`` everything runs in
+this process, initializer included, with no pool at all.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def ordered_map(fn: Callable[[T], R], chunks: Iterable[T], *, workers: int,
+                initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = (),
+                window: int | None = None) -> Iterator[tuple[T, R]]:
+    """``(chunk, fn(chunk))`` for each chunk, in order, computed by ``workers`` processes."""
+    if workers <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        for chunk in chunks:
+            yield chunk, fn(chunk)
+        return
+    window = window or 2 * workers
+    context = multiprocessing.get_context("spawn")
+    pending: collections.deque[tuple[T, Future[R]]] = collections.deque()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer,
+                             initargs=initargs) as pool:
+        try:
+            for chunk in chunks:
+                pending.append((chunk, pool.submit(fn, chunk)))
+                if len(pending) >= window:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
