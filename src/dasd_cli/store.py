@@ -170,17 +170,15 @@ class TokenStoreWriter:
 
     def append(self, row: Mapping[str, np.ndarray], **per_row: int) -> int:
         """Add one row; returns its index."""
-        length = None
+        length = len(row[self.columns[0]])
+        for name in self.columns:  # check every column before writing any
+            if len(row[name]) != length:
+                raise ValueError(f"column {name} has {len(row[name])} values, not {length}")
         for name in self.columns:
-            values = row[name]
-            if length is None:
-                length = len(values)
-            elif len(values) != length:
-                raise ValueError(f"column {name} has {len(values)} values, not {length}")
-            self._files[name].append(values)
+            self._files[name].append(row[name])
         for name, values in self._per_row.items():
             values.append(int(per_row[name]))
-        self._offsets.append(self._offsets[-1] + (length or 0))
+        self._offsets.append(self._offsets[-1] + length)
         return len(self._offsets) - 2
 
     def close(self, meta: Mapping[str, Any] | None = None) -> None:
