@@ -161,6 +161,7 @@ def test_retry_budget_fails_clearly_and_keeps_completed(tmp_path: Path) -> None:
         assert sum(server.requests.values()) == len(PROMPTS) - 3
     assert sorted(r["id"] for r in parse_records(out.read_bytes())) == sorted(f"q{i}@0.6#0" for i in range(12))
     assert "resumed 3" in proc.stderr.decode()
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]  # no temp file left beside it
 
 
 def test_resume_after_kills_at_random_moments(tmp_path: Path) -> None:

@@ -142,6 +142,8 @@ def sample_command(
             if io.resolve_compression(compress, output) != "none":
                 raise UsageError("--resume needs a plain output", hint="use -o out.jsonl (compress later)")
             done, _count = io.read_existing_ids(output)
+            if session.writer is not None:
+                session.writer.close(success=False)  # its temp file: appends go to PATH itself
             session.writer = io.RecordWriter(output, "none", append=True)
         session.tally.extra.update(resumed=0, tokens=0)
         from dasd_cli.backends import get_backend
