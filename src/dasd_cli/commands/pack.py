@@ -4,7 +4,8 @@ Reads response records, tokenizes each as the student sees it in training (chat
 template prompt + raw response + end of turn, core/chat.py), drops samples over
 ``--cutoff-len`` (never truncates) and writes DESIGN.md packed records.
 
-Scale: parsing and tokenizing run in worker processes (one per core), in input order;
+Scale: records are tokenized in batches on every core (the fast tokenizer's own
+threads; ``--workers N`` instead parses and tokenizes in N processes, in input order);
 the tokens go to an on-disk store in ``$TMPDIR`` (4 bytes per token) as they come, and
 memory keeps only each sample's id, length and prompt length. Best-fit decreasing runs
 on the lengths, and each sequence is built by reading its samples' tokens back.
@@ -27,8 +28,8 @@ from dasd_cli.commands import common
 from dasd_cli.core.chat import prompt_messages, response_text
 from dasd_cli.errors import RecordError
 
-TOKENIZE_BATCH = 256  # records per batched tokenizer call (and per chunk sent to a worker)
-CHUNK_BYTES = 8 << 20  # a chunk also ends at this many input bytes (bounds worker memory)
+TOKENIZE_BATCH = 1024  # records per batched tokenizer call (and per chunk sent to a worker)
+CHUNK_BYTES = 32 << 20  # a chunk also ends at this many input bytes (bounds worker memory)
 
 
 def pack_command(
@@ -51,8 +52,10 @@ def pack_command(
         "and `dasd filter`).", show_default=False)] = None,
     workers: Annotated[int, typer.Option(
         "--workers", metavar="N", min=0,
-        help="Processes that parse and tokenize (0: one per core). Input that fits one "
-        f"chunk ({TOKENIZE_BATCH} records) is tokenized in this process.")] = 0,
+        help="1: parse here and tokenize on every core with the tokenizer's threads. N > 1: "
+        "parse and tokenize in N processes (0: one per core), for machines where parsing "
+        f"JSON on one core is the bottleneck. Input of one chunk ({TOKENIZE_BATCH} records) "
+        "is always tokenized here.")] = 1,
     output: common.Output = None,
     compress: common.Compress = "auto",
     rejects: common.Rejects = None,
