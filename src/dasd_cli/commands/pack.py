@@ -28,8 +28,8 @@ from dasd_cli.commands import common
 from dasd_cli.core.chat import prompt_messages, response_text
 from dasd_cli.errors import RecordError
 
-TOKENIZE_BATCH = 1024  # records per batched tokenizer call (and per chunk sent to a worker)
-CHUNK_BYTES = 32 << 20  # a chunk also ends at this many input bytes (bounds worker memory)
+TOKENIZE_BATCH = 256  # records per batched tokenizer call (and per chunk sent to a worker)
+CHUNK_BYTES = 8 << 20  # a chunk also ends at this many input bytes (bounds worker memory)
 
 
 def pack_command(
