@@ -17,6 +17,14 @@ import zstandard
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _token_stores(tmp_path_factory):
+    """`dasd train` converts packed data into token stores: the tests' go to a temp folder
+    (inherited by every subprocess), not the user's cache."""
+    os.environ["DASD_TOKEN_STORE"] = str(tmp_path_factory.mktemp("token-stores"))
+    yield
+
+
 def dasd_bin() -> list[str]:
     """The dasd console script next to this interpreter, or `python -m dasd_cli.cli`."""
     script = Path(sys.executable).with_name("dasd")

@@ -184,7 +184,8 @@ def test_train_converts_once_and_reuses_the_token_store(tmp_path, tiny):
     first = run_dasd(_train_args(tiny, tmp_path / "a", store) + [str(data)])
     assert first.returncode == 0, first.stderr.decode()
     assert b"token store reused" not in first.stderr
-    (folder,) = [p for p in store.iterdir() if p.is_dir()]
+    (folder,) = [p for p in store.iterdir() if p.is_dir() and p.name != "by-stat"]
+    assert [m.read_text().strip() for m in (store / "by-stat").iterdir()] == [folder.name]
     assert (folder / "meta.json").is_file() and not list(store.glob(".*tmp"))
     # a second run (and a copy of the same bytes) opens the store instead of parsing
     copy = tmp_path / "copy.jsonl.zst"
@@ -192,7 +193,8 @@ def test_train_converts_once_and_reuses_the_token_store(tmp_path, tiny):
     second = run_dasd(_train_args(tiny, tmp_path / "b", store) + [str(copy)])
     assert second.returncode == 0, second.stderr.decode()
     assert b"read 5, trained on 5" in second.stderr and b"token store reused" in second.stderr
-    assert [p for p in store.iterdir() if p.is_dir()] == [folder]
+    assert [p for p in store.iterdir() if p.is_dir() and p.name != "by-stat"] == [folder]
+    assert len(list((store / "by-stat").iterdir())) == 2  # the copy is another file, same key
     # stdin goes through a temporary store, removed afterwards
     piped = run_dasd(_train_args(tiny, tmp_path / "c", tmp_path / "unused"), stdin=data.read_bytes())
     assert piped.returncode == 0, piped.stderr.decode()
@@ -202,7 +204,8 @@ def test_train_converts_once_and_reuses_the_token_store(tmp_path, tiny):
     # changed bytes: a new conversion
     write_file(data, records[:4], "zstd")
     third = run_dasd(_train_args(tiny, tmp_path / "d", store) + [str(data)])
-    assert third.returncode == 0 and len([p for p in store.iterdir() if p.is_dir()]) == 2
+    assert third.returncode == 0 and b"token store reused" not in third.stderr
+    assert len([p for p in store.iterdir() if p.is_dir() and p.name != "by-stat"]) == 2
 
 
 def test_train_refuses_data_packed_for_another_tokenizer(tmp_path, tiny):
@@ -275,7 +278,7 @@ def test_torchrun_two_nodes_match_one_process(tmp_path, tiny):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
         assert b["target_tokens"] == a["target_tokens"]
-    assert len([p for p in store.iterdir() if p.is_dir()]) == 1  # one conversion for both nodes
+    assert len([p for p in store.iterdir() if p.is_dir() and p.name != "by-stat"]) == 1  # one conversion
     a, b = load_file(str(tmp_path / "single" / "model.safetensors")), \
         load_file(str(tmp_path / "multi" / "model.safetensors"))
     for name in a:

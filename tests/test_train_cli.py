@@ -46,6 +46,13 @@ def test_bad_record_names_file_and_line_or_is_skipped(cli, tmp_path, tiny):
     assert "read 4, trained on 3" in err and "skipped 1 (missing_field 1)" in err
     rejected = parse_records((tmp_path / "rej.jsonl").read_bytes())
     assert rejected[0]["rejected"]["reason"] == "missing_field"
+    # again, on the token store the first run converted: the same counts and rejects
+    code, out, err = cli(args + ["--on-error", "skip", "--rejects", str(tmp_path / "rej2.jsonl"), str(data)])
+    assert code == 0 and "token store reused" in err
+    assert "read 4, trained on 3" in err and "skipped 1 (missing_field 1)" in err
+    assert parse_records((tmp_path / "rej2.jsonl").read_bytes()) == rejected
+    code, out, err = cli(args + ["--on-error", "skip", str(data)])  # no rejects file: counts replayed
+    assert code == 0 and "read 4, trained on 3" in err and "skipped 1 (missing_field 1)" in err
 
 
 def test_stdin_zstd_metrics_plot_and_final_model(tmp_path, tiny):

@@ -9,6 +9,7 @@ metrics record per optimizer step to stdout, checkpoints under OUT and the final
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -93,8 +94,9 @@ def train_command(
     token_store: Annotated[Optional[str], typer.Option(
         "--token-store", metavar="DIR", show_default=False,
         help="Where packed files are converted once into a memory-mappable token store, "
-        "reused by later runs, --resume and every rank (default: $DASD_CACHE/tokens; put it "
-        "on shared storage for several nodes). Stdin is converted into a temporary store.")] = None,
+        "reused by later runs, --resume and every rank (default: $DASD_TOKEN_STORE, else "
+        "$DASD_CACHE/tokens; put it on shared storage for several nodes). Stdin is converted "
+        "into a temporary store.")] = None,
     plot: Annotated[Optional[str], typer.Option(
         "--plot", metavar="PATH", show_default=False,
         help="Write a plot of loss and learning rate against step (e.g. loss.png).")] = None,
@@ -141,17 +143,18 @@ def train_command(
             raise UsageError("a distributed run reads its data from files, not stdin",
                              hint="pass --data PATH (every rank reads it)")
         config = _config(Path(out), options, seed)
-        from dasd_cli.backends.models import cache_dir
         from dasd_cli.core.chat import tokenizer_fingerprint
-        from dasd_cli.training.data import open_sequences
+        from dasd_cli.training.data import default_root, open_sequences
         from dasd_cli.training.recipe import Trainer
 
         trainer = Trainer(config, ranks)
         sequences = None
         try:
             trainer.setup_model()
-            root = Path(token_store) if token_store else cache_dir() / "tokens"
+            root = Path(token_store) if token_store else default_root()
+            started = time.perf_counter()
             sequences = open_sequences(session, files or None, root)
+            session.tally.extra["data_seconds"] = round(time.perf_counter() - started, 3)
             try:
                 sequences.check_model(trainer.vocab_size, tokenizer_fingerprint(trainer.tokenizer))
             except RecordError as err:
