@@ -13,6 +13,7 @@ on the lengths, and each sequence is built by reading its samples' tokens back.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import tempfile
@@ -89,9 +90,9 @@ def pack_command(
         fingerprint = tokenizer_fingerprint(tok)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="dasd-pack-") as folder:
-            samples = _tokenize_into_store(session, Path(folder), tok, tokenizer_path, system_prompt,
-                                           cutoff_len, workers or default_workers())
-            _write_sequences(session, samples, cutoff_len, pack, fingerprint)
+            ids = _tokenize_into_store(session, Path(folder), tok, tokenizer_path, system_prompt,
+                                       cutoff_len, workers or default_workers())
+            _write_sequences(session, Path(folder), ids, cutoff_len, pack, fingerprint)
         elapsed = time.perf_counter() - started
         tokens = session.tally.extra.get("tokens", 0)
         session.tally.extra["tokens_per_s"] = round(tokens / elapsed) if elapsed > 0 else None
@@ -165,37 +166,23 @@ def _chunks(lines: Iterator[io.RawLine]) -> Iterator[list[io.RawLine]]:
         yield chunk
 
 
-class _Samples:
-    """The kept samples: tokens in an on-disk store, ids and prompt lengths in memory."""
-
-    def __init__(self, folder: Path) -> None:
-        from dasd_cli.store import TokenStoreWriter
-
-        self.folder = folder
-        self.writer = TokenStoreWriter(folder, columns=("input_ids",), per_row=("prompt_len",))
-        self.ids: list[str] = []
-
-
 def _tokenize_into_store(session: common.Session, folder: Path, tok: Any, tokenizer_path: str,
-                         system_prompt: str | None, cutoff_len: int, workers: int) -> _Samples:
-    """Parse and tokenize every input record (in order), keeping those that fit."""
+                         system_prompt: str | None, cutoff_len: int, workers: int) -> list[str]:
+    """Parse and tokenize every input record (in order) into a token store in ``folder``,
+    keeping those that fit; returns the kept samples' ids, in store order."""
+    from dasd_cli.store import TokenStoreWriter
     from dasd_cli.workers import ordered_map
 
-    samples = _Samples(folder)
+    store = TokenStoreWriter(folder, columns=("input_ids",), per_row=("prompt_len",))
+    ids: list[str] = []
     chunks = _chunks(session.raw_records())
-    first = next(chunks, None)
-    second = next(chunks, None) if first is not None else None
-    queued = [c for c in (first, second) if c is not None]
-
-    def all_chunks() -> Iterator[list[io.RawLine]]:
-        yield from queued
-        yield from chunks
-
-    if second is None or workers <= 1:  # small input: no worker start-up
+    head = list(itertools.islice(chunks, 2))
+    chunks = itertools.chain(head, chunks)
+    if len(head) < 2 or workers <= 1:  # one chunk only: no worker start-up
         _set_tokenizer(tok, system_prompt)
-        results = ordered_map(_tokenize_chunk, all_chunks(), workers=1)
+        results = ordered_map(_tokenize_chunk, chunks, workers=1)
     else:
-        results = ordered_map(_tokenize_chunk, all_chunks(), workers=workers,
+        results = ordered_map(_tokenize_chunk, chunks, workers=workers,
                               initializer=_init_worker, initargs=(tokenizer_path, system_prompt))
     for chunk, encoded in results:
         for raw, result in zip(chunk, encoded):
@@ -209,10 +196,10 @@ def _tokenize_into_store(session: common.Session, folder: Path, tok: Any, tokeni
                 session.drop(record, "pack", "over_cutoff",
                              f"{len(input_ids)} tokens > --cutoff-len {cutoff_len}")
                 continue
-            samples.writer.append({"input_ids": input_ids}, prompt_len=prompt_len)
-            samples.ids.append(sid)
-    samples.writer.close()
-    return samples
+            store.append({"input_ids": input_ids}, prompt_len=prompt_len)
+            ids.append(sid)
+    store.close()
+    return ids
 
 
 def _report_bad_line(session: common.Session, raw: io.RawLine, system_prompt: str | None) -> None:
@@ -228,13 +215,13 @@ def _report_bad_line(session: common.Session, raw: io.RawLine, system_prompt: st
     raise RuntimeError(f"a worker refused {raw.source}:{raw.line} but it parses here")
 
 
-def _write_sequences(session: common.Session, samples: _Samples, cutoff_len: int, pack: bool,
-                     fingerprint: str) -> None:
+def _write_sequences(session: common.Session, folder: Path, ids: list[str], cutoff_len: int,
+                     pack: bool, fingerprint: str) -> None:
     """Plan the sequences on the lengths, then write each from the tokens on disk."""
     from dasd_cli.core.pack import packed_record, plan_sequences
     from dasd_cli.store import TokenStore
 
-    with TokenStore(samples.folder) as store:
+    with TokenStore(folder) as store:
         members, report = plan_sequences(store.lengths(), cutoff_len, pack=pack)
         session.kept_word = "packed"
         session.tally.extra.update(sequences=report.sequences, tokens=report.tokens,
@@ -245,6 +232,6 @@ def _write_sequences(session: common.Session, samples: _Samples, cutoff_len: int
             indices = sequence.tolist()
             record = packed_record([store.row(i, "input_ids") for i in indices],
                                    [int(prompt_lens[i]) for i in indices],
-                                   [samples.ids[i] for i in indices], fingerprint)
+                                   [ids[i] for i in indices], fingerprint)
             session.writer.write(record)
             session.tally.keep(len(indices))

@@ -109,7 +109,7 @@ def remembered_key(paths: list[str], on_error: str, store_root: Path) -> str:
         pass
     key = content_key(paths, on_error)
     memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+    tmp = memo.with_name(f".{memo.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     tmp.write_text(key + "\n")
     os.replace(tmp, memo)
     return key
