@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from conftest import (dasd_bin, decode, gzip_bytes, parse_records, run_dasd, to_jsonl,
@@ -337,3 +338,29 @@ def test_stdout_carries_records_only_whatever_libraries_print() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == b'{"a":1}\n'
     assert b"python noise" in proc.stderr and b"c noise" in proc.stderr
+
+
+def test_output_to_a_fifo_or_device_is_written_in_place(tmp_path):
+    """`-o /dev/null` (or a FIFO) is written, never replaced by a renamed temp file."""
+    import stat
+    import threading
+
+    data = write_file(tmp_path / "in.jsonl", [{"id": f"r{i}", "response": f"x{i}"} for i in range(5)])
+    fifos = {name: tmp_path / name for name in ("out.fifo", "stats.fifo")}
+    received: dict[str, bytes] = {}
+    readers = []
+    for name, path in fifos.items():
+        os.mkfifo(path)
+        reader = threading.Thread(target=lambda n=name, p=path: received.__setitem__(n, p.read_bytes()),
+                                  daemon=True)
+        reader.start()
+        readers.append(reader)
+    result = run_dasd(["mix", "--keep-order", "--compress", "none", "-o", str(fifos["out.fifo"]),
+                       "--stats", str(fifos["stats.fifo"]), str(data)])
+    for reader in readers:
+        reader.join(timeout=30)
+    assert result.returncode == 0, result.stderr.decode()
+    assert [r["id"] for r in parse_records(received["out.fifo"])] == [f"r{i}" for i in range(5)]
+    assert orjson.loads(received["stats.fifo"])["kept"] == 5
+    assert all(stat.S_ISFIFO(os.stat(p).st_mode) for p in fifos.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.fifo", "stats.fifo"]

@@ -4,7 +4,8 @@ Rules (DESIGN.md "Streams"):
 - Inputs are FILE arguments in order; none or ``-`` means stdin. Compression is sniffed
   from magic bytes, also on pipes: zstd (all frames), gzip (all members), else plain.
 - Output goes to stdout or to ``-o PATH`` through a temp file in the same folder that is
-  renamed on success, so no half-written file ever carries the final name.
+  renamed on success, so no half-written file ever carries the final name (a device or
+  FIFO such as ``-o /dev/null`` is written in place, never renamed over).
 - stdout carries records only; everything human goes to stderr.
 - A Ctrl-C leaves stdout holding complete records (and a closed zstd frame): a record
   is written inside ``interrupts.critical``, and the interrupt lands after it.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -343,6 +345,8 @@ class RecordWriter:
             self._sink: IO[bytes] = records_stream()
         elif append:
             self._sink = open(self.path, "ab")
+        elif is_special_file(self.path):
+            self._sink = open(self.path, "wb")  # /dev/null, a FIFO: never renamed over
         else:
             folder = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(folder):
@@ -476,13 +480,28 @@ def write_json_atomic(path: str, data: Any) -> None:
     write_text_atomic(path, orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
 
 
+def is_special_file(path: str) -> bool:
+    """An existing path that is not a regular file or folder (a device such as /dev/null,
+    a FIFO): written in place, since renaming a temp file over it would replace it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def write_text_atomic(path: str, text: str | bytes) -> None:
     """Write a report, page or image file through a temp file and rename."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    if is_special_file(path):
+        with open(path, "wb") as fh:
+            fh.write(data)
+        return
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
+            fh.write(data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
