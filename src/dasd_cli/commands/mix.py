@@ -13,9 +13,8 @@ from __future__ import annotations
 import os
 from typing import Annotated, Optional
 
-import typer
-
 import orjson
+import typer
 
 from dasd_cli.commands import common
 from dasd_cli.core.mix import SELECT_CHOICES, Mixer
