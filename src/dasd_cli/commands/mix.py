@@ -81,9 +81,11 @@ def mix_command(
         mixer = Mixer(inputs=specs, quotas=quotas, select=select, per_prompt=per_prompt or 1,
                       seed=seed, keep_order=keep_order, allow_short=allow_short)
         with RecordSpill() as spill:
-            def drop(handle: int, reason: str, detail: str) -> None:
-                record = orjson.loads(spill.get(handle)) if session.rejects is not None else {}
-                session.drop(record, "mix", reason, detail)
+            def drop(handle: int, reason: str, detail: str, record: dict | None = None) -> None:
+                """Count a drop; --rejects gets the record, read back from the spill if needed."""
+                if session.rejects is not None and record is None:
+                    record = orjson.loads(spill.get(handle))
+                session.drop(record or {}, "mix", reason, detail)
 
             for source, (path, _count) in enumerate(specs):
                 for line in session.records([path]):
@@ -93,8 +95,9 @@ def mix_command(
                     except RecordError as err:
                         session.bad_record(line, err)
                         continue
-                    if dropped is not None:
-                        drop(dropped.record, dropped.reason, dropped.detail)
+                    if dropped is not None:  # this record, or an earlier one it displaced
+                        drop(dropped.record, dropped.reason, dropped.detail,
+                             line.record if dropped.record == handle else None)
             kept, drops, pools = mixer.finish()
             for dropped in drops:
                 drop(dropped.record, dropped.reason, dropped.detail)

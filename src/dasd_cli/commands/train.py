@@ -17,7 +17,7 @@ import typer
 
 from dasd_cli.commands import common
 from dasd_cli.core.train import loss as loss_core
-from dasd_cli.errors import DasdError, RecordError, UsageError
+from dasd_cli.errors import UsageError
 
 ATTN_CHOICES = "auto|segmented|sdpa|eager|flash_attention_2"
 
@@ -155,10 +155,7 @@ def train_command(
             started = time.perf_counter()
             sequences = open_sequences(session, files or None, root)
             session.tally.extra["data_seconds"] = round(time.perf_counter() - started, 3)
-            try:
-                sequences.check_model(trainer.vocab_size, tokenizer_fingerprint(trainer.tokenizer))
-            except RecordError as err:
-                raise DasdError(err.message, hint=err.hint) from None
+            sequences.check_model(trainer.vocab_size, tokenizer_fingerprint(trainer.tokenizer))
             if sequences.meta.get("unmarked") and ranks.is_main:
                 from dasd_cli import io
 

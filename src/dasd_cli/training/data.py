@@ -23,6 +23,7 @@ import shutil
 import socket
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,11 @@ class StoredSequences:
                 f"the data was packed with another tokenizer ({packed_with[0]}) than the "
                 f"model's ({tokenizer_fingerprint}): token ids would mean different text",
                 hint="re-run dasd pack with --tokenizer set to the model you train")
-        check_vocab(int(meta["max_token"]), int(meta["max_label"]), vocab_size,
-                    where=meta.get("max_token_at", ""))
+        try:
+            check_vocab(int(meta["max_token"]), int(meta["max_label"]), vocab_size,
+                        where=meta.get("max_token_at", ""))
+        except RecordError as err:  # found at conversion, named by FILE:LINE in the message
+            raise DasdError(err.message, hint=err.hint) from None
 
 
 def content_key(paths: list[str], on_error: str) -> str:
@@ -191,12 +195,7 @@ def _convert(session: Any, files: list[str] | None, folder: Path) -> None:
     max_token, max_label, max_token_at = -1, -1, ""
     tokenizers: list[str] = []
     unmarked = 0  # records without a tokenizer fingerprint (packed by an older dasd)
-    for line in session.records(files):
-        try:
-            input_ids, labels, positions = check_packed(line.record)
-        except RecordError as err:
-            session.bad_record(line, err)
-            continue
+    for line, (input_ids, labels, positions) in _checked(session, files):
         fingerprint = line.record.get("tokenizer")
         if fingerprint is None:
             unmarked += 1
@@ -208,7 +207,6 @@ def _convert(session: Any, files: list[str] | None, folder: Path) -> None:
         max_label = max(max_label, int(labels.max()))
         writer.append(dict(zip(COLUMNS, (input_ids, labels, positions))),
                       targets=target_count(labels, positions))
-        session.tally.keep()
     tally = session.tally
     writer.close({"tokenizers": tokenizers, "unmarked": unmarked, "max_token": max_token,
                   "max_label": max_label, "max_token_at": max_token_at,
@@ -227,12 +225,20 @@ def _replay_counts(session: Any, meta: dict[str, Any]) -> None:
             tally.skip(reason)
 
 
-def _recount(session: Any, files: list[str]) -> None:
-    """Check every record again, counting and routing the bad ones to --rejects."""
+def _checked(session: Any, files: list[str] | None) -> Iterator[tuple[Any, tuple]]:
+    """Every packed record that passes :func:`check_packed` (counted as kept), with its
+    arrays; the others go to ``session.bad_record`` (stop, or skip to --rejects)."""
     for line in session.records(files):
         try:
-            check_packed(line.record)
+            arrays = check_packed(line.record)
         except RecordError as err:
             session.bad_record(line, err)
             continue
         session.tally.keep()
+        yield line, arrays
+
+
+def _recount(session: Any, files: list[str]) -> None:
+    """Check every record again, counting and routing the bad ones to --rejects."""
+    for _ in _checked(session, files):
+        pass
