@@ -1,8 +1,9 @@
 """An ordered, bounded map over worker processes, for per-record work that needs every core.
 
 ``ordered_map(fn, chunks, workers=N)`` yields ``(chunk, fn(chunk))`` for every chunk in
-input order (the chunk too, so the caller can report on it). At most ``window`` chunks are in flight, so memory stays bounded however long
-the input (``multiprocessing.Pool.imap`` would read the whole input ahead). Workers are
+input order (the chunk too, so the caller can report on it). At most ``window`` chunks
+are in flight, so memory stays bounded however long the input
+(``multiprocessing.Pool.imap`` would read the whole input ahead). Workers are
 started with ``spawn`` (no fork of a process whose tokenizer threads already ran) and
 set up once by ``initializer(*initargs)``. With ``workers <= 1`` everything runs in
 this process, initializer included, with no pool at all.
