@@ -75,21 +75,21 @@ def plan_rows(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 def _packable(model: Any) -> bool:
     """Varlen attention already, or sdpa/eager on a model that takes another attention
     function and has nothing (sliding windows, soft-capping) plain causal attention drops."""
-    from dasd_cli.training import attention, forward
+    from dasd_cli.model import attention, packed
 
     impl = getattr(model.config, "_attn_implementation", None)
-    return impl in forward.VARLEN_BACKENDS or (
-        impl in forward.MASKED_BACKENDS and getattr(model, "_supports_attention_backend", False)
+    return impl in packed.VARLEN_BACKENDS or (
+        impl in packed.MASKED_BACKENDS and getattr(model, "_supports_attention_backend", False)
         and attention.unsupported(model.config) is None)
 
 
 @contextlib.contextmanager
 def _isolating_attention(model: Any) -> Iterator[None]:
     """sdpa/eager switched to segmented attention for the block (restored after)."""
-    from dasd_cli.training import attention, forward
+    from dasd_cli.model import attention, packed
 
     impl = getattr(model.config, "_attn_implementation", None)
-    if impl not in forward.MASKED_BACKENDS:
+    if impl not in packed.MASKED_BACKENDS:
         yield
         return
     model.set_attn_implementation(attention.register())
@@ -177,7 +177,7 @@ def _score_packed(model: Any, output: _Output, members: list[_Item]) -> list[flo
     """Response-token log-probs of ``members`` packed into one row, each isolated."""
     import torch
 
-    from dasd_cli.training import forward
+    from dasd_cli.model import packed
 
     device = output.device
     ids = torch.tensor([[t for it in members for t in it.input_ids]], dtype=torch.long, device=device)
@@ -188,7 +188,7 @@ def _score_packed(model: Any, output: _Output, members: list[_Item]) -> list[flo
         predicting.extend(range(start + it.prompt_len - 1, start + len(it.input_ids) - 1))
         start += len(it.input_ids)
     with torch.inference_mode():
-        hidden = forward.hidden_states(model, ids, positions)[0]
+        hidden = packed.hidden_states(model, ids, positions)[0]
         index = torch.tensor(predicting, dtype=torch.long, device=device)
         selected = hidden[index]
         del hidden

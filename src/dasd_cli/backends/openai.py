@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from dasd_cli.backends.base import Backend, Generation, GenerationRequest, Scored, ScoreRequest
-from dasd_cli.backends.hf import byte_offsets
+from dasd_cli.model.tokens import byte_offsets
 from dasd_cli.errors import DasdError, UsageError
 
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
@@ -199,7 +199,7 @@ class OpenAIBackend(Backend):
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from dasd_cli.backends.models import load_tokenizer
+            from dasd_cli.model.load import load_tokenizer
 
             self._tokenizer = load_tokenizer(self._tokenizer_spec)
         return self._tokenizer

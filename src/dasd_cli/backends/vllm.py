@@ -6,7 +6,7 @@ compute between the samples of one prompt. The engine runs with
 ``logprobs_mode="raw_logprobs"``: the log-prob of each sampled token under the unscaled
 distribution, as METHOD.md section 2 needs. Prompts are tokenized here with the rule of
 core/chat.py and handed over as token ids; offsets come from the same tokenizer
-(:func:`dasd_cli.backends.hf.token_offsets`).
+(:func:`dasd_cli.model.tokens.token_offsets`).
 
 vLLM logs to stdout by default; the stream is pointed at stderr before it is imported.
 """
@@ -18,9 +18,9 @@ from types import SimpleNamespace
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from dasd_cli.backends import models
+from dasd_cli.model import load as models
 from dasd_cli.backends.base import Backend, Generation, GenerationRequest, Scored, ScoreRequest
-from dasd_cli.backends.hf import _stop_ids, token_offsets
+from dasd_cli.model.tokens import stop_ids, token_offsets
 from dasd_cli.core.chat import encode_ids, render_prompt
 from dasd_cli.errors import DasdError, UsageError
 
@@ -63,7 +63,7 @@ class VLLMBackend(Backend):
         self.llm = vllm.LLM(**options)
         self._sampling_params = vllm.SamplingParams
         # The tokenizer's eos and the template's end-of-turn token (vLLM adds the model's own).
-        self.stop_ids = _stop_ids(self.tokenizer, SimpleNamespace(generation_config=None))
+        self.stop_ids = stop_ids(self.tokenizer, SimpleNamespace(generation_config=None))
 
     def encode_request(self, request: GenerationRequest) -> list[int]:
         """Prompt tokens (template with generation prompt) + the assistant prefix's tokens."""

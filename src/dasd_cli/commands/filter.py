@@ -158,7 +158,7 @@ def build_filters(*, truncated: bool, only_truncated: bool, require_think: bool,
     elif repetition_threshold:
         raise UsageError("--repetition-threshold needs --repetition")
     if max_tokens is not None:
-        from dasd_cli.backends.models import load_tokenizer
+        from dasd_cli.model.load import load_tokenizer
         from dasd_cli.core.filters.length import LengthFilter
 
         filters.append(LengthFilter(load_tokenizer(tokenizer), max_tokens, system_prompt))

@@ -81,7 +81,7 @@ def pack_command(
                            options=options)
 
     def body(session: common.Session) -> None:
-        from dasd_cli.backends.models import load_tokenizer, resolve_model
+        from dasd_cli.model.load import load_tokenizer, resolve_model
         from dasd_cli.core.chat import tokenizer_fingerprint
         from dasd_cli.workers import default_workers
 
@@ -129,7 +129,7 @@ def _init_worker(tokenizer_path: str, system_prompt: str | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker; workers fill the cores
-    from dasd_cli.backends.models import load_tokenizer
+    from dasd_cli.model.load import load_tokenizer
 
     _set_tokenizer(load_tokenizer(tokenizer_path), system_prompt)
 

@@ -156,7 +156,7 @@ class _Scorer:
     """Loads the student (and distilled) model on first need; scores windows of records."""
 
     def __init__(self, model: str | None, distilled: str | None, **settings: Any) -> None:
-        from dasd_cli.backends.models import model_name
+        from dasd_cli.model.load import model_name
 
         self.specs = [model] + ([distilled] if distilled is not None else [])
         self.names = [model_name(spec) for spec in self.specs]

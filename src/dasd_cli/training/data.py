@@ -136,7 +136,7 @@ def cacheable(paths: list[str] | None) -> bool:
 
 def default_root() -> Path:
     """``$DASD_TOKEN_STORE``, else ``$DASD_CACHE/tokens``."""
-    from dasd_cli.backends.models import cache_dir
+    from dasd_cli.model.load import cache_dir
 
     env = os.environ.get("DASD_TOKEN_STORE")
     return Path(env) if env else cache_dir() / "tokens"

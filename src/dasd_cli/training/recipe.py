@@ -24,6 +24,7 @@ from dasd_cli.core.train import loss as loss_core
 from dasd_cli.core.train.batching import MicroBatch, SequenceList, StepPlan
 from dasd_cli.core.train.schedule import Schedule
 from dasd_cli.errors import DasdError, UsageError
+from dasd_cli.model import packed
 from dasd_cli.training import checkpoint as ckpt
 from dasd_cli.training import distributed as dist_util
 from dasd_cli.training import forward
@@ -108,7 +109,7 @@ class Trainer:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from dasd_cli.backends import models
+        from dasd_cli.model import load as models
 
         hf_logging.disable_progress_bar()  # dasd shows its own progress on stderr
 
@@ -159,7 +160,7 @@ class Trainer:
 
         import torch
 
-        from dasd_cli.training import attention
+        from dasd_cli.model import attention
 
         choice = self.config.attn
         if choice == "auto":
@@ -168,7 +169,7 @@ class Trainer:
             choice = "segmented"
         if choice == "segmented":
             return attention.register()
-        if choice not in forward.MASKED_BACKENDS + forward.VARLEN_BACKENDS:
+        if choice not in packed.MASKED_BACKENDS + packed.VARLEN_BACKENDS:
             raise UsageError(f"--attn must be auto, segmented, sdpa, eager or flash_attention_2, not {choice!r}")
         return choice
 

@@ -1,7 +1,7 @@
 """``segmented`` attention: each packed sample attends within itself, one kernel call each.
 
 The sdpa and eager backends isolate packed samples with a ``[L, L]`` block-diagonal mask
-(forward.attention_inputs), which costs memory and compute quadratic in the whole packed
+(model.packed.attention_inputs), which costs memory and compute quadratic in the whole packed
 length: with a custom mask, CPU sdpa takes its math path and keeps every layer's
 ``[heads, L, L]`` attention weights for backward. This backend instead slices queries,
 keys and values at the sample boundaries (``cu_seq_lens_q``, the varlen boundaries

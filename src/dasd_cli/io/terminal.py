@@ -1,0 +1,55 @@
+"""What a person sees: one-line messages, progress and library logs, all on stderr."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from dasd_cli.io.write import records_stream
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr is not None and sys.stderr.isatty()
+
+
+def say(text: str) -> None:
+    """One line for the human, on stderr."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def progress(quiet: bool, transient: bool = True) -> Any:
+    """A rich progress display on stderr when it is a terminal and not --quiet, else None."""
+    if quiet or not stderr_is_terminal():
+        return None
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), transient=transient)
+
+
+def silence_stdout_at_fd_level() -> None:
+    """After a broken pipe: point fd 1 at /dev/null so interpreter exit stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, records_stream().fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def route_library_logging_to_stderr() -> None:
+    """vLLM, DeepSpeed and friends log to stdout by default; stdout is for records."""
+    import logging
+
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for name in ("vllm", "deepspeed", "DeepSpeed", "transformers", "torch"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if getattr(handler, "stream", None) is sys.stdout:
+                handler.setStream(sys.stderr)  # type: ignore[attr-defined]
