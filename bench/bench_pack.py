@@ -108,7 +108,7 @@ def synthetic_records(n: int, seed: int = 3) -> list[dict]:
 
 
 def tokenize_row(records: list[dict], repeats: int) -> dict:
-    from dasd_cli.backends.models import load_tokenizer
+    from dasd_cli.model.load import load_tokenizer
     from dasd_cli.core.chat import encode_example, prompt_messages
     from dasd_cli.core.pack import encode_batch
 

@@ -76,7 +76,7 @@ def hf_plain(model, tokenizer, records: list[dict], batch: int, max_tokens: int)
 
 def hf_row(quick: bool) -> dict:
     from dasd_cli.backends.hf import HFBackend
-    from dasd_cli.backends.models import pick_dtype
+    from dasd_cli.model.load import pick_dtype
 
     n, max_tokens, batch = (16, 32, 16) if quick else (32, 64, 16)
     records = prompts(n)

@@ -99,7 +99,7 @@ MAKE_MODEL = """
 import sys
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
-from dasd_cli.backends.models import load_tokenizer
+from dasd_cli.model.load import load_tokenizer
 
 folder = sys.argv[1]
 tok = load_tokenizer(None)
@@ -347,7 +347,7 @@ def make_model(bench: Bench, side: Side, folder: Path) -> str | None:
 
 FINGERPRINT = """
 import sys
-from dasd_cli.backends.models import load_tokenizer
+from dasd_cli.model.load import load_tokenizer
 from dasd_cli.core.chat import tokenizer_fingerprint
 print(tokenizer_fingerprint(load_tokenizer(sys.argv[1])))
 """

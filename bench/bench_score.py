@@ -80,7 +80,7 @@ def score_naive(model, tokenizer, requests) -> int:
 
 
 def speed_row(quick: bool) -> dict:
-    from dasd_cli.backends.models import load_causal_lm, load_tokenizer, pick_dtype
+    from dasd_cli.model.load import load_causal_lm, load_tokenizer, pick_dtype
 
     tokenizer = load_tokenizer(None)
     ours_model = load_causal_lm(None, dtype="auto", device="cpu")
@@ -106,7 +106,7 @@ def speed_row(quick: bool) -> dict:
 
 def rss_child(n: int, length: int) -> None:
     """In a fresh process: score n responses of ``length`` tokens, print sizes in bytes."""
-    from dasd_cli.backends.models import load_causal_lm, load_tokenizer
+    from dasd_cli.model.load import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(None)
     model = load_causal_lm(None, dtype="auto", device="cpu")
@@ -140,7 +140,7 @@ def speed_lengths(quick: bool) -> tuple[list[int], str]:
 
 def vllm_child(quick: bool) -> None:
     """In the vLLM venv: ours and vLLM prompt log-probs alternated; prints both rates."""
-    from dasd_cli.backends.models import load_causal_lm
+    from dasd_cli.model.load import load_causal_lm
     from dasd_cli.backends.vllm import VLLMBackend
 
     engine = VLLMBackend(None, dtype="auto", gpu_memory_utilization=0.15, max_model_len=4096)

@@ -109,7 +109,7 @@ def _rss_run(cmd: list[str], env: dict) -> tuple[str, float]:
 
 def run(quick: bool) -> list[dict]:
     """Rows: tokens/s ratio and peak-RSS ratio, dasd train vs TRL SFTTrainer."""
-    from dasd_cli.backends.models import load_tokenizer, resolve_model
+    from dasd_cli.model.load import load_tokenizer, resolve_model
 
     model = str(resolve_model(None))
     tokenizer = load_tokenizer(model)

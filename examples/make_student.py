@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dasd_cli.backends.models import resolve_model
+    from dasd_cli.model.load import resolve_model
 
     source = resolve_model(args.teacher)
     model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)

@@ -34,14 +34,14 @@ PROMPTS = [{"id": "a", "prompt": "What is 2+2?"}, {"id": "b", "prompt": "Name a 
 
 @pytest.fixture(scope="module")
 def model_path() -> str:
-    from dasd_cli.backends.models import resolve_model
+    from dasd_cli.model.load import resolve_model
 
     return str(resolve_model(None))
 
 
 def contract(records: list[dict[str, Any]]) -> int:
     """Offsets non-decreasing, one per log-prob; returns how many re-tokenize exactly."""
-    from dasd_cli.backends.models import load_tokenizer
+    from dasd_cli.model.load import load_tokenizer
     from dasd_cli.core.chat import tokenize_with_offsets
 
     tokenizer = load_tokenizer(None)

@@ -122,7 +122,7 @@ def test_tokenizer_without_max_tokens_is_usage_error(cli) -> None:
 
 @pytest.mark.slow
 def test_length_counts_the_full_training_sequence(cli) -> None:
-    from dasd_cli.backends.models import load_tokenizer
+    from dasd_cli.model.load import load_tokenizer
     from dasd_cli.core.chat import encode_example
 
     tokenizer = load_tokenizer(None)

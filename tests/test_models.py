@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from dasd_cli.backends.models import _KEY_BLOCK, _content_key
+from dasd_cli.model.load import _KEY_BLOCK, _content_key
 
 
 def test_cache_key_follows_content_not_path_or_mtime(tmp_path) -> None:

@@ -174,14 +174,14 @@ RESPONSE = "<think>\nSix sevens: 42. Check: 7*6 = 42.\n</think>\n\nThe answer is
 
 @pytest.fixture(scope="module")
 def smollm2_tokenizer():
-    from dasd_cli.backends.models import load_tokenizer
+    from dasd_cli.model.load import load_tokenizer
 
     return load_tokenizer(None)
 
 
 @pytest.fixture(scope="module")
 def qwen3_style_tokenizer():
-    from dasd_cli.backends.models import load_tokenizer
+    from dasd_cli.model.load import load_tokenizer
 
     tokenizer = load_tokenizer(None)  # a fresh object: the end-of-turn cache is per object
     tokenizer.chat_template = QWEN3_STYLE_TEMPLATE

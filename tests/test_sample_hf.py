@@ -49,7 +49,7 @@ def test_records_pass_the_contract(cli) -> None:
     assert [r["id"] for r in records] == [f"q{i}@{t}#{k}" for i in range(len(QUESTIONS))
                                           for t in ("0.6", "1") for k in range(2)]
     assert "dasd sample: read 4, wrote 16" in err
-    from dasd_cli.backends.models import load_tokenizer
+    from dasd_cli.model.load import load_tokenizer
 
     tokenizer = load_tokenizer(None)
     canonical = 0
@@ -122,7 +122,7 @@ def test_sampling_is_seeded_per_request_not_per_batch() -> None:
 
 
 def test_max_tokens_ratio_caps(cli) -> None:
-    from dasd_cli.backends.models import load_tokenizer
+    from dasd_cli.model.load import load_tokenizer
 
     tokenizer = load_tokenizer(None)
     teacher_answer = "The sky looks blue because air scatters short wavelengths of sunlight more."

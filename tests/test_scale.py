@@ -116,7 +116,7 @@ def responses(n: int, seed: int = 0) -> list[dict]:
 
 @pytest.mark.slow
 def test_pack_in_worker_processes_equals_one_process_and_the_reference(tmp_path):
-    from dasd_cli.backends.models import load_tokenizer
+    from dasd_cli.model.load import load_tokenizer
     from dasd_cli.core.chat import encode_example, tokenizer_fingerprint
     from dasd_cli.core.pack import packed_record, plan_sequences
 

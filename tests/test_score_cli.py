@@ -87,7 +87,7 @@ def teacher_records():
     """SmolLM2 samples at T=0.6 and T=1.0 with raw log-probs, via the hf backend."""
     from dasd_cli.backends.base import GenerationRequest
     from dasd_cli.backends.hf import HFBackend
-    from dasd_cli.backends.models import DEFAULT_MODEL_NAME
+    from dasd_cli.model.load import DEFAULT_MODEL_NAME
 
     backend = HFBackend(None, dtype="fp32", device="cpu")
     requests = [GenerationRequest(f"p{i}@{t}#0", [{"role": "user", "content": p}], temperature=t,
@@ -110,7 +110,7 @@ def small_student(tmp_path_factory):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dasd_cli.backends.models import resolve_model
+    from dasd_cli.model.load import resolve_model
 
     source = resolve_model(None)
     model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
@@ -179,7 +179,7 @@ def _check_page_in_browser(page: Path, scored: list[dict]) -> None:
 def test_distilled_provenance_and_teacher_consistency(cli, teacher_records, small_student):
     """With the teacher itself as the 'distilled' model, p_D must reproduce p_T: the teacher's
     sampling log-probs and a teacher-forced pass of the same model agree, sentence by sentence."""
-    from dasd_cli.backends.models import resolve_model
+    from dasd_cli.model.load import resolve_model
 
     teacher_folder = str(resolve_model(None))
     code, out, err = cli(["score", "--model", str(small_student), "--distilled", teacher_folder,

@@ -59,7 +59,7 @@ def _reference(model, tokenizer, request):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from dasd_cli.backends.models import load_tokenizer
+    from dasd_cli.model.load import load_tokenizer
 
     return load_tokenizer(None)
 
@@ -72,7 +72,7 @@ def tokenizer():
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
 def test_scores_equal_reference_forward(tokenizer, monkeypatch, packed, dtype, max_tolerance, mean_tolerance):
     from dasd_cli.backends import hf_score
-    from dasd_cli.backends.models import load_causal_lm
+    from dasd_cli.model.load import load_causal_lm
 
     model = load_causal_lm(None, dtype=dtype, device="cpu")
     assert hf_score._packable(model)  # SmolLM2 on sdpa takes the segmented attention

@@ -22,7 +22,7 @@ REQUESTS = [
 def test_vllm_prompt_logprobs_equal_hf_scores():
     pytest.importorskip("vllm", reason="vllm is not installed in this environment")
     from dasd_cli.backends.hf_score import score_batches
-    from dasd_cli.backends.models import load_causal_lm
+    from dasd_cli.model.load import load_causal_lm
     from dasd_cli.commands.score import _open_backend
 
     # The engine as `dasd score --backend vllm --gpu-memory-utilization 0.15 --max-model-len

@@ -105,7 +105,7 @@ def test_stage_chaining_on_smollm2(tmp_path):
     """Stage 1 from the embedded default, stage 2 --init-from stage 1; the result generates."""
     import torch
 
-    from dasd_cli.backends.models import load_causal_lm, load_tokenizer
+    from dasd_cli.model.load import load_causal_lm, load_tokenizer
     from dasd_cli.core.chat import encode_example
 
     tokenizer = load_tokenizer(None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dasd_cli.training import forward
+from dasd_cli.model import packed as forward
 
 LENGTHS = (7, 12, 5)  # three samples packed into one sequence of 24 tokens
 
@@ -41,7 +41,7 @@ def _max_isolation_error(model, vocab: int) -> float:
 
 
 def _attn(name: str) -> str:
-    from dasd_cli.training import attention
+    from dasd_cli.model import attention
 
     return attention.register() if name == "segmented" else name
 
@@ -65,7 +65,7 @@ def test_position_ids_alone_would_leak():
 @pytest.mark.slow
 @pytest.mark.parametrize("attn", ["sdpa", "eager", "segmented"])
 def test_smollm2_packed_equals_alone(attn):
-    from dasd_cli.backends.models import load_causal_lm
+    from dasd_cli.model.load import load_causal_lm
 
     model = load_causal_lm(None, dtype="fp32", device="cpu", attn_implementation=_attn(attn))
     assert _max_isolation_error(model, model.config.vocab_size) <= 1e-4
@@ -78,7 +78,7 @@ def test_a_sliding_window_the_backend_would_drop_is_refused(attn):
     from transformers import MistralConfig, MistralForCausalLM
 
     from dasd_cli.errors import UsageError
-    from dasd_cli.training import attention
+    from dasd_cli.model import attention
 
     impl = attention.register() if attn == "segmented" else attn
     torch.manual_seed(0)
