@@ -105,7 +105,7 @@ def vllm_child(quick: bool) -> None:
     import dasd_cli.backends as backends
     from dasd_cli.backends.base import GenerationRequest
     from dasd_cli.backends.vllm import VLLMBackend
-    from dasd_cli.commands.sample import request_seed
+    from dasd_cli.core.sampling import request_seed
     from dasd_cli.core.chat import prompt_messages
 
     n, max_tokens = (16, 32) if quick else (64, 64)

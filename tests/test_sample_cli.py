@@ -57,3 +57,61 @@ def test_system_prompt_and_sample_fields(cli) -> None:
     assert [r["id"] for r in records] == ["q@0.6#0", "q@0.6#1", "q@0.6#2"]
     assert len({r["teacher"]["seed"] for r in records}) == 3
     assert all(r["extra"] == [1] and r["teacher"]["top_p"] == 0.9 for r in records)
+
+
+# --------------------------------------------------------------------------- the library under the command
+
+
+def test_planner_is_pure_and_counts_tokens_through_a_callable() -> None:
+    from dasd_cli.core.sampling import Generation, Planner, build_record
+
+    counted: list[str] = []
+
+    def token_count(text: str) -> int:
+        counted.append(text)
+        return 10
+
+    planner = Planner([0.6, 1.0], n=2, ratio=1.5, seed=3, token_count=token_count)
+    record = {"id": "s", "prompt_id": "p", "prompt": "q", "response": "student answer", "das": {"score": 1}}
+    jobs = planner.plan(record)
+    assert jobs is not None and [j.request.key for j in jobs] == ["s@0.6#0", "s@0.6#1", "s@1#0", "s@1#1"]
+    assert {j.request.max_tokens for j in jobs} == {15} and counted == ["student answer"]
+    assert {j.prompt_id for j in jobs} == {"p"} and len({j.request.seed for j in jobs}) == 4
+    generation = Generation(key=jobs[0].request.key, text="new", token_ids=[], logprobs=[-0.5],
+                            offsets=[0], finish_reason="stop")
+    built = build_record(jobs[0], generation, "teacher-model")
+    assert built["response"] == "new" and built["teacher"]["model"] == "teacher-model"
+    assert "das" not in built and built["id"] == "s@0.6#0"
+
+
+def test_chunk_runner_writes_in_input_order_through_any_session() -> None:
+    from dasd_cli.core.sampling import Generation, Planner
+    from dasd_cli.core.tally import Tally
+    from dasd_cli.pipeline.sampling import ChunkRunner
+
+    class Reversed:
+        """A backend that answers each chunk last request first."""
+
+        model_name, chunk_requests = "fake", 3
+
+        def generate(self, requests):
+            for request in reversed(list(requests)):
+                yield Generation(key=request.key, text=request.key, token_ids=[], logprobs=[-1.0],
+                                 offsets=[0], finish_reason="stop")
+
+    class Session:
+        def __init__(self) -> None:
+            self.tally, self.written = Tally("sample"), []
+
+        def emit(self, record) -> None:
+            self.written.append(record["id"])
+
+    session = Session()
+    session.tally.extra["tokens"] = 0
+    runner = ChunkRunner(session, Reversed(), ordered=True)  # type: ignore[arg-type]
+    planner = Planner([0.6], n=2)
+    for i in range(4):
+        runner.add(planner.plan({"id": f"q{i}", "prompt": "x"}) or [])
+    runner.finish()
+    assert session.written == [f"q{i}@0.6#{k}" for i in range(4) for k in range(2)]
+    assert session.tally.extra["tokens"] == 8

@@ -13,35 +13,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dasd_cli.core.sampling import Generation, GenerationRequest  # shared with core; re-exported
 from dasd_cli.errors import UsageError
 
 BACKENDS = ("hf", "vllm", "openai")
-
-
-@dataclass
-class GenerationRequest:
-    """One sample to draw: a prompt, optionally an assistant prefix to continue."""
-
-    key: str  # the output record's id; results carry it back
-    messages: list[dict[str, str]]
-    temperature: float
-    top_p: float = 1.0
-    max_tokens: int = 1024
-    seed: int = 0
-    prefix: str = ""  # assistant text already written (mixed-policy --continue)
-
-
-@dataclass
-class Generation:
-    """What the model wrote for one request, with raw log-probs of its tokens."""
-
-    key: str
-    text: str  # the new text only (not the prefix)
-    token_ids: list[int]
-    logprobs: list[float]  # log p(token) under the unscaled (T=1) distribution when raw
-    offsets: list[int]  # start character of each token in ``text``
-    finish_reason: str  # "stop" or "length"
-    logprobs_mode: str = "raw"  # "raw" or "processed" (after temperature/top-p)
 
 
 @dataclass

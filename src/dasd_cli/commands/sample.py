@@ -8,35 +8,16 @@ Records keep input order; with --resume they are written as they complete instea
 
 from __future__ import annotations
 
-import hashlib
-import math
-import time
-from dataclasses import dataclass
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
-import orjson
 import typer
 
 from dasd_cli import io
-from dasd_cli.backends.base import BACKENDS, Generation, GenerationRequest
+from dasd_cli.backends.base import BACKENDS
 from dasd_cli.commands import common
-from dasd_cli.core.chat import prompt_messages, response_text
-from dasd_cli.core.continuation import DEFAULT_CUT_MIN, choose_cut, cut_rng
-from dasd_cli.errors import RecordError, UsageError
-
-DEFAULT_TEMPERATURE = 0.6  # METHOD.md: the low temperature of stage 1
-DEFAULT_MAX_TOKENS = 1024  # new tokens per sample unless --max-tokens says otherwise
-STALE_FIELDS = ("das", "prefix_chars", "rejected")  # described the response being replaced
-
-
-@dataclass
-class Job:
-    """One planned sample: the request and what its record is built from."""
-
-    request: GenerationRequest
-    record: dict[str, Any]
-    prompt_id: str
-    prefix: str
+from dasd_cli.core.continuation import DEFAULT_CUT_MIN
+from dasd_cli.core.sampling import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, Planner
+from dasd_cli.errors import UsageError
 
 
 def sample_command(
@@ -145,152 +126,14 @@ def sample_command(
             if session.writer is not None:
                 session.writer.close(success=False)  # its temp file: appends go to PATH itself
             session.writer = io.RecordWriter(output, "none", append=True)
-        session.tally.extra.update(resumed=0, tokens=0)
         from dasd_cli.backends import get_backend
+        from dasd_cli.pipeline.sampling import sample_records
 
-        engine = get_backend(backend, **backend_options)
-        planner = Planner(engine, temperatures, n, top_p, max_tokens, max_tokens_ratio,
-                          continue_, cut_min, system_prompt, seed)
-        display = io.progress(quiet)
-        started = time.monotonic()
-        run = ChunkRunner(session, engine, ordered=not resume, display=display)
-        try:
-            if display is not None:
-                display.start()
-            for line in session.records(shard=shard_of):
-                try:
-                    jobs = planner.plan(line.record)
-                except RecordError as err:
-                    session.bad_record(line, err)
-                    continue
-                if jobs is None:
-                    session.drop(line, "sample", "too_short_to_cut", "response under 2 characters")
-                    continue
-                fresh = [job for job in jobs if job.request.key not in done]
-                session.tally.extra["resumed"] += len(jobs) - len(fresh)
-                run.add(fresh)
-            run.finish()
-        finally:
-            if display is not None:
-                display.stop()
-            elapsed = max(time.monotonic() - started, 1e-9)
-            session.tally.extra["tokens_per_s"] = round(session.tally.extra["tokens"] / elapsed, 1)
-            engine.close()
+        with get_backend(backend, **backend_options) as engine:
+            planner = Planner(temperatures, n=n, top_p=top_p, max_tokens=max_tokens,
+                              ratio=max_tokens_ratio, continue_=continue_, cut_min=cut_min,
+                              system_prompt=system_prompt, seed=seed, token_count=engine.token_count)
+            sample_records(session, engine, planner, shard=shard_of, done=done, ordered=not resume,
+                           quiet=quiet)
 
     common.run_command("sample", shared, body)
-
-
-class Planner:
-    """Turns one input record into its sample jobs (ids, seeds, caps, prefixes)."""
-
-    def __init__(self, engine: Any, temperatures: list[float], n: int, top_p: float,
-                 max_tokens: int | None, ratio: float | None, continue_: bool,
-                 cut_min: float, system_prompt: str | None, seed: int) -> None:
-        self.engine, self.temperatures, self.n, self.top_p = engine, temperatures, n, top_p
-        self.max_tokens, self.ratio, self.continue_ = max_tokens, ratio, continue_
-        self.cut_min, self.system_prompt, self.seed = cut_min, system_prompt, seed
-
-    def plan(self, record: dict[str, Any]) -> list[Job] | None:
-        """The jobs of ``record``; ``None`` when --continue finds nothing to cut."""
-        messages = prompt_messages(record, self.system_prompt)
-        own_id = record.get("id")
-        base_id = str(own_id) if own_id is not None else derived_id(messages)
-        prompt_id = str(record.get("prompt_id", base_id)) if (self.continue_ or self.ratio) else base_id
-        cap = self.max_tokens if self.max_tokens is not None else (
-            None if self.ratio is not None else DEFAULT_MAX_TOKENS)
-        if self.ratio is not None:
-            budget = max(1, math.floor(self.ratio * self.engine.token_count(response_text(record))))
-            cap = budget if cap is None else min(cap, budget)
-        prefix, suffix = "", ""
-        if self.continue_:
-            cut = choose_cut(response_text(record), cut_rng(self.seed, base_id), self.cut_min)
-            if cut is None:
-                return None
-            prefix, suffix = cut.prefix(response_text(record)), "+cont"
-        jobs = []
-        for temperature in self.temperatures:
-            for k in range(self.n):
-                key = f"{base_id}{suffix}@{temperature:g}#{k}"
-                request = GenerationRequest(key=key, messages=messages, temperature=temperature,
-                                            top_p=self.top_p, max_tokens=int(cap or 1),
-                                            seed=request_seed(self.seed, key), prefix=prefix)
-                jobs.append(Job(request, record, prompt_id, prefix))
-        return jobs
-
-
-def derived_id(messages: list[dict[str, str]]) -> str:
-    """A stable id for a prompt without one: a hash of its messages."""
-    return "p-" + hashlib.sha256(orjson.dumps(messages)).hexdigest()[:12]
-
-
-def request_seed(seed: int, key: str) -> int:
-    """The seed of one sample: a function of the run's --seed and the sample's id only."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "big") & 0x7FFFFFFF
-
-
-def build_record(job: Job, generation: Generation, model_name: str) -> dict[str, Any]:
-    """The response record of one sample (DESIGN.md "Records")."""
-    record = {k: v for k, v in job.record.items() if k not in STALE_FIELDS}
-    shift = len(job.prefix)  # teacher offsets index the full response
-    request = job.request
-    record.update({
-        "id": request.key,
-        "prompt_id": job.prompt_id,
-        "response": job.prefix + generation.text,
-        "finish_reason": generation.finish_reason,
-        "teacher": {"model": model_name, "temperature": request.temperature, "top_p": request.top_p,
-                    "seed": request.seed, "logprobs": generation.logprobs,
-                    "offsets": [o + shift for o in generation.offsets],
-                    "logprobs_mode": generation.logprobs_mode},
-    })
-    if job.prefix:
-        record["prefix_chars"] = shift
-    return record
-
-
-class ChunkRunner:
-    """Feeds jobs to the backend in chunks and writes records in order (or as completed)."""
-
-    def __init__(self, session: common.Session, engine: Any, *, ordered: bool, display: Any) -> None:
-        self.session, self.engine, self.ordered, self.display = session, engine, ordered, display
-        self.chunk_size = getattr(engine, "chunk_requests", 256)
-        self.pending: list[Job] = []
-        self.task = display.add_task("sampling", total=None, rate="") if display is not None else None
-
-    def add(self, jobs: list[Job]) -> None:
-        self.pending.extend(jobs)
-        if len(self.pending) >= self.chunk_size:
-            self._run(self.pending)
-            self.pending = []
-
-    def finish(self) -> None:
-        if self.pending:
-            self._run(self.pending)
-            self.pending = []
-
-    def _run(self, jobs: list[Job]) -> None:
-        by_key = {job.request.key: job for job in jobs}
-        done: dict[str, dict[str, Any]] = {}
-        next_index = 0
-        started = time.monotonic()
-        tokens = 0
-        try:
-            for generation in self.engine.generate([job.request for job in jobs]):
-                job = by_key[generation.key]
-                record = build_record(job, generation, self.engine.model_name)
-                tokens += len(generation.logprobs)  # one per generated token, on every backend
-                self.session.tally.extra["tokens"] += len(generation.logprobs)
-                if not self.ordered:
-                    self.session.emit(record)
-                else:
-                    done[generation.key] = record
-                    while next_index < len(jobs) and jobs[next_index].request.key in done:
-                        self.session.emit(done.pop(jobs[next_index].request.key))
-                        next_index += 1
-                if self.display is not None:
-                    rate = tokens / max(time.monotonic() - started, 1e-9)
-                    self.display.update(self.task, advance=1, rate=f"{rate:.1f} tok/s")
-        finally:
-            for key in [job.request.key for job in jobs[next_index:]]:
-                if key in done:  # on a failure, keep every completed sample (out of order)
-                    self.session.emit(done.pop(key))

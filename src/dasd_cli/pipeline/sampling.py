@@ -1,0 +1,123 @@
+"""Running a teacher backend over prompt records: the driver behind ``dasd sample``.
+
+:func:`sample_records` reads the session's records, plans each one's jobs
+(:class:`~dasd_cli.core.sampling.Planner`), skips the ids already written (``--resume``)
+and hands the rest to a :class:`ChunkRunner`, which feeds the backend in chunks and writes
+each result as a response record, in input order or, when resuming, as it completes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from dasd_cli import io
+from dasd_cli.backends.base import Backend
+from dasd_cli.core.sampling import Job, Planner, build_record
+from dasd_cli.core.tally import Tally
+from dasd_cli.errors import RecordError
+
+DEFAULT_CHUNK = 256  # requests handed to a backend at once unless it asks otherwise
+
+
+class SamplingSession(Protocol):
+    """What the driver needs of a command's session: its records, counts and outcomes."""
+
+    tally: Tally
+
+    def records(self, inputs: list[str] | None = None, shard: tuple[int, int] | None = None
+                ) -> Iterator[io.Line]: ...
+
+    def emit(self, record: dict[str, Any]) -> None: ...
+
+    def drop(self, line: io.Line, by: str, reason: str, detail: str = "") -> None: ...
+
+    def bad_record(self, line: io.Line, err: RecordError) -> None: ...
+
+
+def sample_records(session: SamplingSession, engine: Backend, planner: Planner, *,
+                   shard: tuple[int, int] | None = None, done: frozenset[str] | set[str] = frozenset(),
+                   ordered: bool = True, quiet: bool = False) -> None:
+    """Sample every record of ``session`` with ``engine`` and write the response records.
+
+    ``done`` holds ids already written (skipped and counted as ``resumed``); ``ordered``
+    keeps input order, otherwise each record is written as soon as it completes. Counts
+    ``tokens``, ``resumed`` and ``tokens_per_s`` in ``session.tally.extra``.
+    """
+    session.tally.extra.update(resumed=0, tokens=0)
+    display = io.progress(quiet)
+    started = time.monotonic()
+    run = ChunkRunner(session, engine, ordered=ordered, display=display)
+    try:
+        if display is not None:
+            display.start()
+        for line in session.records(shard=shard):
+            try:
+                jobs = planner.plan(line.record)
+            except RecordError as err:
+                session.bad_record(line, err)
+                continue
+            if jobs is None:
+                session.drop(line, "sample", "too_short_to_cut", "response under 2 characters")
+                continue
+            fresh = [job for job in jobs if job.request.key not in done]
+            session.tally.extra["resumed"] += len(jobs) - len(fresh)
+            run.add(fresh)
+        run.finish()
+    finally:
+        if display is not None:
+            display.stop()
+        elapsed = max(time.monotonic() - started, 1e-9)
+        session.tally.extra["tokens_per_s"] = round(session.tally.extra["tokens"] / elapsed, 1)
+
+
+class ChunkRunner:
+    """Feeds jobs to the backend in chunks and writes records in order (or as completed)."""
+
+    def __init__(self, session: SamplingSession, engine: Backend, *, ordered: bool,
+                 display: Any = None) -> None:
+        self.session, self.engine, self.ordered, self.display = session, engine, ordered, display
+        self.chunk_size = getattr(engine, "chunk_requests", DEFAULT_CHUNK)
+        self.pending: list[Job] = []
+        self.task = display.add_task("sampling", total=None, rate="") if display is not None else None
+
+    def add(self, jobs: list[Job]) -> None:
+        """Queue jobs; a full chunk runs at once."""
+        self.pending.extend(jobs)
+        if len(self.pending) >= self.chunk_size:
+            self._run(self.pending)
+            self.pending = []
+
+    def finish(self) -> None:
+        """Run what is still queued."""
+        if self.pending:
+            self._run(self.pending)
+            self.pending = []
+
+    def _run(self, jobs: list[Job]) -> None:
+        by_key = {job.request.key: job for job in jobs}
+        done: dict[str, dict[str, Any]] = {}
+        next_index = 0
+        started = time.monotonic()
+        tokens = 0
+        try:
+            for generation in self.engine.generate([job.request for job in jobs]):
+                job = by_key[generation.key]
+                record = build_record(job, generation, self.engine.model_name)
+                tokens += len(generation.logprobs)  # one per generated token, on every backend
+                self.session.tally.extra["tokens"] += len(generation.logprobs)
+                if not self.ordered:
+                    self.session.emit(record)
+                else:
+                    done[generation.key] = record
+                    while next_index < len(jobs) and jobs[next_index].request.key in done:
+                        self.session.emit(done.pop(jobs[next_index].request.key))
+                        next_index += 1
+                if self.display is not None:
+                    rate = tokens / max(time.monotonic() - started, 1e-9)
+                    self.display.update(self.task, advance=1, rate=f"{rate:.1f} tok/s")
+        finally:
+            for key in [job.request.key for job in jobs[next_index:]]:
+                if key in done:  # on a failure, keep every completed sample (out of order)
+                    self.session.emit(done.pop(key))
