@@ -70,13 +70,13 @@ $(RUN)/teacher.t%.jsonl.done: $(RUN)/train.prompts.jsonl
 
 # ---- 2. filter: truncated, length under the student tokenizer, repetition, references
 $(RUN)/filtered.t%.jsonl.zst: $(RUN)/teacher.t%.jsonl.done $(STUDENT)/config.json
-	$(DASD) filter --max-tokens $(CUTOFF) --tokenizer $(STUDENT) --system-prompt "$(SYSTEM)" \
+	$(DASD) filter --max-tokens $(CUTOFF) --tokenizer $(STUDENT) \
 	  --verify --rejects $(RUN)/data/rejects.t$*.jsonl.zst $(COMMON) \
 	  --stats $(RUN)/stats/2-filter-t$*.json -o $@ $(RUN)/teacher.t$*.jsonl
 
 # ---- 3. score every response with the (pre-distillation) student
 $(RUN)/scored.t%.jsonl.zst: $(RUN)/filtered.t%.jsonl.zst $(STUDENT)/config.json
-	$(DASD) score --model $(STUDENT) --system-prompt "$(SYSTEM)" $(COMMON) \
+	$(DASD) score --model $(STUDENT) $(COMMON) \
 	  --stats $(RUN)/stats/3-score-t$*.json -o $@ $<
 
 # ---- 4. two arms at equal budget: one response per question, by DAS or at random
@@ -87,7 +87,7 @@ $(RUN)/data/random.t%.jsonl.zst: $(RUN)/scored.t%.jsonl.zst
 
 # ---- 5. pack, then stage 1 on T=0.6 data and stage 2 on T=1.0 data from stage 1
 $(RUN)/packed/%.jsonl.zst: $(RUN)/data/%.jsonl.zst $(STUDENT)/config.json
-	$(DASD) pack --tokenizer $(STUDENT) --cutoff-len $(CUTOFF) --system-prompt "$(SYSTEM)" $(COMMON) \
+	$(DASD) pack --tokenizer $(STUDENT) --cutoff-len $(CUTOFF) $(COMMON) \
 	  --stats $(RUN)/stats/5-pack-$*.json -o $@ $<
 
 $(RUN)/ckpt/%-s1/config.json: $(RUN)/packed/%.t0.6.jsonl.zst $(STUDENT)/config.json
@@ -115,7 +115,7 @@ $(RUN)/mp/%.continued.jsonl.zst: $(RUN)/mp/%.capped.jsonl.zst
 	  --stats $(RUN)/stats/6-mp-continue-$*.json -o $@ $<
 
 $(RUN)/mp/%.kept.jsonl.zst: $(RUN)/mp/%.continued.jsonl.zst $(STUDENT)/config.json
-	$(DASD) filter --max-tokens $(CUTOFF) --tokenizer $(STUDENT) --system-prompt "$(SYSTEM)" --verify \
+	$(DASD) filter --max-tokens $(CUTOFF) --tokenizer $(STUDENT) --verify \
 	  $(COMMON) --stats $(RUN)/stats/6-mp-filter-$*.json -o $@ $<
 
 $(RUN)/data/%.mp.jsonl.zst: $(RUN)/mp/%.kept.jsonl.zst $(RUN)/data/%.t1.0.jsonl.zst
@@ -139,7 +139,7 @@ $(RUN)/eval/%.answers.jsonl.zst: $(RUN)/heldout.prompts.jsonl $(STUDENT)/config.
 
 $(RUN)/eval/%.nll.jsonl.zst: $(RUN)/eval/teacher.answers.jsonl.zst $(STUDENT)/config.json \
     $$(if $$(filter base,$$*),,$(RUN)/ckpt/$$*/config.json)
-	$(DASD) score --model $(call model_of,$*) --system-prompt "$(SYSTEM)" --keep-token-logprobs \
+	$(DASD) score --model $(call model_of,$*) --keep-token-logprobs \
 	  $(COMMON) --stats $(RUN)/stats/7-nll-$*.json -o $@ $<
 
 # Prerequisites in pipeline order: training data and checkpoints first, evaluation last.

@@ -329,3 +329,35 @@ def test_pipe_mix_das_into_pack(tmp_path: Path) -> None:
     winners = sorted(f"r{q * 10 + s}" for q in range(4) for s in range(3) if (q + s) % 3 == 2)
     assert ids == winners
     assert b"dasd mix: read 12, kept 4" in proc.stderr and b"dasd pack: read 4, packed 4" in proc.stderr
+
+
+@pytest.mark.slow
+def test_filter_and_pack_build_the_prompt_sample_sent(cli, smollm2_tokenizer) -> None:
+    """`dasd sample --system-prompt X`, then filter and pack without the flag: the token
+    count and the packed prompt tokens hold X."""
+    from conftest import parse_records, to_jsonl
+    from dasd_cli.core.chat import count_training_tokens
+    from fault_proxy import FakeOpenAI
+
+    system = "Answer like a pirate."
+    with FakeOpenAI() as server:
+        code, sampled, err = cli(["sample", "--backend", "openai", "--base-url", server.url, "--compress",
+                                  "none", "--system-prompt", system, "-"],
+                                 stdin=to_jsonl([{"id": "q", "prompt": "What is 6 times 7?"}]))
+        assert code == 0, err
+        teacher_saw = server.payloads[0]["messages"]
+    record = parse_records(sampled)[0]
+    assert teacher_saw[0] == {"role": "system", "content": system}
+    tokens = count_training_tokens(smollm2_tokenizer, teacher_saw, record["response"])
+    for limit, kept in ((tokens, 1), (tokens - 1, 0)):  # counted with the system turn
+        code, out, err = cli(["filter", "--max-tokens", str(limit), "--compress", "none", "-"], stdin=sampled)
+        assert code == 0, err
+        assert len(parse_records(out)) == kept, (limit, err)
+    code, out, err = cli(["pack", "--cutoff-len", "300", "--no-pack", "--compress", "none", "-"], stdin=sampled)
+    assert code == 0, err
+    packed = parse_records(out)[0]
+    prompt_ids = [t for t, label in zip(packed["input_ids"], packed["labels"]) if label == IGNORE_INDEX]
+    assert prompt_ids == smollm2_tokenizer.encode(
+        smollm2_tokenizer.apply_chat_template(teacher_saw, tokenize=False, add_generation_prompt=True),
+        add_special_tokens=False)
+    assert system in smollm2_tokenizer.decode(prompt_ids)

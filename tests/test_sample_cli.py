@@ -115,3 +115,48 @@ def test_chunk_runner_writes_in_input_order_through_any_session() -> None:
     runner.finish()
     assert session.written == [f"q{i}@0.6#{k}" for i in range(4) for k in range(2)]
     assert session.tally.extra["tokens"] == 8
+
+
+# --------------------------------------------------------------------------- the record carries its messages
+
+SYSTEM = "Answer like a pirate."
+
+
+def sampled_with_system_prompt(cli, server, prompts: list[dict], *extra: str) -> list[dict]:
+    code, out, err = cli(["sample", "--backend", "openai", "--base-url", server.url, "--compress", "none",
+                          *extra, "-"], stdin=to_jsonl(prompts))
+    assert code == 0, err
+    return parse_records(out)
+
+
+def test_records_carry_the_messages_the_backend_received(cli) -> None:
+    from dasd_cli.core.chat import prompt_messages
+
+    prompts = [{"id": "q", "prompt": "hi"},
+               {"id": "m", "messages": [{"role": "system", "content": "Own system."},
+                                        {"role": "user", "content": "yo"}]}]
+    with FakeOpenAI() as server:
+        records = sampled_with_system_prompt(cli, server, prompts, "--system-prompt", SYSTEM, "-n", "2")
+        sent = {p["seed"]: p["messages"] for p in server.payloads}
+    assert len(records) == 4
+    for record in records:
+        assert record["messages"] == sent[record["teacher"]["seed"]]
+    q, m = records[0], records[2]
+    assert q["messages"] == [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}]
+    assert q["prompt"] == q["messages"][-1]["content"]  # prompt and messages agree
+    assert m["messages"][0] == {"role": "system", "content": "Own system."}  # a given system turn wins
+    # later commands need no flag, and a flag never replaces the system turn the teacher saw
+    assert prompt_messages(q) == prompt_messages(q, "Another prompt.") == q["messages"]
+
+
+def test_continue_sends_and_carries_the_sampled_messages(cli) -> None:
+    with FakeOpenAI() as server:
+        first = sampled_with_system_prompt(cli, server, [{"id": "q", "prompt": "hi"}],
+                                           "--system-prompt", SYSTEM, "--max-tokens", "40")
+        student = [r | {"response": "One step. Two steps. Three steps. Four steps."} for r in first]
+        server.payloads.clear()
+        continued = sampled_with_system_prompt(cli, server, student, "--continue")
+        sent = server.payloads[0]["messages"]
+    assert continued[0]["messages"] == first[0]["messages"] == sent[:-1]
+    assert sent[0] == {"role": "system", "content": SYSTEM} and sent[-1]["role"] == "assistant"
+    assert continued[0]["prefix_chars"] > 0

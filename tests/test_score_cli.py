@@ -76,6 +76,39 @@ def test_scored_records_pass_through_and_explain_without_a_model(cli, tmp_path):
     assert code == 0 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_student_is_scored_on_the_messages_the_teacher_was_sent(cli, monkeypatch):
+    """`dasd sample --system-prompt X` then `dasd score` without the flag: the student's
+    prompt holds X (a fake student backend records what it is asked)."""
+    from dasd_cli.backends.base import Scored
+    from dasd_cli.commands import score as score_command
+    from fault_proxy import FakeOpenAI
+
+    system = "Answer like a pirate."
+    with FakeOpenAI() as server:
+        code, sampled, err = cli(["sample", "--backend", "openai", "--base-url", server.url, "--compress",
+                                  "none", "--system-prompt", system, "-"],
+                                 stdin=to_jsonl([{"id": "q", "prompt": "What is 2 + 2?"}]))
+        assert code == 0, err
+        teacher_saw = server.payloads[0]["messages"]
+    asked = []
+
+    class Student:
+        def score(self, requests):
+            for request in requests:
+                asked.append(request.messages)
+                n = len(request.response)
+                yield Scored(request.key, [-0.1] * n, list(range(n)))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(score_command, "_open_backend", lambda spec, **settings: Student())
+    code, out, err = cli(["score", "--compress", "none", "-"], stdin=sampled)
+    assert code == 0, err
+    assert asked == [teacher_saw] and asked[0][0] == {"role": "system", "content": system}
+    assert "das" in parse_records(out)[0]
+
+
 # ------------------------------------------------------------------ the real run (slow)
 
 PROMPTS = ["What is 12 + 7? Answer briefly.", "Name the capital of France in one sentence.",

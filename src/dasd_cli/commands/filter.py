@@ -76,8 +76,10 @@ def filter_command(
         "(default: the embedded default model).", show_default=False)] = None,
     system_prompt: Annotated[Optional[str], typer.Option(
         "--system-prompt", metavar="TEXT",
-        help="System turn added where a record has none, when counting tokens (use the same "
-        "value as `dasd pack`).", show_default=False)] = None,
+        help="Only for records without a system turn: adds one. Not needed after `dasd "
+        "sample`, whose records carry the messages the teacher was sent (system turn included); "
+        "on records sampled without a system turn it adds one the teacher never saw.",
+        show_default=False)] = None,
     output: common.Output = None,
     compress: common.Compress = "auto",
     rejects: common.Rejects = None,

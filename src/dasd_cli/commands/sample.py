@@ -47,7 +47,8 @@ def sample_command(
         "--cut-min", metavar="F", min=0.0, max=0.99, help="With --continue: the cut lies beyond this "
         "fraction of the response's characters.")] = DEFAULT_CUT_MIN,
     system_prompt: Annotated[Optional[str], typer.Option(
-        "--system-prompt", metavar="TEXT", help="System turn added where a record has none.",
+        "--system-prompt", metavar="TEXT", help="System turn added where a record has none; "
+        "written into each record's messages, so later commands need no flag.",
         show_default=False)] = None,
     shard: common.Shard = None,
     resume: Annotated[bool, typer.Option(
@@ -88,8 +89,8 @@ def sample_command(
     """Sample teacher responses with raw log-probs: one record per sample.
 
     Each record carries the prompt's fields plus prompt_id, a deterministic id
-    PROMPT@T#K, response, finish_reason and teacher {model, temperature, top_p, seed,
-    logprobs, offsets, logprobs_mode}.
+    PROMPT@T#K, messages (as sent, system turn included), response, finish_reason and
+    teacher {model, temperature, top_p, seed, logprobs, offsets, logprobs_mode}.
     """
     temperatures = temperature or [DEFAULT_TEMPERATURE]
     options = {"model": model, "backend": backend, "n": n, "temperature": temperatures,

@@ -53,8 +53,11 @@ def score_command(
         "--keep-token-logprobs", help="Also store the student's per-token log-probs and offsets "
         "(das.student_logprobs, das.student_offsets).")] = False,
     system_prompt: Annotated[Optional[str], typer.Option(
-        "--system-prompt", metavar="TEXT", help="System turn added where a record has none (use "
-        "the value the student is trained with).", show_default=False)] = None,
+        "--system-prompt", metavar="TEXT",
+        help="Only for records without a system turn: adds one. Not needed after `dasd "
+        "sample`, whose records carry the messages the teacher was sent (system turn included); "
+        "on records sampled without a system turn it adds one the teacher never saw.",
+        show_default=False)] = None,
     explain: Annotated[bool, typer.Option(
         "--explain", help="Show the first --limit records sentence by sentence: colored text and "
         "a summary table on stderr; with -o FILE.html, one self-contained HTML page instead.")] = False,

@@ -27,7 +27,10 @@ _SENTINEL = "\x00DASD-END-OF-TURN-PROBE\x00"
 def prompt_messages(record: dict[str, Any], system_prompt: str | None = None) -> list[dict[str, str]]:
     """The chat messages of a prompt or response record (``messages`` or ``prompt``).
 
-    ``system_prompt`` is added as a first system turn where the record has none.
+    ``messages`` wins when a record has both: a response record written by ``dasd sample``
+    keeps its prompt's ``prompt`` and carries the ``messages`` the teacher was sent, system
+    turn included (the user turn of those messages is that ``prompt``).
+    ``system_prompt`` is added as a first system turn where the messages have none.
     """
     messages = record.get("messages")
     if messages is None:

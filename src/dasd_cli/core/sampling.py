@@ -130,6 +130,9 @@ def build_record(job: Job, generation: Generation, model_name: str) -> dict[str,
     record.update({
         "id": request.key,
         "prompt_id": job.prompt_id,
+        # What the teacher was asked, system turn included: later commands build the
+        # student's prompt from it, so no flag has to be repeated to keep them consistent.
+        "messages": [dict(m) for m in request.messages],
         "response": job.prefix + generation.text,
         "finish_reason": generation.finish_reason,
         "teacher": {"model": model_name, "temperature": request.temperature, "top_p": request.top_p,
