@@ -69,3 +69,47 @@ def test_prefix_is_exact_and_beyond_minimum(text: str, cut_min: float, seed: int
     assert cut.position > cut_min * len(text)
     assert 0 < cut.position < len(text)
     assert cut.prefix(text) + text[cut.position:] == text
+
+
+# --------------------------------------------------------------------------- sentence ends are core/segment.py's
+
+PROSE = ("We try a classic method, e.g. Newton's iteration, on the function. It converges fast, i.e. "
+         "Quadratically so! The root is 1.41 and Fig. 2 shows it.\n"
+         "1. First step\n"
+         "2. Second step\n\n"
+         "Done with that. Now the code:\n"
+         "```python\n"
+         "x = 1.  # a dot before spaces. Still code!\n"
+         "y = x + 2\n"
+         "print(y)\n"
+         "```\n"
+         "That is all. Thanks.")
+
+
+def test_no_cut_after_abbreviations_decimals_enumerations_or_inside_code() -> None:
+    found = boundaries(PROSE)
+    for after in ("e.g.", "i.e.", "Fig.", "1.41", "\n1.", "\n2.", "x = 1."):
+        end = PROSE.index(after) + len(after)
+        assert end not in found, after
+    assert PROSE.index("1.41") + 2 not in found
+    fence_start = PROSE.index("```python")
+    fence_end = PROSE.index("```\nThat") + 3
+    assert not [p for p in found if fence_start < p < fence_end]
+    # the real ends are still there: after a sentence, after a newline
+    assert PROSE.index(" It converges") in found and PROSE.index(" Now the code") in found
+    assert PROSE.index("2. Second") in found and PROSE.index("That is all") in found
+    for seed in range(300):
+        cut = choose_cut(PROSE, random.Random(seed), cut_min=0.3)
+        assert cut is not None and not fence_start < cut.position < fence_end
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("ab .!?\n`$e.g1")), min_size=0, max_size=120))
+def test_every_boundary_is_a_sentence_start_of_the_segmenter(text: str) -> None:
+    """A cut falls only in the white space that opens a sentence of sentence_spans."""
+    from dasd_cli.core.segment import sentence_spans
+
+    starts = [start for start, _ in sentence_spans(text)[1:]]
+    for position in boundaries(text):
+        assert any(start <= position and not text[start:position].strip() for start in starts)
+    assert len(boundaries(text)) == len(starts)

@@ -4,12 +4,15 @@ The teacher continues the student's own answer from a prefix: the cut falls at a
 position beyond ``cut_min`` of the response's length, snapped back to a sentence or line
 boundary so the teacher starts at a natural place. The prefix is kept byte-exact.
 
-Boundaries, as character indices into the response (the prefix is ``text[:cut]``):
-- a line boundary: just after a run of newlines (the teacher starts a fresh line);
-- a sentence boundary: just after ``.``, ``!`` or ``?`` (optionally followed by a closing
-  quote or bracket) when whitespace follows; the cut goes before that whitespace, because
-  byte-level BPE tokenizers attach a space to the word after it (`` The``), so the teacher
-  continues with its own natural first token.
+Sentences are those of :mod:`dasd_cli.core.segment`, the segmenter DAS scores with: one
+definition of a sentence end, so a cut never falls after "e.g.", inside a decimal number,
+or inside code or math (a fenced block, inline code, ``$...$``). Where one sentence ends
+and the next begins, the cut (a character index; the prefix is ``text[:cut]``) goes:
+- after the last newline of the white space between them, when it holds one (a line
+  boundary: the teacher starts a fresh line, its indentation included);
+- otherwise right after the sentence's last character, before the white space (a sentence
+  boundary), because byte-level BPE tokenizers attach a space to the word after it
+  (`` The``), so the teacher continues with its own natural first token.
 
 Pure: no model, no I/O; randomness comes from a seeded :class:`random.Random`.
 """
@@ -18,14 +21,11 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from dataclasses import dataclass
 
-DEFAULT_CUT_MIN = 0.5  # fraction of the response (in characters) the prefix must exceed
+from dasd_cli.core.segment import sentence_spans
 
-# After sentence-ending punctuation (and closing quotes/brackets) when whitespace follows.
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)")
-_NEWLINES = re.compile(r"\n+")
+DEFAULT_CUT_MIN = 0.5  # fraction of the response (in characters) the prefix must exceed
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,17 @@ class Cut:
 
 
 def boundaries(text: str) -> list[int]:
-    """Every sentence or line boundary strictly inside ``text``, ascending."""
-    found: set[int] = set()
-    for match in _SENTENCE_END.finditer(text):
-        found.add(match.end())
-    for match in _NEWLINES.finditer(text):
-        found.add(match.end())
-    return sorted(p for p in found if 0 < p < len(text))
+    """Every sentence or line boundary strictly inside ``text``, ascending: one per start of
+    a sentence of :func:`~dasd_cli.core.segment.sentence_spans` but the first."""
+    found = []
+    for start, _end in sentence_spans(text)[1:]:
+        # A span opens with the white space that separates it from the sentence before.
+        content = start
+        while content < len(text) and text[content].isspace():
+            content += 1
+        newline = text.rfind("\n", start, content)
+        found.append(newline + 1 if newline >= 0 else start)
+    return [p for p in found if 0 < p < len(text)]
 
 
 def minimum_cut(length: int, cut_min: float) -> int:
