@@ -160,3 +160,37 @@ def test_continue_sends_and_carries_the_sampled_messages(cli) -> None:
     assert continued[0]["messages"] == first[0]["messages"] == sent[:-1]
     assert sent[0] == {"role": "system", "content": SYSTEM} and sent[-1]["role"] == "assistant"
     assert continued[0]["prefix_chars"] > 0
+
+
+# --------------------------------------------------------------------------- one writer per output
+
+
+def test_concurrent_resume_runs_never_duplicate_ids(tmp_path: Path) -> None:
+    """Four `dasd sample --resume -o out.jsonl` started at once (a double-started target, a
+    retried job): one writes, the others refuse; every id is in the file once."""
+    import subprocess
+
+    from conftest import dasd_bin
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_bytes(to_jsonl([{"id": f"q{i}", "prompt": f"What is {i} + {i}?"} for i in range(12)]))
+    out = tmp_path / "out.jsonl"
+    expected = sorted(f"q{i}@0.6#0" for i in range(12))
+    with FakeOpenAI(delay=0.2) as server:  # about 1.2 s of sampling per run: the runs overlap
+        args = dasd_bin() + ["sample", "--backend", "openai", "--base-url", server.url, "--concurrency", "2",
+                             "--resume", "-o", str(out), str(prompts)]
+        runs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+        results = [(run.wait(timeout=120), run.stderr.read().decode()) for run in runs]  # type: ignore[union-attr]
+        for run in runs:
+            run.stdout.close()  # type: ignore[union-attr]
+            run.stderr.close()  # type: ignore[union-attr]
+        ids = [r["id"] for r in parse_records(out.read_bytes())]
+        assert len(ids) == len(set(ids)) and sorted(ids) == expected
+        # a run that started after the writer finished finds every id there and exits 0
+        refused = f"dasd sample: error: another dasd process is writing {out}; "
+        assert all(code == 0 or (code == 1 and err.startswith(refused)) for code, err in results), results
+        assert any(code == 0 for code, _ in results)
+        assert sum(server.requests.values()) == 12  # the refused runs sampled nothing
+        again = subprocess.run(args, capture_output=True, timeout=120)
+        assert again.returncode == 0 and "resumed 12" in again.stderr.decode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "prompts.jsonl"]

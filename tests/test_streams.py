@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -186,7 +187,8 @@ def test_output_file_is_atomic(tmp_path: Path, case: StreamCase) -> None:
     proc.kill()
     proc.wait(timeout=30)
     assert not final.exists()
-    leftovers = sorted(p.name for p in tmp_path.iterdir())  # SIGKILL leaves its temp file
+    # SIGKILL leaves its temp file, and its lock file, which the next writer takes over and removes
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock"))
     # and a finished run does produce it, leaving no temp file of its own
     done = run_dasd([case.command, *case.args, "-o", str(final), "-"],
                     stdin=to_jsonl([case.make_record(i) for i in range(3)]))
@@ -364,3 +366,74 @@ def test_output_to_a_fifo_or_device_is_written_in_place(tmp_path):
     assert orjson.loads(received["stats.fifo"])["kept"] == 5
     assert all(stat.S_ISFIFO(os.stat(p).st_mode) for p in fifos.values())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.fifo", "stats.fifo"]
+
+
+# --------------------------------------------------------------------------- one writer per output
+
+
+def wait_for_temp_file(folder: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Wait until the -o writer of ``proc`` has made its temp file (it holds the lock by then)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(p.name.endswith(".tmp") for p in folder.iterdir()):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the first writer did not open its output in time")
+
+
+def test_a_second_writer_of_the_same_output_fails_fast(tmp_path: Path) -> None:
+    """Two processes writing one -o: the second stops at once with one line naming the
+    path; once the first has finished, a new writer works and no lock file stays."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    final = out_dir / "out.jsonl"
+    data = write_file(tmp_path / "in.jsonl", [response_record(i) for i in range(3)])
+    first = subprocess.Popen(dasd_bin() + ["filter", "-o", str(final), "-"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert first.stdin is not None
+        first.stdin.write(to_jsonl([response_record(i) for i in range(5)]))
+        first.stdin.flush()  # stdin stays open: the first writer waits for more
+        wait_for_temp_file(out_dir, first)
+        for command in (["filter"], ["mix", "--keep-order"]):
+            started = time.monotonic()
+            second = run_dasd([*command, "-o", str(final), str(data)], timeout=60)
+            assert second.returncode == 1, second.stderr
+            message = second.stderr.decode().strip()
+            assert message == (f"dasd {command[0]}: error: another dasd process is writing {final}; "
+                               "wait for it to finish or write to another path")
+            assert time.monotonic() - started < 30  # refused, not queued behind the first
+        assert first.poll() is None and not final.exists()
+        first.stdin.close()
+        assert first.wait(timeout=60) == 0, first.stderr.read() if first.stderr else ""  # type: ignore[union-attr]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=30)
+    assert [r["id"] for r in parse_records(final.read_bytes())] == [f"p{i}@0.6#0" for i in range(5)]
+    again = run_dasd(["filter", "-o", str(final), str(data)], timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert [r["id"] for r in parse_records(final.read_bytes())] == [f"p{i}@0.6#0" for i in range(3)]
+    assert [p.name for p in out_dir.iterdir()] == ["out.jsonl"]
+
+
+def test_output_lock_is_exclusive_and_leaves_no_file(cli, tmp_path: Path) -> None:
+    from dasd_cli.errors import DasdError
+    from dasd_cli.io.write import OutputLock
+
+    path = str(tmp_path / "out.jsonl")
+    held = OutputLock(path)
+    with pytest.raises(DasdError, match="given twice as an output of this command"):
+        OutputLock(path)
+    script = f"from dasd_cli.io.write import OutputLock; OutputLock({path!r})"
+    other = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert other.returncode == 1 and b"another dasd process is writing" in other.stderr
+    held.release()
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / ".out.jsonl.lock").write_bytes(b"")  # what a SIGKILLed holder leaves
+    taken = OutputLock(path)
+    taken.release()
+    assert list(tmp_path.iterdir()) == []
+    code, _out, err = cli(["filter", "-o", path, "--rejects", path, "-"], stdin=to_jsonl([response_record(0)]))
+    assert code == 2 and "given twice as an output" in err
+    assert list(tmp_path.iterdir()) == []

@@ -123,10 +123,10 @@ def sample_command(
                 raise UsageError("--resume needs -o PATH", hint="the ids already sampled are read from PATH")
             if io.resolve_compression(compress, output) != "none":
                 raise UsageError("--resume needs a plain output", hint="use -o out.jsonl (compress later)")
+            # The session's writer holds PATH's lock from here on, so no other process
+            # appends between reading the ids and writing the missing ones.
             done, _count = io.read_existing_ids(output)
-            if session.writer is not None:
-                session.writer.close(success=False)  # its temp file: appends go to PATH itself
-            session.writer = io.RecordWriter(output, "none", append=True)
+            session.writer.append_instead()  # type: ignore[union-attr]
         from dasd_cli.backends import get_backend
         from dasd_cli.pipeline.sampling import sample_records
 

@@ -2,13 +2,17 @@
 
 Output goes to stdout or to ``-o PATH`` through a temp file in the same folder that is
 renamed on success, so no half-written file ever carries the final name (a device or
-FIFO such as ``-o /dev/null`` is written in place, never renamed over). A Ctrl-C leaves
+FIFO such as ``-o /dev/null`` is written in place, never renamed over). One process writes
+an ``-o`` path at a time (:class:`OutputLock`): a second writer of the same path stops
+with an error instead of interleaving or duplicating records. A Ctrl-C leaves
 stdout holding complete records (and a closed zstd frame): a record is written inside
 ``interrupts.critical``, and the interrupt lands after it.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import gzip
 import os
 import stat
@@ -34,8 +38,7 @@ ZSTD_LEVEL_FILE = 3
 COMPRESS_CHOICES = ("auto", "zstd", "gzip", "none")
 
 _records_out: IO[bytes] | None = None  # where records go once stdout is claimed
-
-
+_held_locks: set[str] = set()  # lock files this process holds (one output given twice)
 
 
 def claim_stdout() -> None:
@@ -85,6 +88,64 @@ def resolve_compression(compress: str, output: str | None, stream: IO[bytes] | N
     return "none" if stream is not None and stream.isatty() else "zstd"
 
 
+class OutputLock:
+    """An exclusive lock on an output path, held by the one process writing it.
+
+    The lock is taken without waiting: a second writer (a double-started make target, a
+    retried job with ``--resume``) fails at once with a one-line error naming the path.
+    It is a ``flock`` on a small hidden file beside the output, ``.NAME.lock``, not on the
+    output itself, because an atomic write has no final file until it is renamed into
+    place (creating one early would put a half-written file under the final name), and
+    its temp file has a new name in every process. A lock file in the output's own folder
+    is seen by every process writing there, also across machines sharing the file system,
+    where a lock in a private folder (``$TMPDIR``, ``/run``) would not be. It does not
+    stay: the holder removes it when done, while still holding it; a process that opened
+    the file just before it was removed notices that the name now points elsewhere (or
+    nowhere) and takes the lock afresh. Only a killed writer leaves it behind, empty and
+    unlocked, and the next writer takes it over and removes it.
+    """
+
+    def __init__(self, path: str) -> None:
+        folder, name = os.path.split(os.path.abspath(path))
+        self.output = path
+        self.path = os.path.join(folder, f".{name}.lock")
+        self._fd: int | None = None
+        if self.path in _held_locks:
+            raise UsageError(f"{path} is given twice as an output of this command",
+                             hint="-o and --rejects need different paths")
+        while self._fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise DasdError(f"another dasd process is writing {path}; wait for it to "
+                                    "finish or write to another path") from None
+                raise
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and os.path.samestat(current, os.fstat(fd)):
+                self._fd = fd
+                _held_locks.add(self.path)
+            else:
+                os.close(fd)  # its holder removed it as we opened it: lock the new one
+
+    def release(self) -> None:
+        """Remove the lock file and let go (idempotent)."""
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still held: see the class docstring
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+        _held_locks.discard(self.path)
+
+
 class RecordWriter:
     """Writes JSON records to stdout or atomically to a path, compressed as asked.
 
@@ -92,6 +153,7 @@ class RecordWriter:
     every record as it is written; every other path is written through a temp file.
     Use as a context manager: on success the temp file is renamed into place; on an
     error or interrupt, stdout keeps every complete record and a temp file is removed.
+    A path (not a device or FIFO) is locked from here until :meth:`close` (:class:`OutputLock`).
     """
 
     def __init__(self, output: str | None = None, compress: str = "auto", *,
@@ -105,19 +167,26 @@ class RecordWriter:
         self._last_flush = time.monotonic()
         self._tmp: str | None = None
         self._broken = False
+        self._lock: OutputLock | None = None
         if self.path is None:
             self._sink: IO[bytes] = records_stream()
-        elif append:
-            self._sink = open(self.path, "ab")
         elif is_special_file(self.path):
-            self._sink = open(self.path, "wb")  # /dev/null, a FIFO: never renamed over
+            self._sink = open(self.path, "ab" if append else "wb")  # /dev/null, a FIFO: never renamed over
         else:
             folder = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(folder):
                 raise DasdError(f"output folder does not exist: {folder}")
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.",
-                                             suffix=".tmp", dir=folder)
-            self._sink = os.fdopen(fd, "wb")
+            self._lock = OutputLock(self.path)
+            try:
+                if append:
+                    self._sink = open(self.path, "ab")
+                else:
+                    fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.",
+                                                     suffix=".tmp", dir=folder)
+                    self._sink = os.fdopen(fd, "wb")
+            except BaseException:
+                self._lock.release()
+                raise
         self._zstd = None
         self._gzip = None
         self._level = ZSTD_LEVEL_FILE if self.path is not None else ZSTD_LEVEL_PIPE
@@ -164,6 +233,21 @@ class RecordWriter:
             self._last_flush = time.monotonic()
         check_interrupt()
 
+    def append_instead(self) -> None:
+        """Append to the final path itself from now on, not through a temp file (``--resume``).
+
+        The lock is kept throughout, so what was read from the path before (the ids already
+        there) stays true while this writer appends. Only before the first record.
+        """
+        if self.count or self.kind != "none" or self.path is None:
+            raise ValueError("only an unused plain -o writer can switch to appending")
+        if self._tmp is not None:
+            self._sink.close()
+            os.unlink(self._tmp)
+            self._tmp = None
+            self._sink = open(self.path, "ab")
+        self.append = self.flush_every_record = True
+
     # -- closing
     def close(self, success: bool) -> None:
         """Finish the stream. On success an -o temp file takes the final name."""
@@ -180,12 +264,16 @@ class RecordWriter:
             self._broken = True
             raise
         finally:
-            if self._tmp is not None:
-                if success:
-                    os.replace(self._tmp, self.path)  # type: ignore[arg-type]
-                elif os.path.exists(self._tmp):
-                    os.unlink(self._tmp)
-                self._tmp = None
+            try:
+                if self._tmp is not None:
+                    if success:
+                        os.replace(self._tmp, self.path)  # type: ignore[arg-type]
+                    elif os.path.exists(self._tmp):
+                        os.unlink(self._tmp)
+                    self._tmp = None
+            finally:
+                if self._lock is not None:
+                    self._lock.release()  # after the rename: the next writer finds the file
 
     def __enter__(self) -> "RecordWriter":
         return self
@@ -195,6 +283,8 @@ class RecordWriter:
             self._broken = True
             if self._tmp is not None and os.path.exists(self._tmp):
                 os.unlink(self._tmp)
+            if self._lock is not None:
+                self._lock.release()
             return
         try:
             self.close(success=exc_type is None)
