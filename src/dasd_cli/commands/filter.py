@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 NORMALIZERS = ("none", "harmony")
 
 
+@common.shared_options()
 def filter_command(
-    inputs: common.Inputs = None,
+    shared: common.Common,
     truncated: Annotated[bool, typer.Option(
         "--truncated/--keep-truncated",
         help="Drop responses the teacher did not finish (finish_reason 'length').")] = True,
@@ -78,28 +79,18 @@ def filter_command(
         "--system-prompt", metavar="TEXT",
         help="System turn added where a record has none, when counting tokens (use the same "
         "value as `dasd pack`).", show_default=False)] = None,
-    output: common.Output = None,
-    compress: common.Compress = "auto",
-    rejects: common.Rejects = None,
-    on_error: common.OnError = "fail",
-    stats: common.Stats = None,
-    quiet: common.Quiet = False,
-    debug: common.Debug = False,
 ) -> None:
     """Keep or drop teacher responses: truncated, structure, length, repetition, correctness.
 
     Each dropped record is counted by reason and, with --rejects, written there with a
     'rejected' object. Records keep their input order.
     """
-    options = {"truncated": truncated, "only_truncated": only_truncated, "require_think": require_think,
+    shared.options = {"truncated": truncated, "only_truncated": only_truncated, "require_think": require_think,
                "drop_tool_calls": drop_tool_calls, "tool_call_pattern": tool_call_pattern,
                "normalize": normalize, "repetition": repetition,
                "repetition_threshold": repetition_threshold, "verify": verify,
                "math_timeout": math_timeout, "max_tokens": max_tokens, "tokenizer": tokenizer,
                "system_prompt": system_prompt}
-    shared = common.Common(inputs=inputs, output=output, compress=compress, quiet=quiet,
-                           stats=stats, rejects=rejects, on_error=on_error, debug=debug,
-                           options=options)
 
     def body(session: common.Session) -> None:
         filters = build_filters(truncated=truncated, only_truncated=only_truncated,
@@ -110,7 +101,7 @@ def filter_command(
                                 math_timeout=math_timeout, max_tokens=max_tokens,
                                 tokenizer=tokenizer, system_prompt=system_prompt)
         verifier = next((f for f in filters if isinstance(f, VerifyFilter)), None)
-        if verifier is not None and not quiet:
+        if verifier is not None and not shared.quiet:
             from dasd_cli.sandbox import isolation
 
             io.say(f"dasd filter: {isolation().describe()}")

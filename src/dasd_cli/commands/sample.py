@@ -39,8 +39,9 @@ class Job:
     prefix: str
 
 
+@common.shared_options(seed=True, shard=True)
 def sample_command(
-    inputs: common.Inputs = None,
+    shared: common.Common,
     model: Annotated[Optional[str], typer.Option(
         "--model", metavar="PATH|NAME", help="Teacher: a local transformers folder or .gguf file "
         "(hf, vllm), or the served model name (openai). Default: the embedded "
@@ -68,7 +69,6 @@ def sample_command(
     system_prompt: Annotated[Optional[str], typer.Option(
         "--system-prompt", metavar="TEXT", help="System turn added where a record has none.",
         show_default=False)] = None,
-    shard: common.Shard = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="With -o (plain .jsonl): keep the records already there, sample only the "
         "missing ids, append each record as it completes.")] = False,
@@ -95,14 +95,6 @@ def sample_command(
     tokenizer: Annotated[Optional[str], typer.Option(
         "--tokenizer", metavar="PATH", help="openai: local tokenizer for the completions endpoint and "
         "--max-tokens-ratio (default: the embedded default model's).", show_default=False)] = None,
-    seed: common.Seed = common.DEFAULT_SEED,
-    output: common.Output = None,
-    compress: common.Compress = "auto",
-    rejects: common.Rejects = None,
-    on_error: common.OnError = "fail",
-    stats: common.Stats = None,
-    quiet: common.Quiet = False,
-    debug: common.Debug = False,
 ) -> None:
     """Sample teacher responses with raw log-probs: one record per sample.
 
@@ -114,10 +106,9 @@ def sample_command(
     options = {"model": model, "backend": backend, "n": n, "temperature": temperatures,
                "top_p": top_p, "max_tokens": max_tokens, "max_tokens_ratio": max_tokens_ratio,
                "continue": continue_, "cut_min": cut_min, "system_prompt": system_prompt,
-               "shard": shard, "resume": resume}
-    shared = common.Common(inputs=inputs, output=output, compress=compress, quiet=quiet, seed=seed,
-                           stats=stats, rejects=rejects, on_error=on_error, debug=debug,
-                           options=options)
+               "shard": shared.shard, "resume": resume}
+    shared.options = options
+    seed, output, compress, quiet = shared.seed, shared.output, shared.compress, shared.quiet
     backend_options = {"model": model, "dtype": dtype, "device": device, "batch_size": batch_size,
                        "tensor_parallel_size": tensor_parallel_size, "seed": seed,
                        "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
@@ -134,7 +125,7 @@ def sample_command(
         if continue_ and max_tokens_ratio is not None:
             raise UsageError("--continue and --max-tokens-ratio are separate steps",
                              hint="cap the student with --max-tokens-ratio, then continue with --continue")
-        shard_of = common.parse_shard(shard)
+        shard_of = common.parse_shard(shared.shard)
         done: set[str] = set()
         if resume:
             if output is None or output == "-":

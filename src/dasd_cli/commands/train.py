@@ -22,8 +22,9 @@ from dasd_cli.errors import UsageError
 ATTN_CHOICES = "auto|segmented|sdpa|eager|flash_attention_2"
 
 
+@common.shared_options(seed=True)
 def train_command(
-    inputs: common.Inputs = None,
+    shared: common.Common,
     data: Annotated[Optional[list[str]], typer.Option(
         "--data", metavar="PATH", show_default=False,
         help="Packed records to train on (repeatable; same as FILE arguments, read first).")] = None,
@@ -100,14 +101,6 @@ def train_command(
     plot: Annotated[Optional[str], typer.Option(
         "--plot", metavar="PATH", show_default=False,
         help="Write a plot of loss and learning rate against step (e.g. loss.png).")] = None,
-    output: common.Output = None,
-    compress: common.Compress = "auto",
-    seed: common.Seed = 42,
-    stats: common.Stats = None,
-    rejects: common.Rejects = None,
-    on_error: common.OnError = "fail",
-    quiet: common.Quiet = False,
-    debug: common.Debug = False,
     local_rank: Annotated[Optional[int], typer.Option(
         "--local_rank", "--local-rank", hidden=True,
         help="Set by the deepspeed launcher (LOCAL_RANK is read from the environment).")] = None,
@@ -121,14 +114,12 @@ def train_command(
     from dasd_cli.training import distributed as dist_util
 
     ranks = dist_util.ranks_from_env()
-    options = {k: v for k, v in locals().items()
-               if k not in ("inputs", "output", "compress", "seed", "stats", "rejects", "on_error",
-                            "quiet", "debug", "local_rank", "dist_util", "ranks")}
-    files = (data or []) + (inputs or [])
-    shared = common.Common(inputs=files or None, output=output if ranks.is_main else None,
-                           compress=compress, quiet=quiet or not ranks.is_main, seed=seed,
-                           stats=stats if ranks.is_main else None, rejects=rejects,
-                           on_error=on_error, debug=debug, options=options)
+    options = {k: v for k, v in locals().items() if k not in ("shared", "local_rank", "dist_util", "ranks")}
+    files = (data or []) + (shared.inputs or [])
+    shared.inputs, shared.options = files or None, options
+    if not ranks.is_main:  # rank 0 alone writes metrics, stats and the summary
+        shared.output, shared.stats, shared.quiet = None, None, True
+    seed = shared.seed
     dist_util.claim_stdout(ranks)
 
     def body(session: common.Session) -> None:
