@@ -55,3 +55,34 @@ def test_every_command_has_the_shared_flags_spelled_alike(name: str) -> None:
         assert params[key].opts == reference[key].opts and params[key].help == reference[key].help, flag
     assert ("seed" in params) == (name in ("mix", "sample", "train"))
     assert ("shard" in params) == (name in ("sample", "score"))
+
+
+TYPOS = [
+    (["filter", "--compress", "zsdt"], "--compress"),
+    (["filter", "--on-error", "skp"], "--on-error"),
+    (["filter", "--normalize", "harmny"], "--normalize"),
+    (["mix", "--select", "dsa"], "--select"),
+    (["pack", "--on-error", "ignore"], "--on-error"),
+    (["sample", "--backend", "hff"], "--backend"),
+    (["sample", "--dtype", "bf61"], "--dtype"),
+    (["sample", "--device", "gpu"], "--device"),
+    (["sample", "--backend", "openai", "--endpoint", "chats"], "--endpoint"),
+    (["score", "--dtype", "float33"], "--dtype"),
+    (["score", "--device", "tpu"], "--device"),
+    (["score", "--compress", "xz"], "--compress"),
+    (["train", "--dtype", "fp16"], "--dtype"),
+    (["train", "--attn", "flash"], "--attn"),
+]
+
+
+@pytest.mark.parametrize(("args", "flag"), TYPOS, ids=[" ".join(a) for a, _ in TYPOS])
+def test_a_typo_in_a_choice_is_a_usage_error_naming_the_flag(args: list[str], flag: str) -> None:
+    """Exit 2 at parse time, before any input is read or model loaded (stdin holds a
+    record that would otherwise load the default model)."""
+    from conftest import run_dasd, to_jsonl
+
+    record = {"id": "a", "prompt": "p", "response": "r", "finish_reason": "stop"}
+    proc = run_dasd([*args, "-"], stdin=to_jsonl([record]), timeout=60)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert f"Invalid value for '{flag}'" in err and proc.stdout == b""

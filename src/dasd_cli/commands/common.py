@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Optional, get_type_hints
+from typing import Annotated, Any, Literal, Optional, get_type_hints
 
 import typer
 
@@ -25,15 +25,22 @@ from dasd_cli.errors import DasdError, RecordError, UsageError
 
 # --------------------------------------------------------------------------- shared flags
 
+
+def choice(*values: str) -> Any:
+    """The type of a flag that takes one of fixed values (a str): a typo is a usage error
+    (exit 2) naming the flag and the values, raised before the command runs."""
+    return Literal[values]
+
+
 Inputs = Annotated[Optional[list[str]], typer.Argument(
     help="Input record files (JSONL; zstd, gzip or plain, sniffed). None or '-' reads stdin.",
     show_default=False, metavar="[FILE]...")]
 Output = Annotated[Optional[str], typer.Option(
     "--output", "-o", help="Write records to PATH (atomically: temp file, then rename) instead of stdout.",
     metavar="PATH", show_default=False)]
-Compress = Annotated[str, typer.Option(
+Compress = Annotated[choice(*io.COMPRESS_CHOICES), typer.Option(
     "--compress", help="Output compression: auto (zstd on a pipe, plain on a terminal, "
-    "by extension for -o), zstd, gzip or none.", metavar="auto|zstd|gzip|none")]
+    "by extension for -o), zstd, gzip or none.", metavar="|".join(io.COMPRESS_CHOICES))]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no summary line.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for every random choice (recorded in --stats).")]
 Stats = Annotated[Optional[str], typer.Option(
@@ -41,7 +48,7 @@ Stats = Annotated[Optional[str], typer.Option(
 Rejects = Annotated[Optional[str], typer.Option(
     "--rejects", help="Write every dropped or skipped record to PATH, with a 'rejected' "
     "object {by, reason, detail}.", metavar="PATH", show_default=False)]
-OnError = Annotated[str, typer.Option(
+OnError = Annotated[choice("fail", "skip"), typer.Option(
     "--on-error", help="On a bad record (malformed JSON, missing field): fail (exit 1) or "
     "skip (count it, write it to --rejects, go on).", metavar="fail|skip")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]

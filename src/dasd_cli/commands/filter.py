@@ -47,8 +47,8 @@ def filter_command(
         "--tool-call-pattern", metavar="REGEX",
         help="A regular expression marking a tool call (repeatable; replaces the built-in "
         "harmony, <tool_call> and <function=...> patterns).", show_default=False)] = None,
-    normalize: Annotated[str, typer.Option(
-        "--normalize", metavar="none|harmony",
+    normalize: Annotated[common.choice(*NORMALIZERS), typer.Option(
+        "--normalize", metavar="|".join(NORMALIZERS),
         help="Rewrite the response before the checks: 'harmony' turns gpt-oss analysis/final "
         "channels into <think>...</think> + answer, carrying log-probs along.")] = "none",
     repetition: Annotated[bool, typer.Option(
@@ -105,8 +105,6 @@ def filter_command(
             from dasd_cli.sandbox import isolation
 
             io.say(f"dasd filter: {isolation().describe()}")
-        if normalize not in NORMALIZERS:
-            raise UsageError(f"--normalize must be one of {', '.join(NORMALIZERS)}, not {normalize!r}")
         for line in session.records():
             record = line.record
             try:

@@ -35,8 +35,8 @@ def mix_command(
         help="Take exactly COUNT records whose 'domain' is DOMAIN (missing: other) from the "
         "inputs without a COUNT; other domains are dropped (repeatable).",
         show_default=False)] = None,
-    select: Annotated[Optional[str], typer.Option(
-        "--select", metavar="random|das",
+    select: Annotated[Optional[common.choice(*SELECT_CHOICES)], typer.Option(
+        "--select", metavar="|".join(SELECT_CHOICES),
         help="Keep --per-prompt candidates per prompt_id: 'das' the highest das.score (ties: "
         "higher das.p_teacher, then smaller id), 'random' a seeded sample.",
         show_default=False)] = None,
@@ -63,8 +63,6 @@ def mix_command(
     def body(session: common.Session) -> None:
         specs = [parse_input(arg) for arg in (shared.inputs or ["-"])]
         quotas = parse_quotas(quota or [])
-        if select is not None and select not in SELECT_CHOICES:
-            raise UsageError(f"--select must be random or das, not {select!r}")
         if quotas and all(count is not None for _, count in specs):
             raise UsageError("--quota applies to inputs without a COUNT, and every input has one",
                              hint="drop the :COUNT of the inputs the domain quotas should draw from")

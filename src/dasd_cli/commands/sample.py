@@ -46,8 +46,9 @@ def sample_command(
         "--model", metavar="PATH|NAME", help="Teacher: a local transformers folder or .gguf file "
         "(hf, vllm), or the served model name (openai). Default: the embedded "
         "SmolLM2-135M-Instruct.", show_default=False)] = None,
-    backend: Annotated[str, typer.Option("--backend", metavar="|".join(BACKENDS),
-                                         help="Model access: hf (transformers), vllm, openai (HTTP).")] = "hf",
+    backend: Annotated[common.choice(*BACKENDS), typer.Option(
+        "--backend", metavar="|".join(BACKENDS),
+        help="Model access: hf (transformers), vllm, openai (HTTP).")] = "hf",
     n: Annotated[int, typer.Option("-n", "--num-samples", min=1, help="Samples per prompt and temperature.")] = 1,
     temperature: Annotated[Optional[list[float]], typer.Option(
         "--temperature", "-t", metavar="T", help="Sampling temperature; repeat to sample each in one "
@@ -72,9 +73,10 @@ def sample_command(
     resume: Annotated[bool, typer.Option(
         "--resume", help="With -o (plain .jsonl): keep the records already there, sample only the "
         "missing ids, append each record as it completes.")] = False,
-    dtype: Annotated[str, typer.Option("--dtype", metavar="auto|bf16|fp16|fp32",
-                                       help="hf/vllm weights dtype (auto: bf16 where fast).")] = "auto",
-    device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="hf device.")] = "auto",
+    dtype: Annotated[common.choice("auto", "bf16", "fp16", "fp32"), typer.Option(
+        "--dtype", metavar="auto|bf16|fp16|fp32", help="hf/vllm weights dtype (auto: bf16 where fast).")] = "auto",
+    device: Annotated[common.choice("auto", "cpu", "cuda"), typer.Option(
+        "--device", metavar="auto|cpu|cuda", help="hf device.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="hf: sequences per batch.")] = 16,
     tensor_parallel_size: Annotated[int, typer.Option(
         "--tensor-parallel-size", min=1, help="vllm: GPUs per model.")] = 1,
@@ -83,8 +85,8 @@ def sample_command(
     base_url: Annotated[Optional[str], typer.Option(
         "--base-url", metavar="URL", help="openai: server URL, e.g. http://127.0.0.1:8000/v1.",
         show_default=False)] = None,
-    endpoint: Annotated[str, typer.Option("--endpoint", metavar="chat|completions",
-                                          help="openai: which API to call.")] = "chat",
+    endpoint: Annotated[common.choice("chat", "completions"), typer.Option(
+        "--endpoint", metavar="chat|completions", help="openai: which API to call.")] = "chat",
     api_key_env: Annotated[str, typer.Option(
         "--api-key-env", metavar="VAR", help="openai: environment variable holding the API key "
         "(never logged or written).")] = "OPENAI_API_KEY",

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from dasd_cli import io
-from dasd_cli.backends.base import ScoreRequest, check_backend_name
+from dasd_cli.backends.base import BACKENDS, ScoreRequest, check_backend_name
 from dasd_cli.commands import common
 from dasd_cli.core.chat import prompt_messages, response_text
 from dasd_cli.core.das import DEFAULT_ALPHA, DEFAULT_BETA, TokenLogprobs, analyze, das_record, teacher_tokens
@@ -39,12 +39,13 @@ def score_command(
     alpha: Annotated[float, typer.Option(
         "--alpha", min=0.0, help="With --distilled: a shared sentence is boosted when p_D exceeds "
         "both p_T and p_S by more than this.")] = DEFAULT_ALPHA,
-    backend: Annotated[str, typer.Option(
+    backend: Annotated[common.choice(*BACKENDS), typer.Option(  # openai: refused with a hint
         "--backend", metavar="hf|vllm", help="Model access for the student forward pass.")] = "hf",
-    dtype: Annotated[str, typer.Option(
+    dtype: Annotated[common.choice("auto", "bf16", "fp16", "fp32"), typer.Option(
         "--dtype", metavar="auto|bf16|fp16|fp32", help="Student weights and activations "
         "(auto: bf16 where the hardware runs it fast).")] = "auto",
-    device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where the student runs.")] = "auto",
+    device: Annotated[common.choice("auto", "cpu", "cuda"), typer.Option(
+        "--device", metavar="auto|cpu|cuda", help="Where the student runs.")] = "auto",
     batch_tokens: Annotated[int, typer.Option(
         "--batch-tokens", min=1, metavar="N", help="Tokens per forward pass (hf: responses packed "
         "without padding, longest first; vllm: tokens per engine call).")] = 16384,

@@ -19,7 +19,8 @@ from dasd_cli.commands import common
 from dasd_cli.core.train import loss as loss_core
 from dasd_cli.errors import UsageError
 
-ATTN_CHOICES = "auto|segmented|sdpa|eager|flash_attention_2"
+ATTN_CHOICES = ("auto", "segmented", "sdpa", "eager", "flash_attention_2")
+DTYPE_CHOICES = ("auto", "bf16", "fp32")
 
 
 @common.shared_options(seed=True)
@@ -54,11 +55,11 @@ def train_command(
     adam_eps: Annotated[float, typer.Option("--adam-eps", help="AdamW epsilon.")] = 1e-8,
     grad_clip: Annotated[float, typer.Option(
         "--grad-clip", help="Clip the global gradient norm to this (0: no clipping).")] = 1.0,
-    dtype: Annotated[str, typer.Option(
-        "--dtype", metavar="auto|bf16|fp32",
+    dtype: Annotated[common.choice(*DTYPE_CHOICES), typer.Option(
+        "--dtype", metavar="|".join(DTYPE_CHOICES),
         help="Compute dtype: auto is bf16 where the hardware runs it fast, else fp32.")] = "auto",
-    attn: Annotated[str, typer.Option(
-        "--attn", metavar=ATTN_CHOICES,
+    attn: Annotated[common.choice(*ATTN_CHOICES), typer.Option(
+        "--attn", metavar="|".join(ATTN_CHOICES),
         help="Attention backend; auto is flash_attention_2 on a GPU that has it, else segmented "
         "(causal sdpa per packed sample). sdpa and eager use a block-diagonal mask. Packed "
         "samples are isolated on every one.")] = "auto",
@@ -174,8 +175,6 @@ def train_command(
 def _config(out: Path, options: dict[str, Any], seed: int) -> Any:
     from dasd_cli.training.recipe import TrainConfig
 
-    if options["dtype"] not in ("auto", "bf16", "fp32"):
-        raise UsageError(f"--dtype must be auto, bf16 or fp32, not {options['dtype']!r}")
     if options["init_from"] and options["resume"]:
         raise UsageError("--init-from starts a new stage; --resume continues one: pick one")
     return TrainConfig(
