@@ -77,7 +77,7 @@ def filter_command(
         help="Deprecated name of --cutoff-len.", show_default=False)] = None,
     tokenizer: Annotated[Optional[str], typer.Option(
         "--tokenizer", metavar="PATH",
-        help="The STUDENT tokenizer for --cutoff-len: a model folder or .gguf file "
+        help="The STUDENT tokenizer for --cutoff-len: a model or tokenizer folder, or a .gguf file "
         "(default: the embedded default model).", show_default=False)] = None,
     system_prompt: Annotated[Optional[str], typer.Option(
         "--system-prompt", metavar="TEXT",

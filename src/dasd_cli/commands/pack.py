@@ -42,7 +42,7 @@ def pack_command(
         "over_cutoff), never truncated.")] = 65536,
     tokenizer: Annotated[Optional[str], typer.Option(
         "--tokenizer", metavar="PATH",
-        help="The STUDENT tokenizer and chat template: a model folder or .gguf file "
+        help="The STUDENT tokenizer and chat template: a model or tokenizer folder, or a .gguf file "
         "(default: the embedded default model).", show_default=False)] = None,
     pack: Annotated[bool, typer.Option(
         "--pack/--no-pack",
@@ -72,11 +72,11 @@ def pack_command(
                       "system_prompt": system_prompt, "workers": workers}
 
     def body(session: common.Session) -> None:
-        from dasd_cli.model.load import load_tokenizer, resolve_model
+        from dasd_cli.model.load import load_tokenizer, resolve_tokenizer
         from dasd_cli.core.chat import tokenizer_fingerprint
         from dasd_cli.workers import default_workers
 
-        tokenizer_path = str(resolve_model(tokenizer))
+        tokenizer_path = str(resolve_tokenizer(tokenizer))
         tok = load_tokenizer(tokenizer_path)
         fingerprint = tokenizer_fingerprint(tok)
         started = time.perf_counter()

@@ -95,8 +95,9 @@ def sample_command(
     timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS", min=0.1,
                                            help="openai: socket timeout per attempt.")] = 600.0,
     tokenizer: Annotated[Optional[str], typer.Option(
-        "--tokenizer", metavar="PATH", help="openai: local tokenizer for the completions endpoint and "
-        "--max-tokens-ratio (default: the embedded default model's).", show_default=False)] = None,
+        "--tokenizer", metavar="PATH", help="openai: local tokenizer (a model or tokenizer folder, or a "
+        ".gguf file) for the completions endpoint and --max-tokens-ratio (default: the embedded "
+        "default model's).", show_default=False)] = None,
 ) -> None:
     """Sample teacher responses with raw log-probs: one record per sample.
 
