@@ -110,7 +110,8 @@ def train_command(
 
     Each packed sample attends only to itself; the loss is the mean over all target
     tokens of a global batch. Checkpoints go to OUT/checkpoint-STEP, the final model
-    (with its tokenizer) to OUT.
+    (with its tokenizer) to OUT. The metrics are plain JSONL, also on a pipe; compressed
+    only with -o FILE.zst/.gz or --compress zstd/gzip.
     """
     from dasd_cli.training import distributed as dist_util
 
@@ -120,6 +121,8 @@ def train_command(
     shared.inputs, shared.options = files or None, options
     if not ranks.is_main:  # rank 0 alone writes metrics, stats and the summary
         shared.output, shared.stats, shared.quiet = None, None, True
+    if shared.compress == "auto" and shared.output in (None, "-"):
+        shared.compress = "none"  # a small log for people and plotting tools, not a data stream
     seed = shared.seed
     dist_util.claim_stdout(ranks)
 
