@@ -259,6 +259,8 @@ def run_command(command: str, common: Common, body: Callable[[Session], None], *
     session = Session(command, common, writes_records=writes_records)
     try:
         interrupts.install_interrupt_handler()
+        if not common.debug:
+            io.quiet_libraries()
         success = False
         try:
             common.validate()
