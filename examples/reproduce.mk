@@ -70,7 +70,7 @@ $(RUN)/teacher.t%.jsonl.done: $(RUN)/train.prompts.jsonl
 
 # ---- 2. filter: truncated, length under the student tokenizer, repetition, references
 $(RUN)/filtered.t%.jsonl.zst: $(RUN)/teacher.t%.jsonl.done $(STUDENT)/config.json
-	$(DASD) filter --max-tokens $(CUTOFF) --tokenizer $(STUDENT) \
+	$(DASD) filter --cutoff-len $(CUTOFF) --tokenizer $(STUDENT) \
 	  --verify --rejects $(RUN)/data/rejects.t$*.jsonl.zst $(COMMON) \
 	  --stats $(RUN)/stats/2-filter-t$*.json -o $@ $(RUN)/teacher.t$*.jsonl
 
@@ -115,7 +115,7 @@ $(RUN)/mp/%.continued.jsonl.zst: $(RUN)/mp/%.capped.jsonl.zst
 	  --stats $(RUN)/stats/6-mp-continue-$*.json -o $@ $<
 
 $(RUN)/mp/%.kept.jsonl.zst: $(RUN)/mp/%.continued.jsonl.zst $(STUDENT)/config.json
-	$(DASD) filter --max-tokens $(CUTOFF) --tokenizer $(STUDENT) --verify \
+	$(DASD) filter --cutoff-len $(CUTOFF) --tokenizer $(STUDENT) --verify \
 	  $(COMMON) --stats $(RUN)/stats/6-mp-filter-$*.json -o $@ $<
 
 $(RUN)/data/%.mp.jsonl.zst: $(RUN)/mp/%.kept.jsonl.zst $(RUN)/data/%.t1.0.jsonl.zst

@@ -115,9 +115,19 @@ def test_command_missing_response_names_line(cli, tmp_path: Path) -> None:
     assert code == 0 and "skipped 1 (missing_field 1)" in err and len(parse_records(out)) == 1
 
 
-def test_tokenizer_without_max_tokens_is_usage_error(cli) -> None:
+def test_tokenizer_without_cutoff_len_is_usage_error(cli) -> None:
     code, _out, err = cli(["filter", "--tokenizer", "x", "-"], stdin=b"")
-    assert code == 2 and "--max-tokens" in err
+    assert code == 2 and "--cutoff-len" in err
+
+
+def test_max_tokens_is_a_hidden_deprecated_alias_of_cutoff_len(cli) -> None:
+    code, out, _err = cli(["filter", "--help"])
+    assert "--cutoff-len" in out.decode() and "--max-tokens" not in out.decode()
+    code, _out, err = cli(["filter", "--cutoff-len", "10", "--max-tokens", "20", "-"], stdin=b"")
+    assert code == 2 and "--cutoff-len 10 and --max-tokens 20 disagree" in err
+    assert [line for line in err.splitlines() if "deprecated" in line] == [
+        "dasd filter: warning: --max-tokens is deprecated; use --cutoff-len (the same training-sequence "
+        "cap as dasd pack's)"]
 
 
 @pytest.mark.slow
@@ -130,13 +140,15 @@ def test_length_counts_the_full_training_sequence(cli) -> None:
     n_short = len(encode_example(tokenizer, short["messages"], short["response"]))
     n_long = len(encode_example(tokenizer, long["messages"], long["response"]))
     assert n_short < n_long
-    code, out, err = cli(["filter", "--no-repetition", "--max-tokens", str(n_short), "-"],
-                         stdin=to_jsonl([short, long]))
-    assert code == 0, err
-    assert [r["response"] for r in parse_records(out)] == ["Short answer."]
-    assert "too_long 1" in err
+    for flag in ("--cutoff-len", "--max-tokens"):  # the old name still works, with a warning
+        code, out, err = cli(["filter", "--no-repetition", flag, str(n_short), "-"],
+                             stdin=to_jsonl([short, long]))
+        assert code == 0, err
+        assert [r["response"] for r in parse_records(out)] == ["Short answer."]
+        assert "too_long 1" in err
+        assert ("deprecated" in err) == (flag == "--max-tokens")
     # exactly at the limit is kept: the limit counts the whole sequence, template included
-    code, out, _ = cli(["filter", "--max-tokens", str(n_short - 1), "-"], stdin=to_jsonl([short]))
+    code, out, _ = cli(["filter", "--cutoff-len", str(n_short - 1), "-"], stdin=to_jsonl([short]))
     assert parse_records(out) == []
 
 

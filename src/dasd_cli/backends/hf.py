@@ -108,7 +108,7 @@ class HFBackend(Backend):
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()  # stderr is for dasd's own progress and summary
-            _LOADED[key] = (models.load_tokenizer(model),
+            _LOADED[key] = (models.load_tokenizer(model, "--model"),
                             models.load_causal_lm(model, dtype=dtype, device=device))
         self.tokenizer, self.model = _LOADED[key]
         self.stop_ids = stop_ids(self.tokenizer, self.model)

@@ -53,7 +53,7 @@ class VLLMBackend(Backend):
         vllm = import_vllm()
         path = str(models.resolve_model(model))
         self.model_name = models.model_name(model)
-        self.tokenizer = models.load_tokenizer(model)
+        self.tokenizer = models.load_tokenizer(model, "--model")
         options: dict[str, Any] = {"model": path, "tokenizer": path, "dtype": VLLM_DTYPES[dtype],
                                    "tensor_parallel_size": tensor_parallel_size, "seed": seed,
                                    "logprobs_mode": "raw_logprobs",

@@ -1,18 +1,21 @@
 """What every subcommand shares: the common flags (defined once) and the run loop.
 
-A command module declares its own flags plus the aliases below, builds a
-:class:`Common`, and hands a body function to :func:`run_command`, which opens the
-streams, counts, prints the summary line, writes ``--stats`` and maps every failure
-to its exit status (DESIGN.md "Errors and exit codes").
+A command function declares only its own flags and takes the shared ones as one
+:class:`Common` (its first parameter); :func:`shared_options` adds the shared flags to
+the signature typer reads. The command hands a body function to :func:`run_command`,
+which opens the streams, counts, prints the summary line, writes ``--stats`` and maps
+every failure to its exit status (DESIGN.md "Errors and exit codes").
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional, get_type_hints
 
 import typer
 
@@ -22,15 +25,22 @@ from dasd_cli.errors import DasdError, RecordError, UsageError
 
 # --------------------------------------------------------------------------- shared flags
 
+
+def choice(*values: str) -> Any:
+    """The type of a flag that takes one of fixed values (a str): a typo is a usage error
+    (exit 2) naming the flag and the values, raised before the command runs."""
+    return Literal[values]
+
+
 Inputs = Annotated[Optional[list[str]], typer.Argument(
     help="Input record files (JSONL; zstd, gzip or plain, sniffed). None or '-' reads stdin.",
     show_default=False, metavar="[FILE]...")]
 Output = Annotated[Optional[str], typer.Option(
     "--output", "-o", help="Write records to PATH (atomically: temp file, then rename) instead of stdout.",
     metavar="PATH", show_default=False)]
-Compress = Annotated[str, typer.Option(
+Compress = Annotated[choice(*io.COMPRESS_CHOICES), typer.Option(
     "--compress", help="Output compression: auto (zstd on a pipe, plain on a terminal, "
-    "by extension for -o), zstd, gzip or none.", metavar="auto|zstd|gzip|none")]
+    "by extension for -o), zstd, gzip or none.", metavar="|".join(io.COMPRESS_CHOICES))]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no summary line.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for every random choice (recorded in --stats).")]
 Stats = Annotated[Optional[str], typer.Option(
@@ -38,7 +48,7 @@ Stats = Annotated[Optional[str], typer.Option(
 Rejects = Annotated[Optional[str], typer.Option(
     "--rejects", help="Write every dropped or skipped record to PATH, with a 'rejected' "
     "object {by, reason, detail}.", metavar="PATH", show_default=False)]
-OnError = Annotated[str, typer.Option(
+OnError = Annotated[choice("fail", "skip"), typer.Option(
     "--on-error", help="On a bad record (malformed JSON, missing field): fail (exit 1) or "
     "skip (count it, write it to --rejects, go on).", metavar="fail|skip")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
@@ -72,12 +82,65 @@ class Common:
     rejects: str | None = None
     on_error: str = "fail"
     debug: bool = False
+    shard: str | None = None  # --shard K/N as typed (sample, score); see parse_shard
     options: dict[str, Any] = field(default_factory=dict)  # command flags, for --stats
 
     def validate(self) -> None:
         if self.on_error not in ("fail", "skip"):
             raise UsageError(f"--on-error must be fail or skip, not {self.on_error!r}")
         io.resolve_compression(self.compress, self.output)
+        parse_shard(self.shard)
+
+
+# The shared tail of every command's signature: (name, annotation, default), in --help order.
+_SHARED_TAIL = (("output", Output, None), ("compress", Compress, "auto"), ("rejects", Rejects, None),
+                ("on_error", OnError, "fail"), ("stats", Stats, None), ("quiet", Quiet, False),
+                ("debug", Debug, False))
+
+
+def shared_options(*, inputs: Any = Inputs, seed: bool = False,
+                   shard: bool = False) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Declare the shared flags of a command once.
+
+    The decorated function takes a :class:`Common` as its first parameter, followed by
+    the command's own flags. The function typer sees has the ``[FILE]...`` argument
+    (``inputs``: another ``Annotated`` argument to describe them differently), the
+    command's flags, then -o, --compress, --rejects, --on-error, --stats, -q, --debug,
+    and with ``seed``/``shard`` also --seed and --shard; it builds the ``Common`` from
+    them and calls the command.
+    """
+    shared: list[tuple[str, Any, Any]] = [("inputs", inputs, None)]
+    if seed:
+        shared.append(("seed", Seed, DEFAULT_SEED))
+    if shard:
+        shared.append(("shard", Shard, None))
+    shared.extend(_SHARED_TAIL)
+    names = [name for name, _, _ in shared]
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        hints = get_type_hints(command, include_extras=True)
+        own = list(inspect.signature(command).parameters.values())[1:]  # after the Common
+        clash = set(names) & {p.name for p in own}
+        if clash:
+            raise TypeError(f"{command.__name__} redeclares shared flags: {sorted(clash)}")
+        kind = inspect.Parameter.KEYWORD_ONLY
+
+        def param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+            return inspect.Parameter(name, kind, annotation=annotation, default=default)
+
+        params = ([param(*shared[0])] + [param(p.name, hints[p.name], p.default) for p in own]
+                  + [param(*item) for item in shared[1:]])
+
+        @functools.wraps(command)
+        def wrapper(**values: Any) -> None:
+            common = Common(**{name: values.pop(name) for name in names if name in values})
+            command(common, **values)
+
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate
 
 
 # --------------------------------------------------------------------------- the run loop
@@ -196,6 +259,8 @@ def run_command(command: str, common: Common, body: Callable[[Session], None], *
     session = Session(command, common, writes_records=writes_records)
     try:
         interrupts.install_interrupt_handler()
+        if not common.debug:
+            io.quiet_libraries()
         success = False
         try:
             common.validate()

@@ -2,7 +2,7 @@
 
 Keeps a response record or drops it with a reason code. Checks run cheapest first:
 truncated, structure (tool calls, ``--require-think``), repetition, length
-(``--max-tokens``), correctness (``--verify``).
+(``--cutoff-len``), correctness (``--verify``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 NORMALIZERS = ("none", "harmony")
 
 
+@common.shared_options()
 def filter_command(
-    inputs: common.Inputs = None,
+    shared: common.Common,
     truncated: Annotated[bool, typer.Option(
         "--truncated/--keep-truncated",
         help="Drop responses the teacher did not finish (finish_reason 'length').")] = True,
@@ -46,8 +47,8 @@ def filter_command(
         "--tool-call-pattern", metavar="REGEX",
         help="A regular expression marking a tool call (repeatable; replaces the built-in "
         "harmony, <tool_call> and <function=...> patterns).", show_default=False)] = None,
-    normalize: Annotated[str, typer.Option(
-        "--normalize", metavar="none|harmony",
+    normalize: Annotated[common.choice(*NORMALIZERS), typer.Option(
+        "--normalize", metavar="|".join(NORMALIZERS),
         help="Rewrite the response before the checks: 'harmony' turns gpt-oss analysis/final "
         "channels into <think>...</think> + answer, carrying log-probs along.")] = "none",
     repetition: Annotated[bool, typer.Option(
@@ -66,13 +67,17 @@ def filter_command(
     math_timeout: Annotated[int, typer.Option(
         "--math-timeout", min=1, metavar="SECONDS",
         help="Time limit for parsing and comparing one math answer.")] = 5,
-    max_tokens: Annotated[Optional[int], typer.Option(
-        "--max-tokens", metavar="N", min=1,
+    cutoff_len: Annotated[Optional[int], typer.Option(
+        "--cutoff-len", metavar="L", min=1,
         help="Drop samples whose full training sequence (chat template + response) is longer "
-        "than N tokens of --tokenizer. Never truncates.", show_default=False)] = None,
+        "than L tokens of --tokenizer (the same L as `dasd pack --cutoff-len`). Never "
+        "truncates.", show_default=False)] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(
+        "--max-tokens", metavar="N", min=1, hidden=True,
+        help="Deprecated name of --cutoff-len.", show_default=False)] = None,
     tokenizer: Annotated[Optional[str], typer.Option(
         "--tokenizer", metavar="PATH",
-        help="The STUDENT tokenizer for --max-tokens: a model folder or .gguf file "
+        help="The STUDENT tokenizer for --cutoff-len: a model or tokenizer folder, or a .gguf file "
         "(default: the embedded default model).", show_default=False)] = None,
     system_prompt: Annotated[Optional[str], typer.Option(
         "--system-prompt", metavar="TEXT",
@@ -80,44 +85,39 @@ def filter_command(
         "sample`, whose records carry the messages the teacher was sent (system turn included); "
         "on records sampled without a system turn it adds one the teacher never saw.",
         show_default=False)] = None,
-    output: common.Output = None,
-    compress: common.Compress = "auto",
-    rejects: common.Rejects = None,
-    on_error: common.OnError = "fail",
-    stats: common.Stats = None,
-    quiet: common.Quiet = False,
-    debug: common.Debug = False,
 ) -> None:
     """Keep or drop teacher responses: truncated, structure, length, repetition, correctness.
 
     Each dropped record is counted by reason and, with --rejects, written there with a
     'rejected' object. Records keep their input order.
     """
-    options = {"truncated": truncated, "only_truncated": only_truncated, "require_think": require_think,
-               "drop_tool_calls": drop_tool_calls, "tool_call_pattern": tool_call_pattern,
-               "normalize": normalize, "repetition": repetition,
-               "repetition_threshold": repetition_threshold, "verify": verify,
-               "math_timeout": math_timeout, "max_tokens": max_tokens, "tokenizer": tokenizer,
-               "system_prompt": system_prompt}
-    shared = common.Common(inputs=inputs, output=output, compress=compress, quiet=quiet,
-                           stats=stats, rejects=rejects, on_error=on_error, debug=debug,
-                           options=options)
+    if max_tokens is not None:
+        io.say("dasd filter: warning: --max-tokens is deprecated; use --cutoff-len (the same "
+               "training-sequence cap as dasd pack's)")
+    limit = cutoff_len if cutoff_len is not None else max_tokens
+    shared.options = {"truncated": truncated, "only_truncated": only_truncated,
+                      "require_think": require_think, "drop_tool_calls": drop_tool_calls,
+                      "tool_call_pattern": tool_call_pattern, "normalize": normalize,
+                      "repetition": repetition, "repetition_threshold": repetition_threshold,
+                      "verify": verify, "math_timeout": math_timeout, "cutoff_len": limit,
+                      "tokenizer": tokenizer, "system_prompt": system_prompt}
 
     def body(session: common.Session) -> None:
+        if max_tokens is not None and limit != max_tokens:
+            raise UsageError(f"--cutoff-len {cutoff_len} and --max-tokens {max_tokens} disagree",
+                             hint="give --cutoff-len only (--max-tokens is its old name)")
         filters = build_filters(truncated=truncated, only_truncated=only_truncated,
                                 require_think=require_think,
                                 drop_tool_calls=drop_tool_calls,
                                 tool_call_pattern=tool_call_pattern, repetition=repetition,
                                 repetition_threshold=repetition_threshold, verify=verify,
-                                math_timeout=math_timeout, max_tokens=max_tokens,
+                                math_timeout=math_timeout, cutoff_len=limit,
                                 tokenizer=tokenizer, system_prompt=system_prompt)
         verifier = next((f for f in filters if isinstance(f, VerifyFilter)), None)
-        if verifier is not None and not quiet:
+        if verifier is not None and not shared.quiet:
             from dasd_cli.sandbox import isolation
 
             io.say(f"dasd filter: {isolation().describe()}")
-        if normalize not in NORMALIZERS:
-            raise UsageError(f"--normalize must be one of {', '.join(NORMALIZERS)}, not {normalize!r}")
         for line in session.records():
             record = line.record
             try:
@@ -142,7 +142,7 @@ def filter_command(
 def build_filters(*, truncated: bool, only_truncated: bool, require_think: bool, drop_tool_calls: bool,
                   tool_call_pattern: list[str] | None, repetition: bool,
                   repetition_threshold: list[str] | None, verify: bool, math_timeout: int,
-                  max_tokens: int | None, tokenizer: str | None,
+                  cutoff_len: int | None, tokenizer: str | None,
                   system_prompt: str | None) -> list[Filter]:
     """The enabled filters, cheapest first."""
     filters: list[Filter] = []
@@ -159,13 +159,13 @@ def build_filters(*, truncated: bool, only_truncated: bool, require_think: bool,
         filters.append(RepetitionFilter(repetition_config(repetition_threshold or [])))
     elif repetition_threshold:
         raise UsageError("--repetition-threshold needs --repetition")
-    if max_tokens is not None:
+    if cutoff_len is not None:
         from dasd_cli.model.load import load_tokenizer
         from dasd_cli.core.filters.length import LengthFilter
 
-        filters.append(LengthFilter(load_tokenizer(tokenizer), max_tokens, system_prompt))
+        filters.append(LengthFilter(load_tokenizer(tokenizer), cutoff_len, system_prompt))
     elif tokenizer is not None:
-        raise UsageError("--tokenizer is only used with --max-tokens", hint="add --max-tokens N")
+        raise UsageError("--tokenizer is only used with --cutoff-len", hint="add --cutoff-len L")
     if verify:
         filters.append(VerifyFilter(math_timeout_s=math_timeout))
     return filters

@@ -22,18 +22,21 @@ from dasd_cli.errors import RecordError, UsageError
 from dasd_cli.store import RecordSpill
 
 
+MixInputs = Annotated[Optional[list[str]], typer.Argument(
+    help="Input record files, each optionally FILE:COUNT to take exactly COUNT records "
+    "from it. None or '-' reads stdin.", show_default=False, metavar="[FILE[:COUNT]]...")]
+
+
+@common.shared_options(inputs=MixInputs, seed=True)
 def mix_command(
-    inputs: Annotated[Optional[list[str]], typer.Argument(
-        help="Input record files, each optionally FILE:COUNT to take exactly COUNT records "
-        "from it. None or '-' reads stdin.", show_default=False,
-        metavar="[FILE[:COUNT]]...")] = None,
+    shared: common.Common,
     quota: Annotated[Optional[list[str]], typer.Option(
         "--quota", metavar="DOMAIN=COUNT",
         help="Take exactly COUNT records whose 'domain' is DOMAIN (missing: other) from the "
         "inputs without a COUNT; other domains are dropped (repeatable).",
         show_default=False)] = None,
-    select: Annotated[Optional[str], typer.Option(
-        "--select", metavar="random|das",
+    select: Annotated[Optional[common.choice(*SELECT_CHOICES)], typer.Option(
+        "--select", metavar="|".join(SELECT_CHOICES),
         help="Keep --per-prompt candidates per prompt_id: 'das' the highest das.score (ties: "
         "higher das.p_teacher, then smaller id), 'random' a seeded sample.",
         show_default=False)] = None,
@@ -45,14 +48,6 @@ def mix_command(
         "shortfall instead of failing.")] = False,
     keep_order: Annotated[bool, typer.Option(
         "--keep-order", help="Write kept records in input order instead of shuffled.")] = False,
-    seed: common.Seed = common.DEFAULT_SEED,
-    output: common.Output = None,
-    compress: common.Compress = "auto",
-    rejects: common.Rejects = None,
-    on_error: common.OnError = "fail",
-    stats: common.Stats = None,
-    quiet: common.Quiet = False,
-    debug: common.Debug = False,
 ) -> None:
     """Mix response records: dedupe, select per prompt, exact quotas, seeded shuffle.
 
@@ -62,24 +57,19 @@ def mix_command(
     reason (duplicate_id, duplicate_content, not_selected, over_quota, no_quota) and, with
     --rejects, written there.
     """
-    options = {"inputs": inputs, "quota": quota, "select": select, "per_prompt": per_prompt,
-               "allow_short": allow_short, "keep_order": keep_order}
-    shared = common.Common(inputs=inputs, output=output, compress=compress, quiet=quiet,
-                           seed=seed, stats=stats, rejects=rejects, on_error=on_error,
-                           debug=debug, options=options)
+    shared.options = {"inputs": shared.inputs, "quota": quota, "select": select,
+                      "per_prompt": per_prompt, "allow_short": allow_short, "keep_order": keep_order}
 
     def body(session: common.Session) -> None:
-        specs = [parse_input(arg) for arg in (inputs or ["-"])]
+        specs = [parse_input(arg) for arg in (shared.inputs or ["-"])]
         quotas = parse_quotas(quota or [])
-        if select is not None and select not in SELECT_CHOICES:
-            raise UsageError(f"--select must be random or das, not {select!r}")
         if quotas and all(count is not None for _, count in specs):
             raise UsageError("--quota applies to inputs without a COUNT, and every input has one",
                              hint="drop the :COUNT of the inputs the domain quotas should draw from")
         if per_prompt is not None and select is None:
             raise UsageError("--per-prompt needs --select", hint="add --select das or --select random")
         mixer = Mixer(inputs=specs, quotas=quotas, select=select, per_prompt=per_prompt or 1,
-                      seed=seed, keep_order=keep_order, allow_short=allow_short)
+                      seed=shared.seed, keep_order=keep_order, allow_short=allow_short)
         with RecordSpill() as spill:
             def drop(handle: int, reason: str, detail: str, record: dict | None = None) -> None:
                 """Count a drop; --rejects gets the record, read back from the spill if needed."""

@@ -33,15 +33,16 @@ TOKENIZE_BATCH = 256  # records per batched tokenizer call (and per chunk sent t
 CHUNK_BYTES = 8 << 20  # a chunk also ends at this many input bytes (bounds worker memory)
 
 
+@common.shared_options()
 def pack_command(
-    inputs: common.Inputs = None,
+    shared: common.Common,
     cutoff_len: Annotated[int, typer.Option(
         "--cutoff-len", metavar="L", min=1,
         help="Tokens per packed sequence. A sample longer than L is dropped (reason "
         "over_cutoff), never truncated.")] = 65536,
     tokenizer: Annotated[Optional[str], typer.Option(
         "--tokenizer", metavar="PATH",
-        help="The STUDENT tokenizer and chat template: a model folder or .gguf file "
+        help="The STUDENT tokenizer and chat template: a model or tokenizer folder, or a .gguf file "
         "(default: the embedded default model).", show_default=False)] = None,
     pack: Annotated[bool, typer.Option(
         "--pack/--no-pack",
@@ -59,13 +60,6 @@ def pack_command(
         "parse and tokenize in N processes (0: one per core), for machines where parsing "
         f"JSON on one core is the bottleneck. Input of one chunk ({TOKENIZE_BATCH} records) "
         "is always tokenized here.")] = 1,
-    output: common.Output = None,
-    compress: common.Compress = "auto",
-    rejects: common.Rejects = None,
-    on_error: common.OnError = "fail",
-    stats: common.Stats = None,
-    quiet: common.Quiet = False,
-    debug: common.Debug = False,
 ) -> None:
     """Tokenize responses with the student's chat template and pack them into sequences.
 
@@ -76,18 +70,15 @@ def pack_command(
     (best-fit decreasing needs every length), keeping the tokens in a temporary store in
     $TMPDIR (4 bytes per token) and only per-sample lengths and ids in memory.
     """
-    options = {"cutoff_len": cutoff_len, "tokenizer": tokenizer, "pack": pack,
-               "system_prompt": system_prompt, "workers": workers}
-    shared = common.Common(inputs=inputs, output=output, compress=compress, quiet=quiet,
-                           stats=stats, rejects=rejects, on_error=on_error, debug=debug,
-                           options=options)
+    shared.options = {"cutoff_len": cutoff_len, "tokenizer": tokenizer, "pack": pack,
+                      "system_prompt": system_prompt, "workers": workers}
 
     def body(session: common.Session) -> None:
-        from dasd_cli.model.load import load_tokenizer, resolve_model
+        from dasd_cli.model.load import load_tokenizer, resolve_tokenizer
         from dasd_cli.core.chat import tokenizer_fingerprint
         from dasd_cli.workers import default_workers
 
-        tokenizer_path = str(resolve_model(tokenizer))
+        tokenizer_path = str(resolve_tokenizer(tokenizer))
         tok = load_tokenizer(tokenizer_path)
         fingerprint = tokenizer_fingerprint(tok)
         started = time.perf_counter()

@@ -20,14 +20,16 @@ from dasd_cli.core.sampling import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, Plan
 from dasd_cli.errors import UsageError
 
 
+@common.shared_options(seed=True, shard=True)
 def sample_command(
-    inputs: common.Inputs = None,
+    shared: common.Common,
     model: Annotated[Optional[str], typer.Option(
         "--model", metavar="PATH|NAME", help="Teacher: a local transformers folder or .gguf file "
         "(hf, vllm), or the served model name (openai). Default: the embedded "
         "SmolLM2-135M-Instruct.", show_default=False)] = None,
-    backend: Annotated[str, typer.Option("--backend", metavar="|".join(BACKENDS),
-                                         help="Model access: hf (transformers), vllm, openai (HTTP).")] = "hf",
+    backend: Annotated[common.choice(*BACKENDS), typer.Option(
+        "--backend", metavar="|".join(BACKENDS),
+        help="Model access: hf (transformers), vllm, openai (HTTP).")] = "hf",
     n: Annotated[int, typer.Option("-n", "--num-samples", min=1, help="Samples per prompt and temperature.")] = 1,
     temperature: Annotated[Optional[list[float]], typer.Option(
         "--temperature", "-t", metavar="T", help="Sampling temperature; repeat to sample each in one "
@@ -50,13 +52,13 @@ def sample_command(
         "--system-prompt", metavar="TEXT", help="System turn added where a record has none; "
         "written into each record's messages, so later commands need no flag.",
         show_default=False)] = None,
-    shard: common.Shard = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="With -o (plain .jsonl): keep the records already there, sample only the "
         "missing ids, append each record as it completes.")] = False,
-    dtype: Annotated[str, typer.Option("--dtype", metavar="auto|bf16|fp16|fp32",
-                                       help="hf/vllm weights dtype (auto: bf16 where fast).")] = "auto",
-    device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="hf device.")] = "auto",
+    dtype: Annotated[common.choice("auto", "bf16", "fp16", "fp32"), typer.Option(
+        "--dtype", metavar="auto|bf16|fp16|fp32", help="hf/vllm weights dtype (auto: bf16 where fast).")] = "auto",
+    device: Annotated[common.choice("auto", "cpu", "cuda"), typer.Option(
+        "--device", metavar="auto|cpu|cuda", help="hf device.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="hf: sequences per batch.")] = 16,
     tensor_parallel_size: Annotated[int, typer.Option(
         "--tensor-parallel-size", min=1, help="vllm: GPUs per model.")] = 1,
@@ -65,8 +67,8 @@ def sample_command(
     base_url: Annotated[Optional[str], typer.Option(
         "--base-url", metavar="URL", help="openai: server URL, e.g. http://127.0.0.1:8000/v1.",
         show_default=False)] = None,
-    endpoint: Annotated[str, typer.Option("--endpoint", metavar="chat|completions",
-                                          help="openai: which API to call.")] = "chat",
+    endpoint: Annotated[common.choice("chat", "completions"), typer.Option(
+        "--endpoint", metavar="chat|completions", help="openai: which API to call.")] = "chat",
     api_key_env: Annotated[str, typer.Option(
         "--api-key-env", metavar="VAR", help="openai: environment variable holding the API key "
         "(never logged or written).")] = "OPENAI_API_KEY",
@@ -75,16 +77,9 @@ def sample_command(
     timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS", min=0.1,
                                            help="openai: socket timeout per attempt.")] = 600.0,
     tokenizer: Annotated[Optional[str], typer.Option(
-        "--tokenizer", metavar="PATH", help="openai: local tokenizer for the completions endpoint and "
-        "--max-tokens-ratio (default: the embedded default model's).", show_default=False)] = None,
-    seed: common.Seed = common.DEFAULT_SEED,
-    output: common.Output = None,
-    compress: common.Compress = "auto",
-    rejects: common.Rejects = None,
-    on_error: common.OnError = "fail",
-    stats: common.Stats = None,
-    quiet: common.Quiet = False,
-    debug: common.Debug = False,
+        "--tokenizer", metavar="PATH", help="openai: local tokenizer (a model or tokenizer folder, or a "
+        ".gguf file) for the completions endpoint and --max-tokens-ratio (default: the embedded "
+        "default model's).", show_default=False)] = None,
 ) -> None:
     """Sample teacher responses with raw log-probs: one record per sample.
 
@@ -96,10 +91,9 @@ def sample_command(
     options = {"model": model, "backend": backend, "n": n, "temperature": temperatures,
                "top_p": top_p, "max_tokens": max_tokens, "max_tokens_ratio": max_tokens_ratio,
                "continue": continue_, "cut_min": cut_min, "system_prompt": system_prompt,
-               "shard": shard, "resume": resume}
-    shared = common.Common(inputs=inputs, output=output, compress=compress, quiet=quiet, seed=seed,
-                           stats=stats, rejects=rejects, on_error=on_error, debug=debug,
-                           options=options)
+               "shard": shared.shard, "resume": resume}
+    shared.options = options
+    seed, output, compress, quiet = shared.seed, shared.output, shared.compress, shared.quiet
     backend_options = {"model": model, "dtype": dtype, "device": device, "batch_size": batch_size,
                        "tensor_parallel_size": tensor_parallel_size, "seed": seed,
                        "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
@@ -116,7 +110,7 @@ def sample_command(
         if continue_ and max_tokens_ratio is not None:
             raise UsageError("--continue and --max-tokens-ratio are separate steps",
                              hint="cap the student with --max-tokens-ratio, then continue with --continue")
-        shard_of = common.parse_shard(shard)
+        shard_of = common.parse_shard(shared.shard)
         done: set[str] = set()
         if resume:
             if output is None or output == "-":

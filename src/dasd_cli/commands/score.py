@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from dasd_cli import io
-from dasd_cli.backends.base import ScoreRequest, check_backend_name
+from dasd_cli.backends.base import BACKENDS, ScoreRequest, check_backend_name
 from dasd_cli.commands import common
 from dasd_cli.core.chat import prompt_messages, response_text
 from dasd_cli.core.das import DEFAULT_ALPHA, DEFAULT_BETA, TokenLogprobs, analyze, das_record, teacher_tokens
@@ -24,8 +24,9 @@ from dasd_cli.errors import RecordError, UsageError
 WINDOW = 128  # records scored together: room to sort by length, output still in input order
 
 
+@common.shared_options(shard=True)
 def score_command(
-    inputs: common.Inputs = None,
+    shared: common.Common,
     model: Annotated[Optional[str], typer.Option(
         "--model", metavar="PATH", help="The STUDENT (before distillation): a model folder or .gguf "
         "file (default: the embedded default model).", show_default=False)] = None,
@@ -38,12 +39,13 @@ def score_command(
     alpha: Annotated[float, typer.Option(
         "--alpha", min=0.0, help="With --distilled: a shared sentence is boosted when p_D exceeds "
         "both p_T and p_S by more than this.")] = DEFAULT_ALPHA,
-    backend: Annotated[str, typer.Option(
+    backend: Annotated[common.choice(*BACKENDS), typer.Option(  # openai: refused with a hint
         "--backend", metavar="hf|vllm", help="Model access for the student forward pass.")] = "hf",
-    dtype: Annotated[str, typer.Option(
+    dtype: Annotated[common.choice("auto", "bf16", "fp16", "fp32"), typer.Option(
         "--dtype", metavar="auto|bf16|fp16|fp32", help="Student weights and activations "
         "(auto: bf16 where the hardware runs it fast).")] = "auto",
-    device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where the student runs.")] = "auto",
+    device: Annotated[common.choice("auto", "cpu", "cuda"), typer.Option(
+        "--device", metavar="auto|cpu|cuda", help="Where the student runs.")] = "auto",
     batch_tokens: Annotated[int, typer.Option(
         "--batch-tokens", min=1, metavar="N", help="Tokens per forward pass (hf: responses packed "
         "without padding, longest first; vllm: tokens per engine call).")] = 16384,
@@ -65,14 +67,6 @@ def score_command(
     plot: Annotated[Optional[str], typer.Option(
         "--plot", metavar="FILE.png", help="Write histograms of response p_teacher per teacher "
         "temperature and of p_student.", show_default=False)] = None,
-    shard: common.Shard = None,
-    output: common.Output = None,
-    compress: common.Compress = "auto",
-    rejects: common.Rejects = None,
-    on_error: common.OnError = "fail",
-    stats: common.Stats = None,
-    quiet: common.Quiet = False,
-    debug: common.Debug = False,
 ) -> None:
     """Score teacher responses sentence by sentence against a student (DAS).
 
@@ -80,6 +74,7 @@ def score_command(
     model are not scored again (so --explain and --plot read scored files without a
     model). Records keep their input order.
     """
+    output, shard = shared.output, shared.shard
     html_page = explain and output is not None and output.endswith((".html", ".htm"))
     # On a terminal, --explain's view replaces the records (raw JSON would bury it).
     show_only = explain and (html_page or (output is None and sys.stdout.isatty()))
@@ -88,9 +83,9 @@ def score_command(
                "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
                "keep_token_logprobs": keep_token_logprobs, "system_prompt": system_prompt,
                "explain": explain, "limit": limit, "plot": plot, "shard": shard}
-    shared = common.Common(inputs=inputs, output=None if html_page else output, compress=compress,
-                           quiet=quiet, stats=stats, rejects=rejects, on_error=on_error, debug=debug,
-                           options=options)
+    shared.options = options
+    if html_page:
+        shared.output = None  # the page is written by the body; no records go out
 
     def body(session: common.Session) -> None:
         check_backend_name(backend)

@@ -19,11 +19,13 @@ from dasd_cli.commands import common
 from dasd_cli.core.train import loss as loss_core
 from dasd_cli.errors import UsageError
 
-ATTN_CHOICES = "auto|segmented|sdpa|eager|flash_attention_2"
+ATTN_CHOICES = ("auto", "segmented", "sdpa", "eager", "flash_attention_2")
+DTYPE_CHOICES = ("auto", "bf16", "fp32")
 
 
+@common.shared_options(seed=True)
 def train_command(
-    inputs: common.Inputs = None,
+    shared: common.Common,
     data: Annotated[Optional[list[str]], typer.Option(
         "--data", metavar="PATH", show_default=False,
         help="Packed records to train on (repeatable; same as FILE arguments, read first).")] = None,
@@ -53,11 +55,11 @@ def train_command(
     adam_eps: Annotated[float, typer.Option("--adam-eps", help="AdamW epsilon.")] = 1e-8,
     grad_clip: Annotated[float, typer.Option(
         "--grad-clip", help="Clip the global gradient norm to this (0: no clipping).")] = 1.0,
-    dtype: Annotated[str, typer.Option(
-        "--dtype", metavar="auto|bf16|fp32",
+    dtype: Annotated[common.choice(*DTYPE_CHOICES), typer.Option(
+        "--dtype", metavar="|".join(DTYPE_CHOICES),
         help="Compute dtype: auto is bf16 where the hardware runs it fast, else fp32.")] = "auto",
-    attn: Annotated[str, typer.Option(
-        "--attn", metavar=ATTN_CHOICES,
+    attn: Annotated[common.choice(*ATTN_CHOICES), typer.Option(
+        "--attn", metavar="|".join(ATTN_CHOICES),
         help="Attention backend; auto is flash_attention_2 on a GPU that has it, else segmented "
         "(causal sdpa per packed sample). sdpa and eager use a block-diagonal mask. Packed "
         "samples are isolated on every one.")] = "auto",
@@ -100,14 +102,6 @@ def train_command(
     plot: Annotated[Optional[str], typer.Option(
         "--plot", metavar="PATH", show_default=False,
         help="Write a plot of loss and learning rate against step (e.g. loss.png).")] = None,
-    output: common.Output = None,
-    compress: common.Compress = "auto",
-    seed: common.Seed = 42,
-    stats: common.Stats = None,
-    rejects: common.Rejects = None,
-    on_error: common.OnError = "fail",
-    quiet: common.Quiet = False,
-    debug: common.Debug = False,
     local_rank: Annotated[Optional[int], typer.Option(
         "--local_rank", "--local-rank", hidden=True,
         help="Set by the deepspeed launcher (LOCAL_RANK is read from the environment).")] = None,
@@ -116,19 +110,20 @@ def train_command(
 
     Each packed sample attends only to itself; the loss is the mean over all target
     tokens of a global batch. Checkpoints go to OUT/checkpoint-STEP, the final model
-    (with its tokenizer) to OUT.
+    (with its tokenizer) to OUT. The metrics are plain JSONL, also on a pipe; compressed
+    only with -o FILE.zst/.gz or --compress zstd/gzip.
     """
     from dasd_cli.training import distributed as dist_util
 
     ranks = dist_util.ranks_from_env()
-    options = {k: v for k, v in locals().items()
-               if k not in ("inputs", "output", "compress", "seed", "stats", "rejects", "on_error",
-                            "quiet", "debug", "local_rank", "dist_util", "ranks")}
-    files = (data or []) + (inputs or [])
-    shared = common.Common(inputs=files or None, output=output if ranks.is_main else None,
-                           compress=compress, quiet=quiet or not ranks.is_main, seed=seed,
-                           stats=stats if ranks.is_main else None, rejects=rejects,
-                           on_error=on_error, debug=debug, options=options)
+    options = {k: v for k, v in locals().items() if k not in ("shared", "local_rank", "dist_util", "ranks")}
+    files = (data or []) + (shared.inputs or [])
+    shared.inputs, shared.options = files or None, options
+    if not ranks.is_main:  # rank 0 alone writes metrics, stats and the summary
+        shared.output, shared.stats, shared.quiet = None, None, True
+    if shared.compress == "auto" and shared.output in (None, "-"):
+        shared.compress = "none"  # a small log for people and plotting tools, not a data stream
+    seed = shared.seed
     dist_util.claim_stdout(ranks)
 
     def body(session: common.Session) -> None:
@@ -183,8 +178,6 @@ def train_command(
 def _config(out: Path, options: dict[str, Any], seed: int) -> Any:
     from dasd_cli.training.recipe import TrainConfig
 
-    if options["dtype"] not in ("auto", "bf16", "fp32"):
-        raise UsageError(f"--dtype must be auto, bf16 or fp32, not {options['dtype']!r}")
     if options["init_from"] and options["resume"]:
         raise UsageError("--init-from starts a new stage; --resume continues one: pick one")
     return TrainConfig(

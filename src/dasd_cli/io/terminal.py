@@ -53,3 +53,39 @@ def route_library_logging_to_stderr() -> None:
         for handler in list(logger.handlers):
             if getattr(handler, "stream", None) is sys.stdout:
                 handler.setStream(sys.stderr)  # type: ignore[attr-defined]
+
+
+class _ErrorsOnly:
+    """A logging filter that lets only errors through."""
+
+    @staticmethod
+    def filter(record: Any) -> bool:
+        import logging
+
+        return record.levelno >= logging.ERROR
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter off stderr (what --debug lets through): DeepSpeed's logger
+    (its "Setting accelerator to CPU" warning, logged while it is imported), transformers'
+    warnings, and the tqdm bars of transformers, huggingface_hub and GGUF conversion.
+    Errors still show. Call before the libraries are imported; a variable the user set
+    is left alone."""
+    import logging
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # every tqdm bar; dasd draws its own with rich
+    # DeepSpeed resets its logger's level and handlers when imported; a filter survives that.
+    deepspeed_logger = logging.getLogger("DeepSpeed")
+    if not any(isinstance(f, _ErrorsOnly) for f in deepspeed_logger.filters):
+        deepspeed_logger.addFilter(_ErrorsOnly())
+    if "transformers.utils.logging" in sys.modules:  # imported already: the variables are read
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()

