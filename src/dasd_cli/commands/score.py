@@ -7,21 +7,17 @@ student), typed teacher / shared / student; ``das.score`` is the teacher-sentenc
 
 from __future__ import annotations
 
-import itertools
 import sys
-from collections.abc import Iterator
 from typing import Annotated, Any, Optional
 
 import typer
 
 from dasd_cli import io
-from dasd_cli.backends.base import ScoreRequest, check_backend_name
+from dasd_cli.backends.base import check_backend_name
 from dasd_cli.commands import common
-from dasd_cli.core.chat import prompt_messages, response_text
-from dasd_cli.core.das import DEFAULT_ALPHA, DEFAULT_BETA, TokenLogprobs, analyze, das_record, teacher_tokens
-from dasd_cli.errors import RecordError, UsageError
-
-WINDOW = 128  # records scored together: room to sort by length, output still in input order
+from dasd_cli.core.das import DEFAULT_ALPHA, DEFAULT_BETA
+from dasd_cli.errors import UsageError
+from dasd_cli.pipeline.scoring import Scorer, ScoreSettings, windows
 
 
 def score_command(
@@ -85,6 +81,10 @@ def score_command(
                "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
                "keep_token_logprobs": keep_token_logprobs, "system_prompt": system_prompt,
                "explain": explain, "limit": limit, "plot": plot, "shard": shard}
+    settings = ScoreSettings(model=model, distilled=distilled, beta=beta, alpha=alpha, backend=backend,
+                             dtype=dtype, device=device, batch_tokens=batch_tokens,
+                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                             keep_token_logprobs=keep_token_logprobs, system_prompt=system_prompt)
     shared = common.Common(inputs=inputs, output=None if html_page else output, compress=compress,
                            quiet=quiet, stats=stats, rejects=rejects, on_error=on_error, debug=debug,
                            options=options)
@@ -94,17 +94,15 @@ def score_command(
         if backend == "openai":
             raise UsageError("--backend openai cannot score: it has no teacher-forced log-probs",
                              hint="use --backend hf or vllm")
-        scorer = _Scorer(model, distilled, backend=backend, dtype=dtype, device=device,
-                         batch_tokens=batch_tokens, gpu_memory_utilization=gpu_memory_utilization,
-                         max_model_len=max_model_len, beta=beta, alpha=alpha,
-                         keep_token_logprobs=keep_token_logprobs, system_prompt=system_prompt)
+        scorer = Scorer(settings)
         shown: list[dict[str, Any]] = []
         points: list[tuple[Any, Any, Any]] = []
         session.tally.extra.update({"sentences": 0, "teacher_sentences": 0, "merged_sentences": 0})
         try:
             # Showing only (no records out, no plot): read no more than what is shown.
             stop_after = limit if show_only and not plot else None
-            for record in scorer.run(session, _windows(session, stop_after, common.parse_shard(shard))):
+            lines = session.records(shard=common.parse_shard(shard))
+            for record in scorer.run(session, windows(lines, stop_after)):
                 das = record["das"]
                 session.tally.extra["sentences"] += len(das["sentences"])
                 session.tally.extra["teacher_sentences"] += das["score"]
@@ -139,106 +137,3 @@ def score_command(
 
     common.run_command("score", shared, body, writes_records=not show_only)
 
-
-def _windows(session: common.Session, stop_after: int | None = None,
-             shard: tuple[int, int] | None = None) -> Iterator[list[io.Line]]:
-    window: list[io.Line] = []
-    for line in itertools.islice(session.records(shard=shard), stop_after):
-        window.append(line)
-        if len(window) >= WINDOW:
-            yield window
-            window = []
-    if window:
-        yield window
-
-
-class _Scorer:
-    """Loads the student (and distilled) model on first need; scores windows of records."""
-
-    def __init__(self, model: str | None, distilled: str | None, **settings: Any) -> None:
-        from dasd_cli.model.load import model_name
-
-        self.specs = [model] + ([distilled] if distilled is not None else [])
-        self.names = [model_name(spec) for spec in self.specs]
-        self.settings = settings
-        self.backends: list[Any] = []
-        self.merged = 0
-
-    def _backends(self) -> list[Any]:
-        if not self.backends:
-            self.backends = [_open_backend(spec, **self.settings) for spec in self.specs]
-        return self.backends
-
-    def _reusable(self, record: dict[str, Any]) -> bool:
-        das = record.get("das")
-        s = self.settings
-        return (isinstance(das, dict) and das.get("student") == self.names[0] and das.get("beta") == s["beta"]
-                and das.get("distilled") == (self.names[1] if len(self.names) > 1 else None)
-                and (not s["keep_token_logprobs"] or "student_logprobs" in das))
-
-    def run(self, session: common.Session, windows: Iterator[list[io.Line]]) -> Iterator[dict[str, Any]]:
-        """Scored records of every window, in input order; bad records go to the session."""
-        for window in windows:
-            todo: dict[str, tuple[dict[str, Any], TokenLogprobs, int]] = {}
-            requests = []
-            ready: list[tuple[io.Line, dict[str, Any] | None]] = []
-            for line in window:
-                record = line.record
-                if self._reusable(record):
-                    ready.append((line, record))
-                    continue
-                try:
-                    response = response_text(record)
-                    teacher, start = teacher_tokens(record, response)
-                    messages = prompt_messages(record, self.settings["system_prompt"])
-                except RecordError as err:
-                    session.bad_record(line, err)
-                    continue
-                key = str(len(requests))
-                todo[key] = (record, teacher, start)
-                requests.append(ScoreRequest(key, messages, response))
-                ready.append((line, None))
-            results = [dict() for _ in self.specs]
-            if requests:
-                for backend, into in zip(self._backends(), results):
-                    for scored in backend.score(requests):
-                        into[scored.key] = scored
-            keys = iter(range(len(requests)))
-            for line, record in ready:
-                if record is None:
-                    record = self._finish(todo, str(next(keys)), results)
-                yield record
-
-    def _finish(self, todo: dict[str, Any], key: str, results: list[dict[str, Any]]) -> dict[str, Any]:
-        record, teacher, start = todo[key]
-        s = self.settings
-        models = [TokenLogprobs(r[key].logprobs, r[key].offsets) for r in results]
-        analysis = analyze(record["response"], teacher, models[0], beta=s["beta"], start=start,
-                           distilled=models[1] if len(models) > 1 else None, alpha=s["alpha"])
-        self.merged += analysis.merged
-        das = das_record(analysis, student=self.names[0], beta=s["beta"],
-                         distilled=self.names[1] if len(self.names) > 1 else None,
-                         alpha=s["alpha"] if len(self.names) > 1 else None)
-        if s["keep_token_logprobs"]:
-            das["student_logprobs"] = [round(x, 5) for x in models[0].logprobs]
-            das["student_offsets"] = list(models[0].offsets)
-        record["das"] = das
-        return record
-
-    def close(self) -> None:
-        for backend in self.backends:
-            backend.close()
-
-
-def _open_backend(spec: str | None, *, backend: str, dtype: str, device: str, batch_tokens: int,
-                  gpu_memory_utilization: float, max_model_len: int | None, **_: Any) -> Any:
-    if backend == "vllm":
-        from dasd_cli.backends.vllm import VLLMBackend
-
-        scorer = VLLMBackend(spec, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                             max_model_len=max_model_len)
-        scorer.batch_tokens = batch_tokens
-        return scorer
-    from dasd_cli.backends.hf import HFBackend
-
-    return HFBackend(spec, dtype=dtype, device=device, batch_tokens=batch_tokens)

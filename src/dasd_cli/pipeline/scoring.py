@@ -1,0 +1,150 @@
+"""Scoring records with a student (and optionally a distilled student): ``dasd score``'s driver.
+
+:class:`Scorer` loads the backends on first need, turns each window of records into
+teacher-forced score requests, and adds the ``das`` object (DESIGN.md "Score") to each
+record; a record that already carries a matching ``das`` is passed through unscored.
+Bad records go to the caller's session (:class:`BadRecordSink`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dasd_cli import io
+from dasd_cli.backends.base import ScoreRequest
+from dasd_cli.core.chat import prompt_messages, response_text
+from dasd_cli.core.das import DEFAULT_ALPHA, DEFAULT_BETA, TokenLogprobs, analyze, das_record, teacher_tokens
+from dasd_cli.errors import RecordError
+
+WINDOW = 128  # records scored together: room to sort by length, output still in input order
+
+
+class BadRecordSink(Protocol):
+    """Where a record the scorer cannot use goes (a command's session)."""
+
+    def bad_record(self, line: io.Line, err: RecordError) -> None: ...
+
+
+@dataclass
+class ScoreSettings:
+    """How to score: the models, the margins and the backend's settings."""
+
+    model: str | None = None  # the student: a folder, a .gguf file, None for the embedded default
+    distilled: str | None = None  # the distilled student (provenance analysis), or None
+    beta: float = DEFAULT_BETA
+    alpha: float = DEFAULT_ALPHA
+    backend: str = "hf"
+    dtype: str = "auto"
+    device: str = "auto"
+    batch_tokens: int = 16384
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    keep_token_logprobs: bool = False
+    system_prompt: str | None = None
+
+
+def windows(lines: Iterable[io.Line], stop_after: int | None = None) -> Iterator[list[io.Line]]:
+    """``lines`` in lists of WINDOW (the first ``stop_after`` lines only, when given)."""
+    window: list[io.Line] = []
+    for line in itertools.islice(lines, stop_after):
+        window.append(line)
+        if len(window) >= WINDOW:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+class Scorer:
+    """Loads the student (and distilled) model on first need; scores windows of records."""
+
+    def __init__(self, settings: ScoreSettings) -> None:
+        from dasd_cli.model.load import model_name
+
+        self.settings = settings
+        self.specs = [settings.model] + ([settings.distilled] if settings.distilled is not None else [])
+        self.names = [model_name(spec) for spec in self.specs]
+        self.backends: list[Any] = []
+        self.merged = 0  # sentences merged into a neighbour (core/das.py), over the run
+
+    def _backends(self) -> list[Any]:
+        if not self.backends:
+            self.backends = [open_backend(spec, self.settings) for spec in self.specs]
+        return self.backends
+
+    def _reusable(self, record: dict[str, Any]) -> bool:
+        das = record.get("das")
+        s = self.settings
+        return (isinstance(das, dict) and das.get("student") == self.names[0] and das.get("beta") == s.beta
+                and das.get("distilled") == (self.names[1] if len(self.names) > 1 else None)
+                and (not s.keep_token_logprobs or "student_logprobs" in das))
+
+    def run(self, sink: BadRecordSink, windows: Iterable[list[io.Line]]) -> Iterator[dict[str, Any]]:
+        """Scored records of every window, in input order; bad records go to ``sink``."""
+        for window in windows:
+            todo: dict[str, tuple[dict[str, Any], TokenLogprobs, int]] = {}
+            requests = []
+            ready: list[tuple[io.Line, dict[str, Any] | None]] = []
+            for line in window:
+                record = line.record
+                if self._reusable(record):
+                    ready.append((line, record))
+                    continue
+                try:
+                    response = response_text(record)
+                    teacher, start = teacher_tokens(record, response)
+                    messages = prompt_messages(record, self.settings.system_prompt)
+                except RecordError as err:
+                    sink.bad_record(line, err)
+                    continue
+                key = str(len(requests))
+                todo[key] = (record, teacher, start)
+                requests.append(ScoreRequest(key, messages, response))
+                ready.append((line, None))
+            results: list[dict[str, Any]] = [dict() for _ in self.specs]
+            if requests:
+                for backend, into in zip(self._backends(), results):
+                    for scored in backend.score(requests):
+                        into[scored.key] = scored
+            keys = iter(range(len(requests)))
+            for line, record in ready:
+                if record is None:
+                    record = self._finish(todo, str(next(keys)), results)
+                yield record
+
+    def _finish(self, todo: dict[str, Any], key: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+        record, teacher, start = todo[key]
+        s = self.settings
+        models = [TokenLogprobs(r[key].logprobs, r[key].offsets) for r in results]
+        analysis = analyze(record["response"], teacher, models[0], beta=s.beta, start=start,
+                           distilled=models[1] if len(models) > 1 else None, alpha=s.alpha)
+        self.merged += analysis.merged
+        das = das_record(analysis, student=self.names[0], beta=s.beta,
+                         distilled=self.names[1] if len(self.names) > 1 else None,
+                         alpha=s.alpha if len(self.names) > 1 else None)
+        if s.keep_token_logprobs:
+            das["student_logprobs"] = [round(x, 5) for x in models[0].logprobs]
+            das["student_offsets"] = list(models[0].offsets)
+        record["das"] = das
+        return record
+
+    def close(self) -> None:
+        for backend in self.backends:
+            backend.close()
+
+
+def open_backend(spec: str | None, settings: ScoreSettings) -> Any:
+    """The scoring backend of one model spec (hf or vllm)."""
+    if settings.backend == "vllm":
+        from dasd_cli.backends.vllm import VLLMBackend
+
+        scorer = VLLMBackend(spec, dtype=settings.dtype, gpu_memory_utilization=settings.gpu_memory_utilization,
+                             max_model_len=settings.max_model_len)
+        scorer.batch_tokens = settings.batch_tokens
+        return scorer
+    from dasd_cli.backends.hf import HFBackend
+
+    return HFBackend(spec, dtype=settings.dtype, device=settings.device, batch_tokens=settings.batch_tokens)
