@@ -76,6 +76,56 @@ def test_scored_records_pass_through_and_explain_without_a_model(cli, tmp_path):
     assert code == 0 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def fake_model(folder: Path, weights: bytes) -> Path:
+    """A model folder as far as the cache key goes (config and a weights file)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors").write_bytes(weights)
+    return folder
+
+
+def test_reuse_is_keyed_on_model_content_and_beta(cli, tmp_path):
+    """A stored das is reused only for the same model content and beta; the folder's name
+    does not count. The record has no teacher log-probs, so scoring it again is an error:
+    exit 0 means the das was reused, exit 1 that score tried to score."""
+    from dasd_cli.model.load import model_key
+
+    quick = fake_model(tmp_path / "quick" / "student", b"weights of the quick run")
+    full = fake_model(tmp_path / "full" / "student", b"weights of the full run")
+    assert model_key(str(quick)) != model_key(str(full))
+    record = scored_record(0)
+    del record["teacher"]
+    record["das"] |= {"student": "student", "student_key": model_key(str(quick))}
+    data = to_jsonl([record])
+    code, out, err = cli(["score", "--model", str(quick), "-"], stdin=data)
+    assert code == 0, err
+    assert parse_records(out) == [record]
+    code, _, err = cli(["score", "--model", str(full), "-"], stdin=data)  # same name, other weights
+    assert code == 1 and "teacher.logprobs" in err
+    code, _, err = cli(["score", "--model", str(quick), "--beta", "0.05", "-"], stdin=data)
+    assert code == 1 and "teacher.logprobs" in err
+    old = scored_record(0)  # scored before das.student_key existed: its name alone is no proof
+    del old["teacher"]
+    old["das"]["student"] = "student"
+    code, _, err = cli(["score", "--model", str(quick), "-"], stdin=to_jsonl([old]))
+    assert code == 1 and "teacher.logprobs" in err
+
+
+def test_model_key_follows_content_not_name_or_mtime(tmp_path):
+    from dasd_cli.model.load import model_key
+
+    a = fake_model(tmp_path / "a" / "m", b"x" * 100)
+    b = fake_model(tmp_path / "b" / "m", b"x" * 100)
+    assert model_key(str(a)) == model_key(str(b))  # same content, other place
+    os.utime(b / "model.safetensors", (0, 0))
+    assert model_key(str(a)) == model_key(str(b))
+    (b / "model.safetensors").write_bytes(b"x" * 99 + b"y")
+    assert model_key(str(a)) != model_key(str(b))
+    (b / "model.safetensors").write_bytes(b"x" * 100)
+    (b / "config.json").write_text('{"model_type": "qwen2"}')
+    assert model_key(str(a)) != model_key(str(b))
+
+
 # ------------------------------------------------------------------ the real run (slow)
 
 PROMPTS = ["What is 12 + 7? Answer briefly.", "Name the capital of France in one sentence.",

@@ -172,11 +172,15 @@ def _r(value: float) -> float | None:
 
 
 def das_record(analysis: Analysis, *, student: str, beta: float, distilled: str | None = None,
-               alpha: float | None = None) -> dict[str, Any]:
+               alpha: float | None = None, student_key: str | None = None,
+               distilled_key: str | None = None) -> dict[str, Any]:
     """The ``das`` object of a scored record, exactly as DESIGN.md specifies.
 
-    With a distilled student it also carries ``distilled``, ``alpha``, ``p_distilled``,
-    ``counts.boosted`` and a ``p_distilled`` per sentence.
+    ``student`` is the model's name for people; ``student_key`` (when given) the
+    fingerprint of its content, on which a later run decides whether it may reuse the
+    scores. With a distilled student it also carries ``distilled`` (and
+    ``distilled_key``), ``alpha``, ``p_distilled``, ``counts.boosted`` and a
+    ``p_distilled`` per sentence.
     """
     has_d = distilled is not None
     sentences = []
@@ -188,11 +192,13 @@ def das_record(analysis: Analysis, *, student: str, beta: float, distilled: str 
         row["type"] = analysis.types[i]
         sentences.append(row)
     das: dict[str, Any] = {
-        "student": student, "beta": beta, "counts": dict(analysis.counts), "score": analysis.score,
+        "student": student, **({"student_key": student_key} if student_key is not None else {}),
+        "beta": beta, "counts": dict(analysis.counts), "score": analysis.score,
         "p_teacher": _r(analysis.p_response[0]), "p_student": _r(analysis.p_response[1]),
     }
     if has_d:
-        das.update({"distilled": distilled, "alpha": alpha, "p_distilled": _r(analysis.p_response[2])})
+        das.update({"distilled": distilled, **({"distilled_key": distilled_key} if distilled_key is not None else {}),
+                    "alpha": alpha, "p_distilled": _r(analysis.p_response[2])})
     das["sentences"] = sentences
     return das
 

@@ -62,11 +62,12 @@ class Scorer:
     """Loads the student (and distilled) model on first need; scores windows of records."""
 
     def __init__(self, settings: ScoreSettings) -> None:
-        from dasd_cli.model.load import model_name
+        from dasd_cli.model.load import model_key, model_name
 
         self.settings = settings
         self.specs = [settings.model] + ([settings.distilled] if settings.distilled is not None else [])
         self.names = [model_name(spec) for spec in self.specs]
+        self.keys = [model_key(spec) for spec in self.specs]  # what reuse is decided on
         self.backends: list[Any] = []
         self.merged = 0  # sentences merged into a neighbour (core/das.py), over the run
 
@@ -76,11 +77,18 @@ class Scorer:
         return self.backends
 
     def _reusable(self, record: dict[str, Any]) -> bool:
+        """The record's das was scored by these very models (by content, not by name) with
+        this beta (and alpha), and holds what this run writes."""
         das = record.get("das")
         s = self.settings
-        return (isinstance(das, dict) and das.get("student") == self.names[0] and das.get("beta") == s.beta
-                and das.get("distilled") == (self.names[1] if len(self.names) > 1 else None)
-                and (not s.keep_token_logprobs or "student_logprobs" in das))
+        if not isinstance(das, dict) or das.get("student_key") != self.keys[0] or das.get("beta") != s.beta:
+            return False
+        if len(self.keys) > 1:
+            if das.get("distilled_key") != self.keys[1] or das.get("alpha") != s.alpha:
+                return False
+        elif "distilled" in das:
+            return False
+        return not s.keep_token_logprobs or "student_logprobs" in das
 
     def run(self, sink: BadRecordSink, windows: Iterable[list[io.Line]]) -> Iterator[dict[str, Any]]:
         """Scored records of every window, in input order; bad records go to ``sink``."""
@@ -122,9 +130,11 @@ class Scorer:
         analysis = analyze(record["response"], teacher, models[0], beta=s.beta, start=start,
                            distilled=models[1] if len(models) > 1 else None, alpha=s.alpha)
         self.merged += analysis.merged
-        das = das_record(analysis, student=self.names[0], beta=s.beta,
-                         distilled=self.names[1] if len(self.names) > 1 else None,
-                         alpha=s.alpha if len(self.names) > 1 else None)
+        has_distilled = len(self.names) > 1
+        das = das_record(analysis, student=self.names[0], beta=s.beta, student_key=self.keys[0],
+                         distilled=self.names[1] if has_distilled else None,
+                         alpha=s.alpha if has_distilled else None,
+                         distilled_key=self.keys[1] if has_distilled else None)
         if s.keep_token_logprobs:
             das["student_logprobs"] = [round(x, 5) for x in models[0].logprobs]
             das["student_offsets"] = list(models[0].offsets)
