@@ -94,7 +94,7 @@ def test_reuse_is_keyed_on_model_content_and_beta(cli, tmp_path):
     full = fake_model(tmp_path / "full" / "student", b"weights of the full run")
     assert model_key(str(quick)) != model_key(str(full))
     record = scored_record(0)
-    del record["teacher"]
+    record["teacher"] = {"logprobs_mode": "raw"}
     record["das"] |= {"student": "student", "student_key": model_key(str(quick))}
     data = to_jsonl([record])
     code, out, err = cli(["score", "--model", str(quick), "-"], stdin=data)
@@ -105,10 +105,46 @@ def test_reuse_is_keyed_on_model_content_and_beta(cli, tmp_path):
     code, _, err = cli(["score", "--model", str(quick), "--beta", "0.05", "-"], stdin=data)
     assert code == 1 and "teacher.logprobs" in err
     old = scored_record(0)  # scored before das.student_key existed: its name alone is no proof
-    del old["teacher"]
+    old["teacher"] = {"logprobs_mode": "raw"}
     old["das"]["student"] = "student"
     code, _, err = cli(["score", "--model", str(quick), "-"], stdin=to_jsonl([old]))
     assert code == 1 and "teacher.logprobs" in err
+
+
+def test_teacher_logprobs_must_be_raw_unless_accepted(cli, tmp_path):
+    """processed, unknown and missing logprobs_mode are bad records (named FILE:LINE, with the
+    flag in the hint) until --accept-logprobs names them; reuse does not bypass the check."""
+    from dasd_cli.model.load import model_key
+
+    student = fake_model(tmp_path / "student", b"weights")
+    good = scored_record(0)
+    good["das"]["student_key"] = model_key(str(student))
+    processed = scored_record(1)
+    processed["das"]["student_key"] = good["das"]["student_key"]
+    processed["teacher"]["logprobs_mode"] = "processed"
+    missing = scored_record(2)
+    missing["das"]["student_key"] = good["das"]["student_key"]
+    del missing["teacher"]["logprobs_mode"]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(to_jsonl([good, processed, missing]))
+    code, out, err = cli(["score", "--model", str(student), str(path)])
+    assert code == 1 and f"({path}:2)" in err and "logprobs_mode is processed, not raw" in err
+    assert "--accept-logprobs processed" in err
+    rejects = tmp_path / "rejects.jsonl"
+    code, out, err = cli(["score", "--model", str(student), "--on-error", "skip", "--rejects", str(rejects),
+                          str(path)])
+    assert code == 0 and "skipped 2 (logprobs_processed 1, logprobs_unknown 1)" in err
+    assert [r["id"] for r in parse_records(out)] == [good["id"]]
+    assert [r["rejected"]["reason"] for r in parse_records(rejects.read_bytes())] == ["logprobs_processed",
+                                                                                      "logprobs_unknown"]
+    code, out, err = cli(["score", "--model", str(student), "--accept-logprobs", "unknown", str(path)])
+    assert code == 1 and f"({path}:2)" in err
+    code, out, err = cli(["score", "--model", str(student), "--accept-logprobs", "unknown",
+                          "--accept-logprobs", "processed", str(path)])
+    assert code == 0, err
+    assert parse_records(out) == [good, processed, missing]
+    code, _, err = cli(["score", "--accept-logprobs", "raw", str(path)])
+    assert code == 2 and "--accept-logprobs" in err
 
 
 def test_model_key_follows_content_not_name_or_mtime(tmp_path):

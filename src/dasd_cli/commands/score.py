@@ -8,6 +8,7 @@ student), typed teacher / shared / student; ``das.score`` is the teacher-sentenc
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from typing import Annotated, Any, Optional
 
 import typer
@@ -18,6 +19,13 @@ from dasd_cli.commands import common
 from dasd_cli.core.das import DEFAULT_ALPHA, DEFAULT_BETA
 from dasd_cli.errors import UsageError
 from dasd_cli.pipeline.scoring import Scorer, ScoreSettings, windows
+
+
+class AcceptedLogprobs(str, Enum):
+    """Teacher log-probs other than raw that --accept-logprobs lets through."""
+
+    processed = "processed"
+    unknown = "unknown"
 
 
 def score_command(
@@ -48,6 +56,12 @@ def score_command(
     keep_token_logprobs: Annotated[bool, typer.Option(
         "--keep-token-logprobs", help="Also store the student's per-token log-probs and offsets "
         "(das.student_logprobs, das.student_offsets).")] = False,
+    accept_logprobs: Annotated[Optional[list[AcceptedLogprobs]], typer.Option(
+        "--accept-logprobs", metavar="processed|unknown",
+        help="Also score records whose teacher.logprobs_mode is this (repeat the flag for both): "
+        "processed (after temperature/top-p) or unknown (not recorded, or a server that does not say). Their "
+        "p_T is then the distribution the log-probs came from, not the raw (temperature 1) one DAS "
+        "compares with p_S; without this flag such records are errors.", show_default=False)] = None,
     system_prompt: Annotated[Optional[str], typer.Option(
         "--system-prompt", metavar="TEXT", help="System turn added where a record has none (use "
         "the value the student is trained with).", show_default=False)] = None,
@@ -80,11 +94,13 @@ def score_command(
                "backend": backend, "dtype": dtype, "device": device, "batch_tokens": batch_tokens,
                "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
                "keep_token_logprobs": keep_token_logprobs, "system_prompt": system_prompt,
+               "accept_logprobs": sorted({mode.value for mode in accept_logprobs or ()}),
                "explain": explain, "limit": limit, "plot": plot, "shard": shard}
     settings = ScoreSettings(model=model, distilled=distilled, beta=beta, alpha=alpha, backend=backend,
                              dtype=dtype, device=device, batch_tokens=batch_tokens,
                              gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                             keep_token_logprobs=keep_token_logprobs, system_prompt=system_prompt)
+                             keep_token_logprobs=keep_token_logprobs, system_prompt=system_prompt,
+                             accept_logprobs=frozenset(mode.value for mode in accept_logprobs or ()))
     shared = common.Common(inputs=inputs, output=None if html_page else output, compress=compress,
                            quiet=quiet, stats=stats, rejects=rejects, on_error=on_error, debug=debug,
                            options=options)

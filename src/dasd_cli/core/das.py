@@ -19,7 +19,7 @@ p_D exceeds both p_T and p_S by more than alpha is boosted.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 from dasd_cli.core.segment import sentence_spans
 
 TYPES = ("teacher", "shared", "student")
+# teacher.logprobs_mode: "raw" is what METHOD.md asks for (the unscaled, temperature-1
+# distribution); "processed" is after temperature / top-p; "unknown" is a sample whose
+# server did not say (a record without the field, from before it existed, counts so).
+LOGPROBS_MODES = ("raw", "processed", "unknown")
 BOOSTED = "boosted"
 DEFAULT_BETA = 0.1
 DEFAULT_ALPHA = 0.1
@@ -235,3 +239,34 @@ def teacher_tokens(record: dict[str, Any], response: str) -> tuple[TokenLogprobs
         raise RecordError(f"record {name!r}: teacher.offsets must index the response from "
                           f"prefix_chars ({start}) on", reason="bad_teacher_logprobs")
     return TokenLogprobs(logprobs, offsets), start
+
+
+def check_logprobs_mode(record: dict[str, Any], accepted: Collection[str] = ()) -> str:
+    """The record's ``teacher.logprobs_mode``; raises RecordError unless it is raw or in
+    ``accepted`` (what the user said to score anyway: "processed", "unknown").
+
+    Processed log-probs are those of the sampling distribution (temperature, top-p), not
+    the model's own: their p_T is not comparable with the student's p_S.
+    """
+    from dasd_cli.errors import RecordError
+
+    name = record.get("id", "?")
+    teacher = record.get("teacher")
+    mode = teacher.get("logprobs_mode") if isinstance(teacher, dict) else None
+    mode = "unknown" if mode is None else mode
+    if mode not in LOGPROBS_MODES:
+        raise RecordError(f"record {name!r}: teacher.logprobs_mode {mode!r} is not one of "
+                          f"{', '.join(LOGPROBS_MODES)}", reason="bad_teacher_logprobs")
+    if mode == "raw" or mode in accepted:
+        return mode
+    if mode == "processed":
+        why = "they are the sampling distribution's (after temperature/top-p)"
+        fix = "sample again with raw log-probs"
+    else:
+        why = "the record does not say whether they are raw (an older file, or a server that does not tell)"
+        fix = ("when the server is known to return raw ones (vLLM's default), sample with "
+               "`dasd sample --server-logprobs raw`")
+    raise RecordError(f"record {name!r}: teacher.logprobs_mode is {mode}, not raw: {why}",
+                      reason=f"logprobs_{mode}",
+                      hint=f"{fix}; or pass --accept-logprobs {mode} to score them anyway (p_T is then "
+                      "not the raw distribution's that DAS compares with p_S)")

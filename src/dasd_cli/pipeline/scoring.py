@@ -16,7 +16,8 @@ from typing import Any, Protocol
 from dasd_cli import io
 from dasd_cli.backends.base import ScoreRequest
 from dasd_cli.core.chat import prompt_messages, response_text
-from dasd_cli.core.das import DEFAULT_ALPHA, DEFAULT_BETA, TokenLogprobs, analyze, das_record, teacher_tokens
+from dasd_cli.core.das import (DEFAULT_ALPHA, DEFAULT_BETA, TokenLogprobs, analyze, check_logprobs_mode,
+                               das_record, teacher_tokens)
 from dasd_cli.errors import RecordError
 
 WINDOW = 128  # records scored together: room to sort by length, output still in input order
@@ -44,6 +45,7 @@ class ScoreSettings:
     max_model_len: int | None = None
     keep_token_logprobs: bool = False
     system_prompt: str | None = None
+    accept_logprobs: frozenset[str] = frozenset()  # teacher log-probs other than raw to score anyway
 
 
 def windows(lines: Iterable[io.Line], stop_after: int | None = None) -> Iterator[list[io.Line]]:
@@ -98,12 +100,20 @@ class Scorer:
             ready: list[tuple[io.Line, dict[str, Any] | None]] = []
             for line in window:
                 record = line.record
-                if self._reusable(record):
+                reuse = self._reusable(record)
+                try:
+                    if not reuse:
+                        response = response_text(record)
+                        teacher, start = teacher_tokens(record, response)
+                    # also for a reused das: the flags of this run say what may be scored
+                    check_logprobs_mode(record, self.settings.accept_logprobs)
+                except RecordError as err:
+                    sink.bad_record(line, err)
+                    continue
+                if reuse:
                     ready.append((line, record))
                     continue
                 try:
-                    response = response_text(record)
-                    teacher, start = teacher_tokens(record, response)
                     messages = prompt_messages(record, self.settings.system_prompt)
                 except RecordError as err:
                     sink.bad_record(line, err)
