@@ -12,6 +12,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
+from enum import Enum
 from typing import Annotated, Any, Optional
 
 import orjson
@@ -37,6 +38,13 @@ class Job:
     record: dict[str, Any]
     prompt_id: str
     prefix: str
+
+
+class ServerLogprobs(str, Enum):
+    """What an OpenAI-compatible server's log-probs are, as its operator declares."""
+
+    raw = "raw"
+    processed = "processed"
 
 
 def sample_command(
@@ -92,6 +100,11 @@ def sample_command(
     max_retries: Annotated[int, typer.Option("--max-retries", min=0, help="openai: retries per request.")] = 6,
     timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS", min=0.1,
                                            help="openai: socket timeout per attempt.")] = 600.0,
+    server_logprobs: Annotated[Optional[ServerLogprobs], typer.Option(
+        "--server-logprobs", metavar="raw|processed", help="openai: which log-probs the server "
+        "returns, as its operator knows (vLLM: raw unless served with --logprobs-mode "
+        "processed_logprobs); recorded as teacher.logprobs_mode. Without it that is unknown, which "
+        "dasd score refuses unless told (a reply does not say).", show_default=False)] = None,
     tokenizer: Annotated[Optional[str], typer.Option(
         "--tokenizer", metavar="PATH", help="openai: local tokenizer for the completions endpoint and "
         "--max-tokens-ratio (default: the embedded default model's).", show_default=False)] = None,
@@ -114,7 +127,8 @@ def sample_command(
     options = {"model": model, "backend": backend, "n": n, "temperature": temperatures,
                "top_p": top_p, "max_tokens": max_tokens, "max_tokens_ratio": max_tokens_ratio,
                "continue": continue_, "cut_min": cut_min, "system_prompt": system_prompt,
-               "shard": shard, "resume": resume}
+               "shard": shard, "resume": resume,
+               "server_logprobs": server_logprobs.value if server_logprobs is not None else None}
     shared = common.Common(inputs=inputs, output=output, compress=compress, quiet=quiet, seed=seed,
                            stats=stats, rejects=rejects, on_error=on_error, debug=debug,
                            options=options)
@@ -124,6 +138,8 @@ def sample_command(
                        "base_url": base_url, "endpoint": endpoint, "api_key_env": api_key_env,
                        "concurrency": concurrency, "max_retries": max_retries, "timeout": timeout,
                        "tokenizer": tokenizer}
+    if server_logprobs is not None:
+        backend_options["logprobs_mode"] = server_logprobs.value
 
     def body(session: common.Session) -> None:
         session.kept_word = "wrote"
@@ -131,6 +147,9 @@ def sample_command(
             raise UsageError("--temperature must be >= 0")
         if top_p <= 0:
             raise UsageError("--top-p must be above 0", hint="1.0 samples from the whole distribution")
+        if server_logprobs is not None and backend != "openai":
+            raise UsageError("--server-logprobs is for --backend openai",
+                             hint="hf and vllm always record raw log-probs")
         if continue_ and max_tokens_ratio is not None:
             raise UsageError("--continue and --max-tokens-ratio are separate steps",
                              hint="cap the student with --max-tokens-ratio, then continue with --continue")
