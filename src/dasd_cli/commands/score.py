@@ -7,7 +7,6 @@ student), typed teacher / shared / student; ``das.score`` is the teacher-sentenc
 
 from __future__ import annotations
 
-import sys
 from enum import Enum
 from typing import Annotated, Any, Optional
 
@@ -18,7 +17,7 @@ from dasd_cli.backends.base import check_backend_name
 from dasd_cli.commands import common
 from dasd_cli.core.das import DEFAULT_ALPHA, DEFAULT_BETA
 from dasd_cli.errors import UsageError
-from dasd_cli.pipeline.scoring import Scorer, ScoreSettings, windows
+from dasd_cli.pipeline.scoring import Scorer, ScoreSettings, stored_scores, windows
 
 
 class AcceptedLogprobs(str, Enum):
@@ -26,6 +25,14 @@ class AcceptedLogprobs(str, Enum):
 
     processed = "processed"
     unknown = "unknown"
+
+
+class ColorChoice(str, Enum):
+    """--color: when --explain's view is colored."""
+
+    auto = "auto"
+    always = "always"
+    never = "never"
 
 
 def score_command(
@@ -66,12 +73,16 @@ def score_command(
         "--system-prompt", metavar="TEXT", help="System turn added where a record has none (use "
         "the value the student is trained with).", show_default=False)] = None,
     explain: Annotated[bool, typer.Option(
-        "--explain", help="Show the first --limit records sentence by sentence: colored text and "
-        "a summary table on stderr; with -o FILE.html, one self-contained HTML page instead.")] = False,
+        "--explain", help="Show the first --limit records sentence by sentence on stdout: text "
+        "tagged by type and a summary table (records then go only to -o PATH); with -o FILE.html, "
+        "one self-contained HTML page instead. Without --model: the das each record holds.")] = False,
     limit: Annotated[int, typer.Option("--limit", min=1, metavar="N", help="Records shown by --explain.")] = 1,
+    color: Annotated[ColorChoice, typer.Option(
+        "--color", metavar="auto|always|never", help="Color --explain's view by sentence type (auto: "
+        "when stdout is a terminal; always: also through a pipe, e.g. to less -R).")] = ColorChoice.auto,
     plot: Annotated[Optional[str], typer.Option(
         "--plot", metavar="FILE.png", help="Write histograms of response p_teacher per teacher "
-        "temperature and of p_student.", show_default=False)] = None,
+        "temperature and of p_student (without --model: from the das each record holds).", show_default=False)] = None,
     shard: common.Shard = None,
     output: common.Output = None,
     compress: common.Compress = "auto",
@@ -83,25 +94,28 @@ def score_command(
 ) -> None:
     """Score teacher responses sentence by sentence against a student (DAS).
 
-    Records that already carry a das object for the same student, beta and distilled
-    model are not scored again (so --explain and --plot read scored files without a
-    model). Records keep their input order.
+    Records that already carry a das object for the same student content, beta and
+    distilled model are not scored again. --explain and --plot without --model show the
+    das each record holds; with --model they score what has none for that model.
+    Records keep their input order.
     """
     html_page = explain and output is not None and output.endswith((".html", ".htm"))
-    # On a terminal, --explain's view replaces the records (raw JSON would bury it).
-    show_only = explain and (html_page or (output is None and sys.stdout.isatty()))
+    # --explain writes its view to stdout, where the user looks (a pager, a terminal):
+    # records then go only to an -o file.
+    records_out = not explain or (output is not None and not html_page)
+    scoring = model is not None or not (explain or plot)  # else: show what the file holds
     options = {"model": model, "beta": beta, "distilled": distilled, "alpha": alpha,
                "backend": backend, "dtype": dtype, "device": device, "batch_tokens": batch_tokens,
                "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
                "keep_token_logprobs": keep_token_logprobs, "system_prompt": system_prompt,
                "accept_logprobs": sorted({mode.value for mode in accept_logprobs or ()}),
-               "explain": explain, "limit": limit, "plot": plot, "shard": shard}
+               "explain": explain, "limit": limit, "color": color.value, "plot": plot, "shard": shard}
     settings = ScoreSettings(model=model, distilled=distilled, beta=beta, alpha=alpha, backend=backend,
                              dtype=dtype, device=device, batch_tokens=batch_tokens,
                              gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                              keep_token_logprobs=keep_token_logprobs, system_prompt=system_prompt,
                              accept_logprobs=frozenset(mode.value for mode in accept_logprobs or ()))
-    shared = common.Common(inputs=inputs, output=None if html_page else output, compress=compress,
+    shared = common.Common(inputs=inputs, output=output if records_out else None, compress=compress,
                            quiet=quiet, stats=stats, rejects=rejects, on_error=on_error, debug=debug,
                            options=options)
 
@@ -110,46 +124,82 @@ def score_command(
         if backend == "openai":
             raise UsageError("--backend openai cannot score: it has no teacher-forced log-probs",
                              hint="use --backend hf or vllm")
-        scorer = Scorer(settings)
-        shown: list[dict[str, Any]] = []
+        if distilled is not None and not scoring:
+            raise UsageError("--distilled with --explain or --plot needs --model",
+                             hint="without --model they show the das each record holds")
+        # Nothing but the view (no records out, no plot): read no more than what is shown.
+        stop_after = limit if explain and not records_out and not plot else None
+        lines = session.records(shard=common.parse_shard(shard))
+        scorer = Scorer(settings, notify=None if quiet else io.say) if scoring else None
+        if scorer is not None:
+            scored = scorer.run(session, windows(lines, stop_after))
+        else:
+            scored = stored_scores(session, windows(lines, stop_after))
+        view = ExplainView(limit, color=_use_color(color)) if explain else None
         points: list[tuple[Any, Any, Any]] = []
         session.tally.extra.update({"sentences": 0, "teacher_sentences": 0, "merged_sentences": 0})
         try:
-            # Showing only (no records out, no plot): read no more than what is shown.
-            stop_after = limit if show_only and not plot else None
-            lines = session.records(shard=common.parse_shard(shard))
-            for record in scorer.run(session, windows(lines, stop_after)):
+            for record in scored:
                 das = record["das"]
-                session.tally.extra["sentences"] += len(das["sentences"])
-                session.tally.extra["teacher_sentences"] += das["score"]
+                session.tally.extra["sentences"] += len(das.get("sentences", []))
+                session.tally.extra["teacher_sentences"] += das.get("score", 0)
                 if plot:
                     points.append(((record.get("teacher") or {}).get("temperature"),
                                    das.get("p_teacher"), das.get("p_student")))
-                if explain and len(shown) < limit:
-                    shown.append(record)
-                    if not html_page:
-                        from dasd_cli.report.explain import terminal_view
-
-                        io.say(terminal_view(record, len(shown) - 1, color=io.stderr_is_terminal()).rstrip("\n"))
-                if show_only:
-                    session.tally.keep()
-                else:
+                if view is not None:
+                    view.add(record, show=not html_page)
+                if records_out:
                     session.emit(record)
+                else:
+                    session.tally.keep()
         finally:
-            scorer.close()
-        session.tally.extra["merged_sentences"] += scorer.merged
-        if explain:
-            from dasd_cli.report.explain import html_page as render_html
-            from dasd_cli.report.explain import terminal_summary
-
+            if scorer is not None:
+                scorer.close()
+        if scorer is not None:
+            session.tally.extra["merged_sentences"] += scorer.merged
+        if view is not None:
             if html_page:
-                io.write_text_atomic(output, render_html(shown))
+                io.write_text_atomic(output, view.html())
             else:
-                io.say(terminal_summary(shown).rstrip("\n"))
+                view.finish()
         if plot:
             from dasd_cli.report.plot import plot_histograms
 
             plot_histograms(points, plot)
 
-    common.run_command("score", shared, body, writes_records=not show_only)
+    common.run_command("score", shared, body, writes_records=records_out)
 
+
+def _use_color(color: "ColorChoice") -> bool:
+    if color is ColorChoice.auto:
+        return io.stdout_is_terminal()
+    return color is ColorChoice.always
+
+
+class ExplainView:
+    """--explain's view of the first ``limit`` records: each as it comes, on stdout, then
+    the summary table; or, for an HTML page, kept for :meth:`html`."""
+
+    def __init__(self, limit: int, *, color: bool) -> None:
+        self.limit = limit
+        self.color = color
+        self.shown: list[dict[str, Any]] = []
+
+    def add(self, record: dict[str, Any], *, show: bool) -> None:
+        if len(self.shown) >= self.limit:
+            return
+        self.shown.append(record)
+        if show:
+            from dasd_cli.report.explain import terminal_view
+
+            io.show(terminal_view(record, len(self.shown) - 1, color=self.color))
+
+    def finish(self) -> None:
+        from dasd_cli.report.explain import terminal_summary
+
+        io.show(terminal_summary(self.shown))
+
+    def html(self) -> str:
+        from dasd_cli.report.explain import html_page
+
+        return html_page(self.shown)

@@ -9,7 +9,7 @@ Bad records go to the caller's session (:class:`BadRecordSink`).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,13 +60,28 @@ def windows(lines: Iterable[io.Line], stop_after: int | None = None) -> Iterator
         yield window
 
 
+def stored_scores(sink: BadRecordSink, windows: Iterable[list[io.Line]]) -> Iterator[dict[str, Any]]:
+    """The records as they are, each with the ``das`` it holds; one without is a bad record."""
+    for window in windows:
+        for line in window:
+            if isinstance(line.record.get("das"), dict):
+                yield line.record
+                continue
+            name = line.record.get("id", "?")
+            sink.bad_record(line, RecordError(
+                f"record {name!r} has no das object (it was never scored)", reason="not_scored",
+                hint="pass --model PATH to score it; --explain and --plot without --model show "
+                "the scores each record holds"))
+
+
 class Scorer:
     """Loads the student (and distilled) model on first need; scores windows of records."""
 
-    def __init__(self, settings: ScoreSettings) -> None:
+    def __init__(self, settings: ScoreSettings, notify: Callable[[str], None] | None = None) -> None:
         from dasd_cli.model.load import model_key, model_name
 
         self.settings = settings
+        self.notify = notify  # told once, when a record is really scored (the model is loaded)
         self.specs = [settings.model] + ([settings.distilled] if settings.distilled is not None else [])
         self.names = [model_name(spec) for spec in self.specs]
         self.keys = [model_key(spec) for spec in self.specs]  # what reuse is decided on
@@ -75,6 +90,9 @@ class Scorer:
 
     def _backends(self) -> list[Any]:
         if not self.backends:
+            if self.notify is not None:
+                self.notify(f"dasd score: scoring with {' and '.join(self.names)}: some records hold "
+                            f"no das for this model (by content) and beta {self.settings.beta}")
             self.backends = [open_backend(spec, self.settings) for spec in self.specs]
         return self.backends
 
