@@ -17,7 +17,7 @@ from dasd_cli.backends.base import check_backend_name
 from dasd_cli.commands import common
 from dasd_cli.core.das import DEFAULT_ALPHA, DEFAULT_BETA
 from dasd_cli.errors import UsageError
-from dasd_cli.pipeline.scoring import Scorer, ScoreSettings, stored_scores, windows
+from dasd_cli.pipeline.scoring import ScoreSettings, score_stream
 
 
 class AcceptedLogprobs(str, Enum):
@@ -127,36 +127,21 @@ def score_command(
         if distilled is not None and not scoring:
             raise UsageError("--distilled with --explain or --plot needs --model",
                              hint="without --model they show the das each record holds")
-        # Nothing but the view (no records out, no plot): read no more than what is shown.
-        stop_after = limit if explain and not records_out and not plot else None
-        lines = session.records(shard=common.parse_shard(shard))
-        scorer = Scorer(settings, notify=None if quiet else io.say) if scoring else None
-        if scorer is not None:
-            scored = scorer.run(session, windows(lines, stop_after))
-        else:
-            scored = stored_scores(session, windows(lines, stop_after))
         view = ExplainView(limit, color=_use_color(color)) if explain else None
         points: list[tuple[Any, Any, Any]] = []
-        session.tally.extra.update({"sentences": 0, "teacher_sentences": 0, "merged_sentences": 0})
-        try:
-            for record in scored:
+
+        def observe(record: dict[str, Any]) -> None:
+            if plot:
                 das = record["das"]
-                session.tally.extra["sentences"] += len(das.get("sentences", []))
-                session.tally.extra["teacher_sentences"] += das.get("score", 0)
-                if plot:
-                    points.append(((record.get("teacher") or {}).get("temperature"),
-                                   das.get("p_teacher"), das.get("p_student")))
-                if view is not None:
-                    view.add(record, show=not html_page)
-                if records_out:
-                    session.emit(record)
-                else:
-                    session.tally.keep()
-        finally:
-            if scorer is not None:
-                scorer.close()
-        if scorer is not None:
-            session.tally.extra["merged_sentences"] += scorer.merged
+                points.append(((record.get("teacher") or {}).get("temperature"),
+                               das.get("p_teacher"), das.get("p_student")))
+            if view is not None:
+                view.add(record, show=not html_page)
+
+        score_stream(session, settings, stored_only=not scoring, write_records=records_out,
+                     # nothing but the view (no records out, no plot): read no more than it shows
+                     stop_after=limit if explain and not records_out and not plot else None,
+                     shard=common.parse_shard(shard), notify=None if quiet else io.say, observe=observe)
         if view is not None:
             if html_page:
                 io.write_text_atomic(output, view.html())

@@ -29,6 +29,17 @@ class BadRecordSink(Protocol):
     def bad_record(self, line: io.Line, err: RecordError) -> None: ...
 
 
+class ScoreSession(BadRecordSink, Protocol):
+    """What :func:`score_stream` reads, counts and writes through (a command's session)."""
+
+    tally: Any
+
+    def records(self, inputs: list[str] | None = None,
+                shard: tuple[int, int] | None = None) -> Iterator[io.Line]: ...
+
+    def emit(self, record: dict[str, Any]) -> None: ...
+
+
 @dataclass
 class ScoreSettings:
     """How to score: the models, the margins and the backend's settings."""
@@ -46,6 +57,37 @@ class ScoreSettings:
     keep_token_logprobs: bool = False
     system_prompt: str | None = None
     accept_logprobs: frozenset[str] = frozenset()  # teacher log-probs other than raw to score anyway
+
+
+def score_stream(session: ScoreSession, settings: ScoreSettings, *, stored_only: bool = False,
+                 write_records: bool = True, stop_after: int | None = None,
+                 shard: tuple[int, int] | None = None, notify: Callable[[str], None] | None = None,
+                 observe: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Score the session's records (``stored_only``: take the das each holds) in input order.
+
+    Each record goes to ``observe`` (views, plots), then is written (``write_records``) or
+    only counted as kept. Reads no more than ``stop_after`` records when given. The
+    summary's extra counts: sentences, teacher_sentences, merged_sentences.
+    """
+    extra = session.tally.extra
+    extra.update({"sentences": 0, "teacher_sentences": 0, "merged_sentences": 0})
+    batches = windows(session.records(shard=shard), stop_after)
+    scorer = None if stored_only else Scorer(settings, notify)
+    try:
+        for record in stored_scores(session, batches) if scorer is None else scorer.run(session, batches):
+            das = record["das"]
+            extra["sentences"] += len(das.get("sentences", []))
+            extra["teacher_sentences"] += das.get("score", 0)
+            if observe is not None:
+                observe(record)
+            if write_records:
+                session.emit(record)
+            else:
+                session.tally.keep()
+    finally:
+        if scorer is not None:
+            scorer.close()
+            extra["merged_sentences"] += scorer.merged
 
 
 def windows(lines: Iterable[io.Line], stop_after: int | None = None) -> Iterator[list[io.Line]]:
