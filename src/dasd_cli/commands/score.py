@@ -66,8 +66,8 @@ def score_command(
     accept_logprobs: Annotated[Optional[list[AcceptedLogprobs]], typer.Option(
         "--accept-logprobs", metavar="processed|unknown",
         help="Also score records whose teacher.logprobs_mode is this (repeat the flag for both): "
-        "processed (after temperature/top-p) or unknown (not recorded, or a server that does not say). Their "
-        "p_T is then the distribution the log-probs came from, not the raw (temperature 1) one DAS "
+        "processed (after temperature/top-p) or unknown (not recorded, or a server that does not "
+        "say). Their p_T is then the distribution the log-probs came from, not the raw (temperature 1) one DAS "
         "compares with p_S; without this flag such records are errors.", show_default=False)] = None,
     system_prompt: Annotated[Optional[str], typer.Option(
         "--system-prompt", metavar="TEXT", help="System turn added where a record has none (use "
@@ -82,7 +82,8 @@ def score_command(
         "when stdout is a terminal; always: also through a pipe, e.g. to less -R).")] = ColorChoice.auto,
     plot: Annotated[Optional[str], typer.Option(
         "--plot", metavar="FILE.png", help="Write histograms of response p_teacher per teacher "
-        "temperature and of p_student (without --model: from the das each record holds).", show_default=False)] = None,
+        "temperature and of p_student (without --model: from the das each record holds).",
+        show_default=False)] = None,
     shard: common.Shard = None,
     output: common.Output = None,
     compress: common.Compress = "auto",
@@ -141,7 +142,8 @@ def score_command(
         score_stream(session, settings, stored_only=not scoring, write_records=records_out,
                      # nothing but the view (no records out, no plot): read no more than it shows
                      stop_after=limit if explain and not records_out and not plot else None,
-                     shard=common.parse_shard(shard), notify=None if quiet else io.say, observe=observe)
+                     shard=common.parse_shard(shard), observe=observe,
+                     notify=io.say if (explain or plot) and not quiet else None)
         if view is not None:
             if html_page:
                 io.write_text_atomic(output, view.html())

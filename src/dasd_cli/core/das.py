@@ -201,8 +201,10 @@ def das_record(analysis: Analysis, *, student: str, beta: float, distilled: str 
         "p_teacher": _r(analysis.p_response[0]), "p_student": _r(analysis.p_response[1]),
     }
     if has_d:
-        das.update({"distilled": distilled, **({"distilled_key": distilled_key} if distilled_key is not None else {}),
-                    "alpha": alpha, "p_distilled": _r(analysis.p_response[2])})
+        das["distilled"] = distilled
+        if distilled_key is not None:
+            das["distilled_key"] = distilled_key
+        das.update({"alpha": alpha, "p_distilled": _r(analysis.p_response[2])})
     das["sentences"] = sentences
     return das
 

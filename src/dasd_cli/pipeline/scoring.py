@@ -1,6 +1,7 @@
 """Scoring records with a student (and optionally a distilled student): ``dasd score``'s driver.
 
-:class:`Scorer` loads the backends on first need, turns each window of records into
+:func:`score_stream` runs a command's records through a :class:`Scorer`, or takes the
+``das`` each holds, and writes or counts them. :class:`Scorer` loads the backends on first need, turns each window of records into
 teacher-forced score requests, and adds the ``das`` object (DESIGN.md "Score") to each
 record; a record that already carries a matching ``das`` is passed through unscored.
 Bad records go to the caller's session (:class:`BadRecordSink`).
