@@ -92,6 +92,25 @@ def test_records_and_api_key(tmp_path: Path, endpoint: str) -> None:
         assert b"sk-very-secret" not in blob
 
 
+def test_logprobs_mode_is_unknown_unless_the_server_is_declared() -> None:
+    """A reply does not say which distribution its log-probs are from: records say
+    "unknown", which dasd score refuses; --server-logprobs raw records the operator's word."""
+    with FakeOpenAI() as server:
+        unknown = sample(server.url, "--max-tokens", "4", stdin=to_jsonl(PROMPTS[:2]))
+        declared = sample(server.url, "--max-tokens", "4", "--server-logprobs", "raw",
+                          stdin=to_jsonl(PROMPTS[:2]))
+        processed = sample(server.url, "--max-tokens", "4", "--server-logprobs", "processed",
+                           stdin=to_jsonl(PROMPTS[:2]))
+    for proc, mode in ((unknown, "unknown"), (declared, "raw"), (processed, "processed")):
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert {r["teacher"]["logprobs_mode"] for r in parse_records(proc.stdout)} == {mode}
+    scored = run_dasd(["score", "-"], stdin=unknown.stdout)
+    assert scored.returncode == 1 and b"logprobs_mode is unknown" in scored.stderr
+    assert b"<stdin>:1" in scored.stderr and b"--server-logprobs raw" in scored.stderr
+    wrong = run_dasd(["sample", "--server-logprobs", "raw", "-"], stdin=to_jsonl(PROMPTS[:1]))
+    assert wrong.returncode == 2 and b"--server-logprobs is for --backend openai" in wrong.stderr
+
+
 def test_reasoning_content_joined_with_aligned_offsets() -> None:
     with FakeOpenAI(reasoning=True) as server:
         proc = sample(server.url, "--max-tokens", "12")

@@ -8,7 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from dasd_cli.core.das import TokenLogprobs, analyze, classify, das_record, geometric_mean
+from dasd_cli.core.das import (TokenLogprobs, analyze, check_logprobs_mode, classify, das_record,
+                               geometric_mean)
+from dasd_cli.errors import RecordError
 from dasd_cli.core.segment import sentence_spans
 
 LN = math.log
@@ -90,6 +92,22 @@ def test_distilled_adds_boosted_only_for_shared_sentences():
     das = das_record(result, student="S", beta=0.1, distilled="D", alpha=0.2)
     assert das["distilled"] == "D" and das["counts"]["boosted"] == 1
     assert das["sentences"][0]["p_distilled"] == pytest.approx(0.8)
+
+
+def test_logprobs_mode_raw_or_accepted():
+    def record(**teacher):
+        return {"id": "r", "teacher": {"logprobs": [-0.1], "offsets": [0], **teacher}}
+
+    assert check_logprobs_mode(record(logprobs_mode="raw")) == "raw"
+    for teacher, mode in (({"logprobs_mode": "processed"}, "processed"), ({}, "unknown"),
+                          ({"logprobs_mode": None}, "unknown"), ({"logprobs_mode": "unknown"}, "unknown")):
+        with pytest.raises(RecordError) as caught:
+            check_logprobs_mode(record(**teacher))
+        assert caught.value.reason == f"logprobs_{mode}" and f"--accept-logprobs {mode}" in caught.value.hint
+        assert check_logprobs_mode(record(**teacher), accepted={mode}) == mode
+    with pytest.raises(RecordError) as caught:
+        check_logprobs_mode(record(logprobs_mode="raw_logits"), accepted={"processed", "unknown"})
+    assert caught.value.reason == "bad_teacher_logprobs"
 
 
 def test_geometric_mean_empty_is_nan():

@@ -113,6 +113,30 @@ def test_logprobs_are_raw(dtype: str, tolerance: float, mean_tolerance: float) -
     assert raw_gap < scaled_gap / 3  # the stored values are raw, not temperature-scaled
 
 
+def test_logprobs_stay_raw_when_the_model_ships_a_repetition_penalty(tmp_path) -> None:
+    """A generation_config.json with a repetition penalty (Qwen2.5-Instruct ships 1.05)
+    must neither change the samples nor the stored log-probs: they are raw."""
+    import json
+    import shutil
+
+    from dasd_cli.backends.hf import HFBackend
+    from dasd_cli.model.load import resolve_model
+
+    plain = resolve_model(None)
+    penalized = tmp_path / "penalized"
+    shutil.copytree(plain, penalized)
+    settings_file = penalized / "generation_config.json"
+    settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
+    settings_file.write_text(json.dumps(settings | {"repetition_penalty": 1.5, "no_repeat_ngram_size": 2}))
+    asked = requests(1.0)[:2]
+    want = {g.key: g for g in HFBackend(str(plain), dtype="fp32").generate(asked)}
+    got = {g.key: g for g in HFBackend(str(penalized), dtype="fp32").generate(asked)}
+    for key, g in got.items():
+        assert g.token_ids == want[key].token_ids
+        assert g.logprobs == pytest.approx(want[key].logprobs, abs=1e-5)
+        assert g.logprobs_mode == "raw"
+
+
 def test_sampling_is_seeded_per_request_not_per_batch() -> None:
     engine = backend()
     together = {g.key: g.token_ids for g in engine.generate(requests(1.0))}

@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import parse_records, to_jsonl
+from conftest import dasd_bin, parse_records, run_dasd, to_jsonl, zstd_bytes
 from dasd_cli.core.segment import sentence_spans
 
 
@@ -59,21 +59,154 @@ def test_bad_flags_are_usage_errors(cli):
     assert code == 2 and "cannot score" in err
 
 
-def test_scored_records_pass_through_and_explain_without_a_model(cli, tmp_path):
+def test_explain_without_a_model_shows_the_stored_das_on_stdout(cli, tmp_path):
+    """No --model: the view shows what the file holds (no model loaded, no re-scoring), as
+    plain text on a pipe, with no records (and no zstd) on stdout."""
     records = [scored_record(i) for i in range(3)]
+    for record in records:
+        record["das"]["p_teacher"] = 0.123  # a stored value no model would reproduce
     code, out, err = cli(["score", "--explain", "--limit", "2", "-"], stdin=to_jsonl(records))
-    assert code == 0
-    assert parse_records(out) == records  # not a terminal: records still flow
-    assert "[T 0.90/0.50]" in err and "[S 0.20/0.60]" in err and "Then step two." in err
-    assert err.count("== p") == 2 and "teacher          2     0.900     0.500" in err
+    assert code == 0, err
+    view = out.decode()
+    assert not out.startswith(b"\x28\xb5\x2f\xfd") and "\x1b[" not in view
+    assert "[T 0.90/0.50]" in view and "[S 0.20/0.60]" in view and "Then step two." in view
+    assert view.count("== p") == 2 and "p_T 0.12" in view and "teacher          2     0.900     0.500" in view
+    assert '"das"' not in view and "scoring with" not in err
+    assert "dasd score: read 2, kept 2" in err  # the view reads only what it shows
+
+
+def test_explain_color_and_records_with_o(cli, tmp_path):
+    records = [scored_record(i) for i in range(3)]
+    code, out, _ = cli(["score", "--explain", "--color", "always", "-"], stdin=to_jsonl(records))
+    assert code == 0 and b"\x1b[32m" in out and out.count(b"== p") == 1
+    code, out, _ = cli(["score", "--explain", "--color", "never", "-"], stdin=to_jsonl(records))
+    assert code == 0 and b"\x1b[" not in out
+    kept = tmp_path / "kept.jsonl"
+    code, out, err = cli(["score", "--explain", "--limit", "2", "-o", str(kept), "-"], stdin=to_jsonl(records))
+    assert code == 0, err
+    assert parse_records(kept.read_bytes()) == records  # every record, unchanged, in the file
+    assert out.count(b"== p") == 2 and b'"das"' not in out
     page = tmp_path / "view.html"
     code, out, err = cli(["score", "--explain", "--limit", "3", "-o", str(page), "-"], stdin=to_jsonl(records))
     assert code == 0 and out == b""
     text = page.read_text()
     assert text.count("<svg") == 3 and "http" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    code, _, err = cli(["score", "--explain", "--color", "sometimes", "-"], stdin=to_jsonl(records))
+    assert code == 2 and "--color" in err
+
+
+def test_explain_and_plot_without_a_model_need_a_das(cli, tmp_path):
+    records = [scored_record(0), scored_record(1)]
+    del records[1]["das"]
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(to_jsonl(records))
+    code, out, err = cli(["score", "--explain", "--limit", "2", str(path)])
+    assert code == 1 and f"({path}:2)" in err and "no das" in err and "--model" in err
     plot = tmp_path / "hist.png"
-    code, out, err = cli(["score", "--plot", str(plot), "-"], stdin=to_jsonl(records))
-    assert code == 0 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, out, err = cli(["score", "--plot", str(plot), "--on-error", "skip", str(path)])
+    assert code == 0 and "skipped 1 (not_scored 1)" in err
+    assert parse_records(out) == records[:1]  # --plot alone still passes records on
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_explain_in_a_real_pipe_is_text(tmp_path):
+    """`dasd score --explain FILE | head`: the view, as text, on the pipe; head closing it early
+    is no error."""
+    path = tmp_path / "scored.jsonl.zst"
+    path.write_bytes(zstd_bytes(to_jsonl([scored_record(i) for i in range(200)])))
+    proc = run_dasd(["score", "--explain", "--limit", "200", str(path)])
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.startswith(b"== p0@0.6#0") and proc.stdout.count(b"\n== p") == 199
+    shell = subprocess.run(" ".join(dasd_bin()) + f" score --explain --limit 200 {path} | head -n 1",
+                           shell=True, capture_output=True, timeout=120)
+    assert shell.returncode == 0 and shell.stdout.startswith(b"== p0@0.6#0") and shell.stdout.count(b"\n") == 1
+    assert b"Traceback" not in shell.stderr and b"error" not in shell.stderr
+
+
+def fake_model(folder: Path, weights: bytes) -> Path:
+    """A model folder as far as the cache key goes (config and a weights file)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors").write_bytes(weights)
+    return folder
+
+
+def test_reuse_is_keyed_on_model_content_and_beta(cli, tmp_path):
+    """A stored das is reused only for the same model content and beta; the folder's name
+    does not count. The record has no teacher log-probs, so scoring it again is an error:
+    exit 0 means the das was reused, exit 1 that score tried to score."""
+    from dasd_cli.model.load import model_key
+
+    quick = fake_model(tmp_path / "quick" / "student", b"weights of the quick run")
+    full = fake_model(tmp_path / "full" / "student", b"weights of the full run")
+    assert model_key(str(quick)) != model_key(str(full))
+    record = scored_record(0)
+    record["teacher"] = {"logprobs_mode": "raw"}
+    record["das"] |= {"student": "student", "student_key": model_key(str(quick))}
+    data = to_jsonl([record])
+    code, out, err = cli(["score", "--model", str(quick), "-"], stdin=data)
+    assert code == 0, err
+    assert parse_records(out) == [record]
+    code, _, err = cli(["score", "--model", str(full), "-"], stdin=data)  # same name, other weights
+    assert code == 1 and "teacher.logprobs" in err
+    code, _, err = cli(["score", "--model", str(quick), "--beta", "0.05", "-"], stdin=data)
+    assert code == 1 and "teacher.logprobs" in err
+    old = scored_record(0)  # scored before das.student_key existed: its name alone is no proof
+    old["teacher"] = {"logprobs_mode": "raw"}
+    old["das"]["student"] = "student"
+    code, _, err = cli(["score", "--model", str(quick), "-"], stdin=to_jsonl([old]))
+    assert code == 1 and "teacher.logprobs" in err
+
+
+def test_teacher_logprobs_must_be_raw_unless_accepted(cli, tmp_path):
+    """processed, unknown and missing logprobs_mode are bad records (named FILE:LINE, with the
+    flag in the hint) until --accept-logprobs names them; reuse does not bypass the check."""
+    from dasd_cli.model.load import model_key
+
+    student = fake_model(tmp_path / "student", b"weights")
+    good = scored_record(0)
+    good["das"]["student_key"] = model_key(str(student))
+    processed = scored_record(1)
+    processed["das"]["student_key"] = good["das"]["student_key"]
+    processed["teacher"]["logprobs_mode"] = "processed"
+    missing = scored_record(2)
+    missing["das"]["student_key"] = good["das"]["student_key"]
+    del missing["teacher"]["logprobs_mode"]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(to_jsonl([good, processed, missing]))
+    code, out, err = cli(["score", "--model", str(student), str(path)])
+    assert code == 1 and f"({path}:2)" in err and "logprobs_mode is processed, not raw" in err
+    assert "--accept-logprobs processed" in err
+    rejects = tmp_path / "rejects.jsonl"
+    code, out, err = cli(["score", "--model", str(student), "--on-error", "skip", "--rejects", str(rejects),
+                          str(path)])
+    assert code == 0 and "skipped 2 (logprobs_processed 1, logprobs_unknown 1)" in err
+    assert [r["id"] for r in parse_records(out)] == [good["id"]]
+    assert [r["rejected"]["reason"] for r in parse_records(rejects.read_bytes())] == ["logprobs_processed",
+                                                                                      "logprobs_unknown"]
+    code, out, err = cli(["score", "--model", str(student), "--accept-logprobs", "unknown", str(path)])
+    assert code == 1 and f"({path}:2)" in err
+    code, out, err = cli(["score", "--model", str(student), "--accept-logprobs", "unknown",
+                          "--accept-logprobs", "processed", str(path)])
+    assert code == 0, err
+    assert parse_records(out) == [good, processed, missing]
+    code, _, err = cli(["score", "--accept-logprobs", "raw", str(path)])
+    assert code == 2 and "--accept-logprobs" in err
+
+
+def test_model_key_follows_content_not_name_or_mtime(tmp_path):
+    from dasd_cli.model.load import model_key
+
+    a = fake_model(tmp_path / "a" / "m", b"x" * 100)
+    b = fake_model(tmp_path / "b" / "m", b"x" * 100)
+    assert model_key(str(a)) == model_key(str(b))  # same content, other place
+    os.utime(b / "model.safetensors", (0, 0))
+    assert model_key(str(a)) == model_key(str(b))
+    (b / "model.safetensors").write_bytes(b"x" * 99 + b"y")
+    assert model_key(str(a)) != model_key(str(b))
+    (b / "model.safetensors").write_bytes(b"x" * 100)
+    (b / "config.json").write_text('{"model_type": "qwen2"}')
+    assert model_key(str(a)) != model_key(str(b))
 
 
 def test_student_is_scored_on_the_messages_the_teacher_was_sent(cli, monkeypatch):
@@ -160,10 +293,12 @@ def small_student(tmp_path_factory):
 @pytest.mark.slow
 def test_real_run_scores_explains_and_plots(cli, tmp_path, teacher_records, small_student):
     data = to_jsonl(teacher_records)
-    code, out, err = cli(["score", "--model", str(small_student), "--keep-token-logprobs",
+    kept = tmp_path / "scored.jsonl"
+    code, out, err = cli(["score", "--model", str(small_student), "--keep-token-logprobs", "-o", str(kept),
                           "--explain", "--limit", "2", "--plot", str(tmp_path / "p.png"), "-"], stdin=data)
     assert code == 0, err
-    scored = parse_records(out)
+    assert "dasd score: scoring with student-10l" in err  # --explain with --model says it scores
+    scored = parse_records(kept.read_bytes())
     assert [r["id"] for r in scored] == [r["id"] for r in teacher_records]  # input order
     for record in scored:
         das = record["das"]
@@ -177,12 +312,12 @@ def test_real_run_scores_explains_and_plots(cli, tmp_path, teacher_records, smal
         assert len(das["student_logprobs"]) == len(das["student_offsets"]) > 0
         expected = __import__("math").exp(sum(record["teacher"]["logprobs"]) / len(record["teacher"]["logprobs"]))
         assert das["p_teacher"] == pytest.approx(expected, rel=1e-5)
-    # the terminal view: every sentence of the first two records, then the summary table
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", err)
+    # the view on stdout: every sentence of the first two records, then the summary table
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out.decode())
     for record in scored[:2]:
         for s in record["das"]["sentences"]:
             assert record["response"][s["start"]:s["end"]].strip() in plain
-    assert "mean score (teacher sentences)" in err and "dasd score: read 6, kept 6" in err
+    assert "mean score (teacher sentences)" in plain and "dasd score: read 6, kept 6" in err
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     # the student is not the teacher: some sentence differs by more than beta
     assert any(s["type"] != "shared" for r in scored for s in r["das"]["sentences"])
@@ -191,6 +326,7 @@ def test_real_run_scores_explains_and_plots(cli, tmp_path, teacher_records, smal
     code, _, err = cli(["score", "--explain", "--limit", "6", "-o", str(page), "--model", str(small_student), "-"],
                        stdin=to_jsonl(scored))
     assert code == 0, err
+    assert "scoring with" not in err  # the same student by content: every das reused
     _check_page_in_browser(page, scored)
 
 

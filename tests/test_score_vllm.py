@@ -23,12 +23,12 @@ def test_vllm_prompt_logprobs_equal_hf_scores():
     pytest.importorskip("vllm", reason="vllm is not installed in this environment")
     from dasd_cli.backends.hf_score import score_batches
     from dasd_cli.model.load import load_causal_lm
-    from dasd_cli.commands.score import _open_backend
+    from dasd_cli.pipeline.scoring import ScoreSettings, open_backend
 
     # The engine as `dasd score --backend vllm --gpu-memory-utilization 0.15 --max-model-len
     # 2048` opens it (the 0.9 default does not fit next to the test run on a CPU machine).
-    engine = _open_backend(None, backend="vllm", dtype="fp32", device="cpu", batch_tokens=16384,
-                           gpu_memory_utilization=0.15, max_model_len=2048)
+    engine = open_backend(None, ScoreSettings(backend="vllm", dtype="fp32", device="cpu", batch_tokens=16384,
+                                              gpu_memory_utilization=0.15, max_model_len=2048))
     got = {s.key: s for s in engine.score(REQUESTS)}
     model = load_causal_lm(None, dtype="fp32", device="cpu")
     for ref in score_batches(model, engine.tokenizer, REQUESTS, 4096):

@@ -153,10 +153,20 @@ class HFBackend(Backend):
         config = GenerationConfig(max_new_tokens=max(caps), do_sample=False, num_beams=1,
                                   eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
                                   return_dict_in_generate=True)
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids, attention_mask=attention,
-                                      generation_config=config,
-                                      logits_processor=LogitsProcessorList([sampler]))
+        # generate() fills every setting left unset in `config` from the model's own
+        # generation_config.json, and some ship a repetition penalty (Qwen2.5-Instruct:
+        # 1.05), bad words or suppressed tokens: processors that would change the logits
+        # before SeededSampler sees them, so the stored log-probs would not be raw.
+        # During this call the model's defaults are the library's, which process nothing.
+        model_defaults = self.model.generation_config
+        self.model.generation_config = GenerationConfig()
+        try:
+            with torch.inference_mode():
+                out = self.model.generate(input_ids=input_ids, attention_mask=attention,
+                                          generation_config=config,
+                                          logits_processor=LogitsProcessorList([sampler]))
+        finally:
+            self.model.generation_config = model_defaults
         sequences = out.sequences[:, width:].tolist()
         logprobs = torch.stack(sampler.logprobs, dim=1).tolist() if sampler.logprobs else [[]] * len(requests)
         results = []

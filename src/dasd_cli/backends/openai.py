@@ -8,6 +8,11 @@
   429 and 5xx are retried with exponential backoff and jitter; a ``Retry-After`` header
   (429/503) is honoured. Other HTTP errors fail at once. After ``max_retries`` the run
   stops with an error; samples completed before that have already been handed back.
+- Log-probs: an OpenAI-compatible reply gives each token's log-prob but not which
+  distribution it is from. vLLM serves the raw (temperature 1) one unless started with
+  ``--logprobs-mode processed_logprobs``; other servers and hosted APIs may return the
+  sampling distribution's. The reply cannot tell, so records say ``logprobs_mode``
+  "unknown" unless the user declares the server's mode (``dasd sample --server-logprobs``).
 - The API key is read from the environment variable named by ``api_key_env`` and is
   only ever put in the Authorization header: never logged, never in an error or record.
 - Servers with a reasoning parser return ``reasoning_content`` apart from ``content``;
@@ -49,7 +54,7 @@ class OpenAIBackend(Backend):
 
     def __init__(self, model: str | None = None, base_url: str | None = None, endpoint: str = "chat",
                  api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8, max_retries: int = 6,
-                 timeout: float = 600.0, tokenizer: str | None = None, logprobs_mode: str = "raw",
+                 timeout: float = 600.0, tokenizer: str | None = None, logprobs_mode: str = "unknown",
                  backoff_base: float = BACKOFF_BASE, **_ignored: Any) -> None:
         if not base_url:
             raise UsageError("--backend openai needs --base-url URL", hint="e.g. --base-url http://127.0.0.1:8000/v1")
@@ -221,7 +226,7 @@ class OpenAIBackend(Backend):
 # --------------------------------------------------------------------------- replies
 
 
-def parse_chat(reply: dict[str, Any], request: GenerationRequest, mode: str = "raw") -> Generation:
+def parse_chat(reply: dict[str, Any], request: GenerationRequest, mode: str = "unknown") -> Generation:
     """A chat completion reply as a Generation (reasoning joined into <think> form)."""
     choice = _first_choice(reply, request.key)
     message = choice.get("message") or {}
@@ -247,7 +252,7 @@ def parse_chat(reply: dict[str, Any], request: GenerationRequest, mode: str = "r
                       logprobs_mode=mode)
 
 
-def parse_completion(reply: dict[str, Any], request: GenerationRequest, mode: str = "raw") -> Generation:
+def parse_completion(reply: dict[str, Any], request: GenerationRequest, mode: str = "unknown") -> Generation:
     """A completions reply as a Generation."""
     choice = _first_choice(reply, request.key)
     text = choice.get("text") or ""

@@ -76,6 +76,11 @@ def sample_command(
     max_retries: Annotated[int, typer.Option("--max-retries", min=0, help="openai: retries per request.")] = 6,
     timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS", min=0.1,
                                            help="openai: socket timeout per attempt.")] = 600.0,
+    server_logprobs: Annotated[Optional[common.choice("raw", "processed")], typer.Option(
+        "--server-logprobs", metavar="raw|processed", help="openai: which log-probs the server "
+        "returns, as its operator knows (vLLM: raw unless served with --logprobs-mode "
+        "processed_logprobs); recorded as teacher.logprobs_mode. Without it that is unknown, which "
+        "dasd score refuses unless told (a reply does not say).", show_default=False)] = None,
     tokenizer: Annotated[Optional[str], typer.Option(
         "--tokenizer", metavar="PATH", help="openai: local tokenizer (a model or tokenizer folder, or a "
         ".gguf file) for the completions endpoint and --max-tokens-ratio (default: the embedded "
@@ -91,7 +96,7 @@ def sample_command(
     options = {"model": model, "backend": backend, "n": n, "temperature": temperatures,
                "top_p": top_p, "max_tokens": max_tokens, "max_tokens_ratio": max_tokens_ratio,
                "continue": continue_, "cut_min": cut_min, "system_prompt": system_prompt,
-               "shard": shared.shard, "resume": resume}
+               "shard": shared.shard, "resume": resume, "server_logprobs": server_logprobs}
     shared.options = options
     seed, output, compress, quiet = shared.seed, shared.output, shared.compress, shared.quiet
     backend_options = {"model": model, "dtype": dtype, "device": device, "batch_size": batch_size,
@@ -100,6 +105,8 @@ def sample_command(
                        "base_url": base_url, "endpoint": endpoint, "api_key_env": api_key_env,
                        "concurrency": concurrency, "max_retries": max_retries, "timeout": timeout,
                        "tokenizer": tokenizer}
+    if server_logprobs is not None:
+        backend_options["logprobs_mode"] = server_logprobs
 
     def body(session: common.Session) -> None:
         session.kept_word = "wrote"
@@ -107,6 +114,9 @@ def sample_command(
             raise UsageError("--temperature must be >= 0")
         if top_p <= 0:
             raise UsageError("--top-p must be above 0", hint="1.0 samples from the whole distribution")
+        if server_logprobs is not None and backend != "openai":
+            raise UsageError("--server-logprobs is for --backend openai",
+                             hint="hf and vllm always record raw log-probs")
         if continue_ and max_tokens_ratio is not None:
             raise UsageError("--continue and --max-tokens-ratio are separate steps",
                              hint="cap the student with --max-tokens-ratio, then continue with --continue")

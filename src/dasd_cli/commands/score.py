@@ -7,21 +7,24 @@ student), typed teacher / shared / student; ``das.score`` is the teacher-sentenc
 
 from __future__ import annotations
 
-import itertools
-import sys
-from collections.abc import Iterator
+from enum import Enum
 from typing import Annotated, Any, Optional
 
 import typer
 
 from dasd_cli import io
-from dasd_cli.backends.base import BACKENDS, ScoreRequest, check_backend_name
+from dasd_cli.backends.base import BACKENDS, check_backend_name
 from dasd_cli.commands import common
-from dasd_cli.core.chat import prompt_messages, response_text
-from dasd_cli.core.das import DEFAULT_ALPHA, DEFAULT_BETA, TokenLogprobs, analyze, das_record, teacher_tokens
-from dasd_cli.errors import RecordError, UsageError
+from dasd_cli.core.das import DEFAULT_ALPHA, DEFAULT_BETA
+from dasd_cli.errors import UsageError
+from dasd_cli.pipeline.scoring import ScoreSettings, score_stream
 
-WINDOW = 128  # records scored together: room to sort by length, output still in input order
+
+class AcceptedLogprobs(str, Enum):
+    """--accept-logprobs (a repeatable choice: typer takes a list of an Enum, not of a Literal)."""
+
+    processed = "processed"
+    unknown = "unknown"
 
 
 @common.shared_options(shard=True)
@@ -54,6 +57,12 @@ def score_command(
     keep_token_logprobs: Annotated[bool, typer.Option(
         "--keep-token-logprobs", help="Also store the student's per-token log-probs and offsets "
         "(das.student_logprobs, das.student_offsets).")] = False,
+    accept_logprobs: Annotated[Optional[list[AcceptedLogprobs]], typer.Option(
+        "--accept-logprobs", metavar="processed|unknown",
+        help="Also score records whose teacher.logprobs_mode is this (repeat the flag for both): "
+        "processed (after temperature/top-p) or unknown (not recorded, or a server that does not "
+        "say). Their p_T is then the distribution the log-probs came from, not the raw (temperature 1) one DAS "
+        "compares with p_S; without this flag such records are errors.", show_default=False)] = None,
     system_prompt: Annotated[Optional[str], typer.Option(
         "--system-prompt", metavar="TEXT",
         help="Only for records without a system turn: adds one. Not needed after `dasd "
@@ -61,182 +70,111 @@ def score_command(
         "on records sampled without a system turn it adds one the teacher never saw.",
         show_default=False)] = None,
     explain: Annotated[bool, typer.Option(
-        "--explain", help="Show the first --limit records sentence by sentence: colored text and "
-        "a summary table on stderr; with -o FILE.html, one self-contained HTML page instead.")] = False,
+        "--explain", help="Show the first --limit records sentence by sentence on stdout: text "
+        "tagged by type and a summary table (records then go only to -o PATH); with -o FILE.html, "
+        "one self-contained HTML page instead. Without --model: the das each record holds.")] = False,
     limit: Annotated[int, typer.Option("--limit", min=1, metavar="N", help="Records shown by --explain.")] = 1,
+    color: Annotated[common.choice("auto", "always", "never"), typer.Option(
+        "--color", metavar="auto|always|never", help="Color --explain's view by sentence type (auto: "
+        "when stdout is a terminal; always: also through a pipe, e.g. to less -R).")] = "auto",
     plot: Annotated[Optional[str], typer.Option(
         "--plot", metavar="FILE.png", help="Write histograms of response p_teacher per teacher "
-        "temperature and of p_student.", show_default=False)] = None,
+        "temperature and of p_student (without --model: from the das each record holds).",
+        show_default=False)] = None,
 ) -> None:
     """Score teacher responses sentence by sentence against a student (DAS).
 
-    Records that already carry a das object for the same student, beta and distilled
-    model are not scored again (so --explain and --plot read scored files without a
-    model). Records keep their input order.
+    Records that already carry a das object for the same student content, beta and
+    distilled model are not scored again. --explain and --plot without --model show the
+    das each record holds; with --model they score what has none for that model.
+    Records keep their input order.
     """
-    output, shard = shared.output, shared.shard
+    output, shard, quiet = shared.output, shared.shard, shared.quiet
     html_page = explain and output is not None and output.endswith((".html", ".htm"))
-    # On a terminal, --explain's view replaces the records (raw JSON would bury it).
-    show_only = explain and (html_page or (output is None and sys.stdout.isatty()))
+    # --explain writes its view to stdout, where the user looks (a pager, a terminal):
+    # records then go only to an -o file.
+    records_out = not explain or (output is not None and not html_page)
+    scoring = model is not None or not (explain or plot)  # else: show what the file holds
     options = {"model": model, "beta": beta, "distilled": distilled, "alpha": alpha,
                "backend": backend, "dtype": dtype, "device": device, "batch_tokens": batch_tokens,
                "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
                "keep_token_logprobs": keep_token_logprobs, "system_prompt": system_prompt,
-               "explain": explain, "limit": limit, "plot": plot, "shard": shard}
+               "accept_logprobs": sorted({mode.value for mode in accept_logprobs or ()}),
+               "explain": explain, "limit": limit, "color": color, "plot": plot, "shard": shard}
     shared.options = options
-    if html_page:
-        shared.output = None  # the page is written by the body; no records go out
+    if not records_out:
+        shared.output = None  # the view (or the HTML page) is what goes out; no records
+    settings = ScoreSettings(model=model, distilled=distilled, beta=beta, alpha=alpha, backend=backend,
+                             dtype=dtype, device=device, batch_tokens=batch_tokens,
+                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                             keep_token_logprobs=keep_token_logprobs, system_prompt=system_prompt,
+                             accept_logprobs=frozenset(mode.value for mode in accept_logprobs or ()))
 
     def body(session: common.Session) -> None:
         check_backend_name(backend)
         if backend == "openai":
             raise UsageError("--backend openai cannot score: it has no teacher-forced log-probs",
                              hint="use --backend hf or vllm")
-        scorer = _Scorer(model, distilled, backend=backend, dtype=dtype, device=device,
-                         batch_tokens=batch_tokens, gpu_memory_utilization=gpu_memory_utilization,
-                         max_model_len=max_model_len, beta=beta, alpha=alpha,
-                         keep_token_logprobs=keep_token_logprobs, system_prompt=system_prompt)
-        shown: list[dict[str, Any]] = []
+        if distilled is not None and not scoring:
+            raise UsageError("--distilled with --explain or --plot needs --model",
+                             hint="without --model they show the das each record holds")
+        view = ExplainView(limit, color=_use_color(color)) if explain else None
         points: list[tuple[Any, Any, Any]] = []
-        session.tally.extra.update({"sentences": 0, "teacher_sentences": 0, "merged_sentences": 0})
-        try:
-            # Showing only (no records out, no plot): read no more than what is shown.
-            stop_after = limit if show_only and not plot else None
-            for record in scorer.run(session, _windows(session, stop_after, common.parse_shard(shard))):
+
+        def observe(record: dict[str, Any]) -> None:
+            if plot:
                 das = record["das"]
-                session.tally.extra["sentences"] += len(das["sentences"])
-                session.tally.extra["teacher_sentences"] += das["score"]
-                if plot:
-                    points.append(((record.get("teacher") or {}).get("temperature"),
-                                   das.get("p_teacher"), das.get("p_student")))
-                if explain and len(shown) < limit:
-                    shown.append(record)
-                    if not html_page:
-                        from dasd_cli.report.explain import terminal_view
+                points.append(((record.get("teacher") or {}).get("temperature"),
+                               das.get("p_teacher"), das.get("p_student")))
+            if view is not None:
+                view.add(record, show=not html_page)
 
-                        io.say(terminal_view(record, len(shown) - 1, color=io.stderr_is_terminal()).rstrip("\n"))
-                if show_only:
-                    session.tally.keep()
-                else:
-                    session.emit(record)
-        finally:
-            scorer.close()
-        session.tally.extra["merged_sentences"] += scorer.merged
-        if explain:
-            from dasd_cli.report.explain import html_page as render_html
-            from dasd_cli.report.explain import terminal_summary
-
+        score_stream(session, settings, stored_only=not scoring, write_records=records_out,
+                     # nothing but the view (no records out, no plot): read no more than it shows
+                     stop_after=limit if explain and not records_out and not plot else None,
+                     shard=common.parse_shard(shard), observe=observe,
+                     notify=io.say if (explain or plot) and not quiet else None)
+        if view is not None:
             if html_page:
-                io.write_text_atomic(output, render_html(shown))
+                io.write_text_atomic(output, view.html())
             else:
-                io.say(terminal_summary(shown).rstrip("\n"))
+                view.finish()
         if plot:
             from dasd_cli.report.plot import plot_histograms
 
             plot_histograms(points, plot)
 
-    common.run_command("score", shared, body, writes_records=not show_only)
+    common.run_command("score", shared, body, writes_records=records_out)
 
 
-def _windows(session: common.Session, stop_after: int | None = None,
-             shard: tuple[int, int] | None = None) -> Iterator[list[io.Line]]:
-    window: list[io.Line] = []
-    for line in itertools.islice(session.records(shard=shard), stop_after):
-        window.append(line)
-        if len(window) >= WINDOW:
-            yield window
-            window = []
-    if window:
-        yield window
+def _use_color(color: str) -> bool:
+    return io.stdout_is_terminal() if color == "auto" else color == "always"
 
 
-class _Scorer:
-    """Loads the student (and distilled) model on first need; scores windows of records."""
+class ExplainView:
+    """--explain's view of the first ``limit`` records: each as it comes, on stdout, then
+    the summary table; or, for an HTML page, kept for :meth:`html`."""
 
-    def __init__(self, model: str | None, distilled: str | None, **settings: Any) -> None:
-        from dasd_cli.model.load import model_name
+    def __init__(self, limit: int, *, color: bool) -> None:
+        self.limit = limit
+        self.color = color
+        self.shown: list[dict[str, Any]] = []
 
-        self.specs = [model] + ([distilled] if distilled is not None else [])
-        self.names = [model_name(spec) for spec in self.specs]
-        self.settings = settings
-        self.backends: list[Any] = []
-        self.merged = 0
+    def add(self, record: dict[str, Any], *, show: bool) -> None:
+        if len(self.shown) >= self.limit:
+            return
+        self.shown.append(record)
+        if show:
+            from dasd_cli.report.explain import terminal_view
 
-    def _backends(self) -> list[Any]:
-        if not self.backends:
-            self.backends = [_open_backend(spec, **self.settings) for spec in self.specs]
-        return self.backends
+            io.show(terminal_view(record, len(self.shown) - 1, color=self.color))
 
-    def _reusable(self, record: dict[str, Any]) -> bool:
-        das = record.get("das")
-        s = self.settings
-        return (isinstance(das, dict) and das.get("student") == self.names[0] and das.get("beta") == s["beta"]
-                and das.get("distilled") == (self.names[1] if len(self.names) > 1 else None)
-                and (not s["keep_token_logprobs"] or "student_logprobs" in das))
+    def finish(self) -> None:
+        from dasd_cli.report.explain import terminal_summary
 
-    def run(self, session: common.Session, windows: Iterator[list[io.Line]]) -> Iterator[dict[str, Any]]:
-        """Scored records of every window, in input order; bad records go to the session."""
-        for window in windows:
-            todo: dict[str, tuple[dict[str, Any], TokenLogprobs, int]] = {}
-            requests = []
-            ready: list[tuple[io.Line, dict[str, Any] | None]] = []
-            for line in window:
-                record = line.record
-                if self._reusable(record):
-                    ready.append((line, record))
-                    continue
-                try:
-                    response = response_text(record)
-                    teacher, start = teacher_tokens(record, response)
-                    messages = prompt_messages(record, self.settings["system_prompt"])
-                except RecordError as err:
-                    session.bad_record(line, err)
-                    continue
-                key = str(len(requests))
-                todo[key] = (record, teacher, start)
-                requests.append(ScoreRequest(key, messages, response))
-                ready.append((line, None))
-            results = [dict() for _ in self.specs]
-            if requests:
-                for backend, into in zip(self._backends(), results):
-                    for scored in backend.score(requests):
-                        into[scored.key] = scored
-            keys = iter(range(len(requests)))
-            for line, record in ready:
-                if record is None:
-                    record = self._finish(todo, str(next(keys)), results)
-                yield record
+        io.show(terminal_summary(self.shown))
 
-    def _finish(self, todo: dict[str, Any], key: str, results: list[dict[str, Any]]) -> dict[str, Any]:
-        record, teacher, start = todo[key]
-        s = self.settings
-        models = [TokenLogprobs(r[key].logprobs, r[key].offsets) for r in results]
-        analysis = analyze(record["response"], teacher, models[0], beta=s["beta"], start=start,
-                           distilled=models[1] if len(models) > 1 else None, alpha=s["alpha"])
-        self.merged += analysis.merged
-        das = das_record(analysis, student=self.names[0], beta=s["beta"],
-                         distilled=self.names[1] if len(self.names) > 1 else None,
-                         alpha=s["alpha"] if len(self.names) > 1 else None)
-        if s["keep_token_logprobs"]:
-            das["student_logprobs"] = [round(x, 5) for x in models[0].logprobs]
-            das["student_offsets"] = list(models[0].offsets)
-        record["das"] = das
-        return record
+    def html(self) -> str:
+        from dasd_cli.report.explain import html_page
 
-    def close(self) -> None:
-        for backend in self.backends:
-            backend.close()
-
-
-def _open_backend(spec: str | None, *, backend: str, dtype: str, device: str, batch_tokens: int,
-                  gpu_memory_utilization: float, max_model_len: int | None, **_: Any) -> Any:
-    if backend == "vllm":
-        from dasd_cli.backends.vllm import VLLMBackend
-
-        scorer = VLLMBackend(spec, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                             max_model_len=max_model_len)
-        scorer.batch_tokens = batch_tokens
-        return scorer
-    from dasd_cli.backends.hf import HFBackend
-
-    return HFBackend(spec, dtype=dtype, device=device, batch_tokens=batch_tokens)
+        return html_page(self.shown)

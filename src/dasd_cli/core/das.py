@@ -19,7 +19,7 @@ p_D exceeds both p_T and p_S by more than alpha is boosted.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 from dasd_cli.core.segment import sentence_spans
 
 TYPES = ("teacher", "shared", "student")
+# teacher.logprobs_mode: "raw" is what METHOD.md asks for (the unscaled, temperature-1
+# distribution); "processed" is after temperature / top-p; "unknown" is a sample whose
+# server did not say (a record without the field, from before it existed, counts so).
+LOGPROBS_MODES = ("raw", "processed", "unknown")
 BOOSTED = "boosted"
 DEFAULT_BETA = 0.1
 DEFAULT_ALPHA = 0.1
@@ -172,11 +176,15 @@ def _r(value: float) -> float | None:
 
 
 def das_record(analysis: Analysis, *, student: str, beta: float, distilled: str | None = None,
-               alpha: float | None = None) -> dict[str, Any]:
+               alpha: float | None = None, student_key: str | None = None,
+               distilled_key: str | None = None) -> dict[str, Any]:
     """The ``das`` object of a scored record, exactly as DESIGN.md specifies.
 
-    With a distilled student it also carries ``distilled``, ``alpha``, ``p_distilled``,
-    ``counts.boosted`` and a ``p_distilled`` per sentence.
+    ``student`` is the model's name for people; ``student_key`` (when given) the
+    fingerprint of its content, on which a later run decides whether it may reuse the
+    scores. With a distilled student it also carries ``distilled`` (and
+    ``distilled_key``), ``alpha``, ``p_distilled``, ``counts.boosted`` and a
+    ``p_distilled`` per sentence.
     """
     has_d = distilled is not None
     sentences = []
@@ -188,11 +196,15 @@ def das_record(analysis: Analysis, *, student: str, beta: float, distilled: str 
         row["type"] = analysis.types[i]
         sentences.append(row)
     das: dict[str, Any] = {
-        "student": student, "beta": beta, "counts": dict(analysis.counts), "score": analysis.score,
+        "student": student, **({"student_key": student_key} if student_key is not None else {}),
+        "beta": beta, "counts": dict(analysis.counts), "score": analysis.score,
         "p_teacher": _r(analysis.p_response[0]), "p_student": _r(analysis.p_response[1]),
     }
     if has_d:
-        das.update({"distilled": distilled, "alpha": alpha, "p_distilled": _r(analysis.p_response[2])})
+        das["distilled"] = distilled
+        if distilled_key is not None:
+            das["distilled_key"] = distilled_key
+        das.update({"alpha": alpha, "p_distilled": _r(analysis.p_response[2])})
     das["sentences"] = sentences
     return das
 
@@ -229,3 +241,34 @@ def teacher_tokens(record: dict[str, Any], response: str) -> tuple[TokenLogprobs
         raise RecordError(f"record {name!r}: teacher.offsets must index the response from "
                           f"prefix_chars ({start}) on", reason="bad_teacher_logprobs")
     return TokenLogprobs(logprobs, offsets), start
+
+
+def check_logprobs_mode(record: dict[str, Any], accepted: Collection[str] = ()) -> str:
+    """The record's ``teacher.logprobs_mode``; raises RecordError unless it is raw or in
+    ``accepted`` (what the user said to score anyway: "processed", "unknown").
+
+    Processed log-probs are those of the sampling distribution (temperature, top-p), not
+    the model's own: their p_T is not comparable with the student's p_S.
+    """
+    from dasd_cli.errors import RecordError
+
+    name = record.get("id", "?")
+    teacher = record.get("teacher")
+    mode = teacher.get("logprobs_mode") if isinstance(teacher, dict) else None
+    mode = "unknown" if mode is None else mode
+    if mode not in LOGPROBS_MODES:
+        raise RecordError(f"record {name!r}: teacher.logprobs_mode {mode!r} is not one of "
+                          f"{', '.join(LOGPROBS_MODES)}", reason="bad_teacher_logprobs")
+    if mode == "raw" or mode in accepted:
+        return mode
+    if mode == "processed":
+        why = "they are the sampling distribution's (after temperature/top-p)"
+        fix = "sample again with raw log-probs"
+    else:
+        why = "the record does not say whether they are raw (an older file, or a server that does not tell)"
+        fix = ("when the server is known to return raw ones (vLLM's default), sample with "
+               "`dasd sample --server-logprobs raw`")
+    raise RecordError(f"record {name!r}: teacher.logprobs_mode is {mode}, not raw: {why}",
+                      reason=f"logprobs_{mode}",
+                      hint=f"{fix}; or pass --accept-logprobs {mode} to score them anyway (p_T is then "
+                      "not the raw distribution's that DAS compares with p_S)")

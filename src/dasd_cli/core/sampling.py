@@ -49,7 +49,7 @@ class Generation:
     logprobs: list[float]  # log p(token) under the unscaled (T=1) distribution when raw
     offsets: list[int]  # start character of each token in ``text``
     finish_reason: str  # "stop" or "length"
-    logprobs_mode: str = "raw"  # "raw" or "processed" (after temperature/top-p)
+    logprobs_mode: str = "raw"  # "raw", "processed" (after temperature/top-p) or "unknown"
 
 
 @dataclass

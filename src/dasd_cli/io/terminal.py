@@ -1,4 +1,5 @@
-"""What a person sees: one-line messages, progress and library logs, all on stderr."""
+"""What a person sees: one-line messages, progress and library logs on stderr; a view
+asked for in place of records (``dasd score --explain``) on stdout."""
 
 from __future__ import annotations
 
@@ -11,6 +12,22 @@ from dasd_cli.io.write import records_stream
 
 def stderr_is_terminal() -> bool:
     return sys.stderr is not None and sys.stderr.isatty()
+
+
+def stdout_is_terminal() -> bool:
+    """Whether what a command writes to stdout reaches a terminal (not a pipe or file)."""
+    try:
+        return records_stream().isatty()
+    except (ValueError, OSError):
+        return False
+
+
+def show(text: str) -> None:
+    """A view the user asked for (``dasd score --explain``), on stdout: where a pager or
+    ``| head`` reads. Only for runs that write no records to stdout."""
+    stream = records_stream()
+    stream.write(text.encode("utf-8") if text.endswith("\n") else (text + "\n").encode("utf-8"))
+    stream.flush()
 
 
 def say(text: str) -> None:

@@ -102,6 +102,10 @@ def _content_key(path: Path) -> str:
     """sha256 over the size and the first and last 8 MiB: a GGUF file's header (metadata,
     tensor table) and a slice of its weights, read in milliseconds instead of hashing
     every byte on every call."""
+    return _content_digest(path).hexdigest()[:12]
+
+
+def _content_digest(path: Path) -> Any:
     size = path.stat().st_size
     digest = hashlib.sha256(str(size).encode())
     with path.open("rb") as fh:
@@ -109,7 +113,32 @@ def _content_key(path: Path) -> str:
         if size > _KEY_BLOCK:
             fh.seek(max(_KEY_BLOCK, size - _KEY_BLOCK))
             digest.update(fh.read(_KEY_BLOCK))
-    return digest.hexdigest()[:12]
+    return digest
+
+
+def model_key(spec: str | None) -> str:
+    """A fingerprint of a model's content, cheap enough to take at every start.
+
+    A .gguf file (the embedded default too) is keyed like its conversion cache
+    (``_content_key``). A folder is keyed on every file in it (hidden ones aside): its
+    relative path and the same bounded digest of its content, so a safetensors shard
+    counts with its header (tensor table) and the weights at both ends; config and
+    tokenizer files are small and read whole. Two folders with the same name but other
+    weights get other keys; the folder's name and the files' mtimes play no part.
+    """
+    if spec is None or spec == "default":
+        return _content_key(default_gguf())
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return _content_key(path)
+    if not path.is_dir():
+        resolve_model(spec)  # raises the usual error for a missing model
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts)):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(_content_digest(file).digest())
+    return digest.hexdigest()[:16]
 
 
 def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
