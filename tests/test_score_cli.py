@@ -213,13 +213,13 @@ def test_student_is_scored_on_the_messages_the_teacher_was_sent(cli, monkeypatch
     """`dasd sample --system-prompt X` then `dasd score` without the flag: the student's
     prompt holds X (a fake student backend records what it is asked)."""
     from dasd_cli.backends.base import Scored
-    from dasd_cli.commands import score as score_command
+    from dasd_cli.pipeline import scoring
     from fault_proxy import FakeOpenAI
 
     system = "Answer like a pirate."
     with FakeOpenAI() as server:
         code, sampled, err = cli(["sample", "--backend", "openai", "--base-url", server.url, "--compress",
-                                  "none", "--system-prompt", system, "-"],
+                                  "none", "--system-prompt", system, "--server-logprobs", "raw", "-"],
                                  stdin=to_jsonl([{"id": "q", "prompt": "What is 2 + 2?"}]))
         assert code == 0, err
         teacher_saw = server.payloads[0]["messages"]
@@ -235,7 +235,7 @@ def test_student_is_scored_on_the_messages_the_teacher_was_sent(cli, monkeypatch
         def close(self):
             pass
 
-    monkeypatch.setattr(score_command, "_open_backend", lambda spec, **settings: Student())
+    monkeypatch.setattr(scoring, "open_backend", lambda spec, settings: Student())
     code, out, err = cli(["score", "--compress", "none", "-"], stdin=sampled)
     assert code == 0, err
     assert asked == [teacher_saw] and asked[0][0] == {"role": "system", "content": system}
