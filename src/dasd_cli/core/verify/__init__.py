@@ -1,8 +1,9 @@
 """Correctness against a record's ``reference`` (DESIGN.md, Prompt record).
 
 :func:`verify_record` is the one entry point: stateless and safe to call from several
-threads at once (code tests run in separate sandboxed processes; math comparisons off the
-main thread run in a helper process with a time limit).
+threads at once (code tests run through the ``run_program`` the caller passes, e.g. the
+sandbox of :mod:`dasd_cli.sandbox`; math comparisons off the main thread run in a helper
+process with a time limit).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from dasd_cli.core.chat import response_text
-from dasd_cli.core.filters.base import Drop
+from dasd_cli.core.drop import Drop
+from dasd_cli.core.verify.code import ProgramRunner
 from dasd_cli.errors import RecordError
 
 REFERENCE_KINDS = ("answer", "choice", "tests")
@@ -31,12 +33,13 @@ def reference_kind(record: dict[str, Any]) -> str | None:
 
 
 def verify_record(record: dict[str, Any], *, math_timeout_s: int = 5,
-                  limits: Any = None) -> Drop | None:
+                  run_program: ProgramRunner | None = None) -> Drop | None:
     """None when the response is correct (or there is no reference); else a Drop.
 
     Reason codes: wrong_answer, no_answer (nothing extractable), verify_timeout (math
     comparison too slow), no_code, tests_failed, tests_timeout, sandbox_error.
-    ``limits`` is a :class:`dasd_cli.sandbox.Limits` for code tests.
+    ``run_program`` runs the program of a code reference (candidate code, then tests) in
+    isolation; a record with code tests and no ``run_program`` is a ValueError.
     """
     kind = reference_kind(record)
     if kind is None:
@@ -65,12 +68,14 @@ def verify_record(record: dict[str, Any], *, math_timeout_s: int = 5,
         return None if chosen == expected else Drop("wrong_answer", f"chose {chosen}, reference {expected}")
     from dasd_cli.core.verify.code import extract_code, run_tests
 
+    if run_program is None:
+        raise ValueError("verifying code tests needs run_program (e.g. dasd_cli.sandbox.run_python)")
     code = extract_code(response)
     if code is None:
         return Drop("no_code", "no Python code block in the final answer")
     entry_point = reference.get("entry_point")
     outcome = run_tests(code, reference["tests"], entry_point if isinstance(entry_point, str) else None,
-                        limits)
+                        run_program=run_program)
     return None if outcome.passed else Drop(outcome.reason, outcome.detail)
 
 
