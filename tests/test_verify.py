@@ -207,3 +207,17 @@ def test_choice_opening_letter(response, expected) -> None:
     from dasd_cli.core.verify.choice import extract_choice
 
     assert extract_choice(response) == expected
+
+
+def test_judge_record_carries_the_extracted_answer() -> None:
+    from dasd_cli.core.verify import judge_record
+
+    right = judge_record(math("<think>...</think>\n\nThus \\boxed{\\frac12}.", "0.5"))
+    assert (right.correct, right.reason, right.answer) == (True, "correct", "\\frac12")
+    wrong = judge_record(math("<think>...</think>\n\nThus \\boxed{2}.", "1/2"))
+    assert (wrong.correct, wrong.reason, wrong.answer) == (False, "wrong_answer", "2")
+    none = judge_record(math("<think>...</think>\n\nNot sure.", "1/2"))
+    assert (none.correct, none.reason, none.answer) == (False, "no_answer", None)
+    chose = judge_record({"response": "The answer is (c).", "reference": {"choice": "B"}})
+    assert (chose.correct, chose.answer) == (False, "C")
+    assert judge_record({"response": "x"}) is None
