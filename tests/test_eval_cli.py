@@ -188,6 +188,8 @@ def test_compare_errors(cli, tmp_path: Path) -> None:
     unrelated = write_file(tmp_path / "unrelated.jsonl", [sample("zzz", 0, "4")])
     code, _out, err = cli(["eval", "--compare", str(unrelated), "-"], stdin=to_jsonl(run_set()))
     assert code == 2 and "no prompt in common" in err
+    code, out, err = cli(["eval", "--compare", str(tmp_path / "nowhere.jsonl"), "-"], stdin=to_jsonl(run_set()))
+    assert code == 2 and "no such file" in err and parse_records(out) == []
 
 
 def test_bad_records_name_file_and_line_or_are_skipped(cli, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ maj@k, truncation rate and mean response tokens (definitions: :mod:`dasd_cli.cor
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Annotated, Any, Optional
 
@@ -80,6 +81,8 @@ def eval_command(
             raise UsageError("--report-file needs a table", hint="use --report table or --report md")
         if compare_with == "-":
             raise UsageError("--compare needs a file, not stdin")
+        if compare_with is not None and not os.path.exists(compare_with):
+            raise UsageError(f"--compare {compare_with}: no such file")  # before the long part
         path = _field_path(by)
         judge = _judge(math_timeout)
         evaluation = Evaluation()

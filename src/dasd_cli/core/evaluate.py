@@ -132,23 +132,28 @@ class Evaluation:
     """Verdicts grouped by (group, prompt_id); one group per ``--by`` value (or domain)."""
 
     def __init__(self) -> None:
-        self.units: dict[tuple[str, str], PromptTally] = {}
+        self.by_group: dict[str, dict[str, PromptTally]] = {}
 
     def add(self, group: str, prompt_id: str, correct: bool, answer: str | None, *,
             votable: bool = True, truncated: bool = False, tokens: int | None = None) -> None:
-        unit = self.units.get((group, prompt_id))
+        prompts = self.by_group.setdefault(group, {})
+        unit = prompts.get(prompt_id)
         if unit is None:
-            unit = self.units[(group, prompt_id)] = PromptTally()
+            unit = prompts[prompt_id] = PromptTally()
         unit.add(correct, answer, votable=votable, truncated=truncated, tokens=tokens)
 
     def groups(self) -> list[str]:
-        return sorted({group for group, _ in self.units})
+        return sorted(self.by_group)
+
+    def units(self, group: str | None = None) -> dict[tuple[str, str], PromptTally]:
+        """{(group, prompt_id): tally} of one group, or of all with None."""
+        names = self.groups() if group is None else [group]
+        return {(name, pid): unit for name in names for pid, unit in self.by_group.get(name, {}).items()}
 
     def summaries(self) -> list["Summary"]:
         """One summary per group (sorted by name), then the overall one (every prompt)."""
-        rows = [summarize(group, [u for (g, _), u in self.units.items() if g == group])
-                for group in self.groups()]
-        rows.append(summarize(OVERALL, list(self.units.values())))
+        rows = [summarize(group, list(self.by_group[group].values())) for group in self.groups()]
+        rows.append(summarize(OVERALL, list(self.units().values())))
         return rows
 
 
@@ -246,10 +251,9 @@ def compare(here: Evaluation, other: Evaluation, *, seed: int, resamples: int = 
     seeded with ``seed``, so a group's interval does not depend on the other groups.
     """
     rows = []
-    groups = sorted({g for g, _ in here.units} | {g for g, _ in other.units})
+    groups = sorted(set(here.groups()) | set(other.groups()))
     for group in [*groups, None]:
-        mine = {key: u for key, u in here.units.items() if group is None or key[0] == group}
-        theirs = {key: u for key, u in other.units.items() if group is None or key[0] == group}
+        mine, theirs = here.units(group), other.units(group)
         paired = sorted(mine.keys() & theirs.keys())
         name = OVERALL if group is None else group
         if not paired:
