@@ -232,3 +232,32 @@ def test_code_samples_are_tested_and_have_no_majority(tmp_path: Path) -> None:
     assert out[1]["eval"]["reason"] == "tests_failed" and out[0]["eval"]["answer"] is None
     code = groups(orjson.loads((tmp_path / "s.json").read_bytes()))["code"]
     assert code["avg"] == 0.5 and code["maj_at"] is None and code["pass_at"] == {"1": 0.5, "2": 1.0}
+
+
+def test_thread_map_keeps_order_and_bounds_the_work_in_flight() -> None:
+    import threading
+    import time
+
+    from dasd_cli.workers import ordered_thread_map
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def items():
+        for i in range(40):
+            with lock:
+                started.append(i)
+            yield i
+
+    seen = []
+
+    def slow(i: int) -> int:
+        time.sleep(0.001 * ((i * 7) % 5))  # later items often finish first
+        return i * i
+
+    for i, result in ordered_thread_map(slow, items(), workers=4, window=6):
+        seen.append((i, result))
+        assert len(started) <= i + 1 + 6  # never more than the window read ahead
+    assert seen == [(i, i * i) for i in range(40)]
+    main = threading.main_thread()
+    assert [t for _, t in ordered_thread_map(lambda _: threading.current_thread(), [1, 2], workers=1)] == [main, main]
