@@ -110,6 +110,12 @@ def test_table_on_stderr_plain_and_markdown(cli, tmp_path: Path) -> None:
     assert "avg@4" not in err  # the table went to the file
     code, _out, err = cli(["eval", "--report", "none", "-"], stdin=to_jsonl(run_set()))
     assert code == 0 and "avg@4" not in err
+    code, _out, err = cli(["eval", "--quiet", "-"], stdin=to_jsonl(run_set()))
+    assert code == 0 and err == ""
+    uneven = run_set()[:-1]  # p2 keeps 3 samples: the header says avg@n, the row 3-4
+    code, _out, err = cli(["eval", "-"], stdin=to_jsonl(uneven))
+    assert code == 0 and "avg@n" in err
+    assert next(line for line in err.splitlines() if line.startswith("all")).split()[2] == "3-4"
     code, _out, err = cli(["eval", "--report", "html", "-"], stdin=to_jsonl(run_set()))
     assert code == 2 and "--report must be one of" in err
 

@@ -28,8 +28,8 @@ def metric_rows(summaries: Sequence[Summary], by: str) -> tuple[list[str], list[
     """Headers and cells of the metrics table."""
     ks = sorted({k for s in summaries for k in s.pass_at})
     maj_ks = sorted({k for s in summaries if s.maj_at for k in s.maj_at if k > 1})
-    counts = {(s.min_samples, s.max_samples) for s in summaries if s.prompts}
-    n = next(iter(counts))[0] if len(counts) == 1 and len(set(next(iter(counts)))) == 1 else "n"
+    per_prompt = {count for s in summaries if s.prompts for count in (s.min_samples, s.max_samples)}
+    n = per_prompt.pop() if len(per_prompt) == 1 else "n"  # avg@64 when every prompt has 64
     headers = [by, "prompts", "n", f"avg@{n}", "± se", *(f"pass@{k}" for k in ks),
                *(f"maj@{k}" for k in maj_ks), "trunc %", "tokens"]
     rows = []
