@@ -45,12 +45,13 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 def accuracy(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean accuracy over verifiable answers, per domain and overall; truncation rate."""
     from dasd_cli.core.verify import reference_kind, verify_record
+    from dasd_cli.sandbox import run_python
 
     per_domain: dict[str, list[int]] = defaultdict(list)
     for record in records:
         if reference_kind(record) is None:
             continue
-        correct = int(verify_record(record) is None)
+        correct = int(verify_record(record, run_program=run_python) is None)
         per_domain[record.get("domain", "other")].append(correct)
         per_domain["all"].append(correct)
     truncated = sum(r.get("finish_reason") == "length" for r in records)

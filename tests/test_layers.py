@@ -158,3 +158,12 @@ def test_the_checker_sees_a_wrong_arrow(tmp_path, monkeypatch):
     (fake / "io" / "__init__.py").write_text("")
     monkeypatch.setattr(__import__(__name__), "SRC", fake)
     assert ("core", "io", "dasd_cli/core/bad.py:2") in edges()
+
+
+def test_ignore_index_is_defined_once():
+    definitions = [f"{path.relative_to(SRC)}:{node.lineno}"
+                   for path in SRC.rglob("*.py")
+                   for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                   if isinstance(node, ast.Assign)
+                   and any(isinstance(t, ast.Name) and t.id == "IGNORE_INDEX" for t in node.targets)]
+    assert len(definitions) == 1, definitions

@@ -31,6 +31,11 @@ def response_record(i: int) -> dict[str, Any]:
             "finish_reason": "stop", "domain": "math"}
 
 
+def evaluable_record(i: int) -> dict[str, Any]:
+    """A response with a math reference, for `dasd eval`."""
+    return {**response_record(i), "reference": {"answer": str(i)}}
+
+
 @dataclass
 class StreamCase:
     command: str
@@ -47,6 +52,7 @@ class StreamCase:
 
 
 STREAMING_COMMANDS: list[StreamCase] = [
+    StreamCase("eval", evaluable_record, big_records=3000),
     StreamCase("filter", response_record),
     StreamCase("mix", response_record, ordered=False),
     StreamCase("pack", response_record, ["--cutoff-len", "256"], lambda recs: [i for r in recs for i in r["ids"]], ordered=False, big_records=3000, marks=[pytest.mark.slow]),

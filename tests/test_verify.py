@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import pytest
 
@@ -13,6 +14,7 @@ from dasd_cli.core.verify.answers import answers_match, extract_math_answer
 from dasd_cli.core.verify.choice import extract_choice
 from dasd_cli.core.verify.code import extract_code
 from dasd_cli.errors import RecordError
+from dasd_cli.sandbox import Limits, run_python
 
 
 def math(response: str, answer: str) -> dict:
@@ -97,7 +99,7 @@ def test_choice_verdicts():
 # --------------------------------------------------------------------------- records and the filter
 
 def test_records_without_reference_are_kept_and_counted():
-    flt = VerifyFilter()
+    flt = VerifyFilter(run_program=run_python)
     assert flt.check({"response": "anything"}) is None
     assert flt.check(math("\\boxed{1}", "1")) is None
     assert (flt.unverified, flt.verified) == (1, 1)
@@ -124,20 +126,33 @@ def test_code_extraction_takes_the_last_python_block_of_the_final_answer():
 def test_mbpp_style_asserts():
     record = {"response": "</think>\n\n```python\ndef add(a, b):\n    return a + b\n```",
               "reference": {"tests": "assert add(1, 2) == 3\nassert add(-1, 1) == 0"}}
-    assert verify_record(record) is None
+    assert verify_record(record, run_program=run_python) is None
     record["response"] = record["response"].replace("a + b", "a - b")
-    drop = verify_record(record)
+    drop = verify_record(record, run_program=run_python)
     assert drop.reason == "tests_failed" and "AssertionError" in drop.detail
     record["response"] = "</think>\n\nJust add them."
-    assert verify_record(record).reason == "no_code"
+    assert verify_record(record, run_program=run_python).reason == "no_code"
+
+
+def test_code_tests_run_through_the_runner_passed_in():
+    programs = []
+
+    def runner(program):
+        programs.append(program)
+        return run_python("raise SystemExit(1)")
+
+    record = {"response": "```python\ndef one():\n    return 1\n```",
+              "reference": {"tests": "def check(f):\n    assert f() == 1", "entry_point": "one"}}
+    assert verify_record(record, run_program=runner).reason == "tests_failed"
+    assert programs == ["def one():\n    return 1\n\n\ndef check(f):\n    assert f() == 1\n\n\ncheck(one)\n"]
+    with pytest.raises(ValueError, match="run_program"):
+        verify_record(record)
 
 
 def test_hanging_candidate_is_a_timeout_verdict():
-    from dasd_cli.sandbox import Limits
-
     record = {"response": "```python\ndef add(a, b):\n    while True: pass\n```",
               "reference": {"tests": "assert add(1, 2) == 3"}}
-    drop = verify_record(record, limits=Limits(wall_seconds=5, cpu_seconds=1))
+    drop = verify_record(record, run_program=partial(run_python, limits=Limits(wall_seconds=5, cpu_seconds=1)))
     assert drop.reason == "tests_timeout"
 
 
@@ -159,8 +174,9 @@ def test_humaneval_reference_solutions_all_pass_and_broken_ones_fail():
     # Broken: the same function returning None (every HumanEval check compares a value).
     broken = [_humaneval_record(p, "    return None\n") for p in problems[::4]]
     with ThreadPoolExecutor(max_workers=4) as pool:  # subprocess-bound: threads overlap waits
-        good_verdicts = list(pool.map(verify_record, correct))
-        bad_verdicts = list(pool.map(verify_record, broken))
+        verify = partial(verify_record, run_program=run_python)
+        good_verdicts = list(pool.map(verify, correct))
+        bad_verdicts = list(pool.map(verify, broken))
     failures = [(r["id"], d) for r, d in zip(correct, good_verdicts) if d is not None]
     assert failures == []
     assert all(d is not None and d.reason == "tests_failed" for d in bad_verdicts)
@@ -191,3 +207,17 @@ def test_choice_opening_letter(response, expected) -> None:
     from dasd_cli.core.verify.choice import extract_choice
 
     assert extract_choice(response) == expected
+
+
+def test_judge_record_carries_the_extracted_answer() -> None:
+    from dasd_cli.core.verify import judge_record
+
+    right = judge_record(math("<think>...</think>\n\nThus \\boxed{\\frac12}.", "0.5"))
+    assert (right.correct, right.reason, right.answer) == (True, "correct", "\\frac12")
+    wrong = judge_record(math("<think>...</think>\n\nThus \\boxed{2}.", "1/2"))
+    assert (wrong.correct, wrong.reason, wrong.answer) == (False, "wrong_answer", "2")
+    none = judge_record(math("<think>...</think>\n\nNot sure.", "1/2"))
+    assert (none.correct, none.reason, none.answer) == (False, "no_answer", None)
+    chose = judge_record({"response": "The answer is (c).", "reference": {"choice": "B"}})
+    assert (chose.correct, chose.answer) == (False, "C")
+    assert judge_record({"response": "x"}) is None

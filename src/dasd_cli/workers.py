@@ -7,6 +7,9 @@ are in flight, so memory stays bounded however long the input
 started with ``spawn`` (no fork of a process whose tokenizer threads already ran) and
 set up once by ``initializer(*initargs)``. With ``workers <= 1`` everything runs in
 this process, initializer included, with no pool at all.
+
+``ordered_thread_map`` is the same contract over threads, for work that mostly waits on
+other processes (``dasd eval``'s code tests in the sandbox).
 """
 
 from __future__ import annotations
@@ -57,3 +60,33 @@ def ordered_map(fn: Callable[[T], R], chunks: Iterable[T], *, workers: int,
         finally:
             for _, future in pending:
                 future.cancel()
+
+
+def ordered_thread_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int,
+                       window: int | None = None) -> Iterator[tuple[T, R]]:
+    """``(item, fn(item))`` in input order, computed by ``workers`` threads.
+
+    For work that waits on other processes (code tests in the sandbox, math comparisons
+    in their helper process), where threads are enough. At most ``window`` items are in
+    flight. With ``workers <= 1`` it runs in this thread, so ``fn`` sees the main thread.
+    """
+    if workers <= 1:
+        for item in items:
+            yield item, fn(item)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    window = window or 4 * workers
+    pending: collections.deque[tuple[T, Future[R]]] = collections.deque()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dasd-worker")
+    try:
+        for item in items:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) >= window:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

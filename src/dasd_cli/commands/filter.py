@@ -167,7 +167,9 @@ def build_filters(*, truncated: bool, only_truncated: bool, require_think: bool,
     elif tokenizer is not None:
         raise UsageError("--tokenizer is only used with --cutoff-len", hint="add --cutoff-len L")
     if verify:
-        filters.append(VerifyFilter(math_timeout_s=math_timeout))
+        from dasd_cli.sandbox import run_python
+
+        filters.append(VerifyFilter(run_program=run_python, math_timeout_s=math_timeout))
     return filters
 
 

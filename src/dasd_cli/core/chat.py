@@ -21,6 +21,7 @@ from typing import Any
 
 from dasd_cli.errors import RecordError
 
+IGNORE_INDEX = -100  # label of a token that carries no loss (prompt tokens, padding)
 _SENTINEL = "\x00DASD-END-OF-TURN-PROBE\x00"
 
 
@@ -113,8 +114,8 @@ class Encoded:
 
     @property
     def labels(self) -> list[int]:
-        """-100 on the prompt, the token ids on the response and its end of turn."""
-        return [-100] * self.prompt_len + self.input_ids[self.prompt_len:]
+        """IGNORE_INDEX on the prompt, the token ids on the response and its end of turn."""
+        return [IGNORE_INDEX] * self.prompt_len + self.input_ids[self.prompt_len:]
 
     def __len__(self) -> int:
         return len(self.input_ids)

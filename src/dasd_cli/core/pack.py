@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from dasd_cli.core.chat import encode_ids, end_of_turn, render_prompt
+from dasd_cli.core.chat import IGNORE_INDEX, encode_ids, end_of_turn, render_prompt
 
-IGNORE_INDEX = -100  # label value that carries no loss (prompt tokens)
 _WORD = 64  # bits per bitmap word of the capacity index
 
 

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from dasd_cli.core.drop import Drop
 
-@dataclass(frozen=True, slots=True)
-class Drop:
-    """A verdict to drop a record: a stable snake_case ``reason`` and a human ``detail``."""
-
-    reason: str
-    detail: str = ""
+__all__ = ["Drop", "Filter", "first_drop"]
 
 
 class Filter(Protocol):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from dasd_cli.core.filters.base import Drop
+from dasd_cli.core.verify import reference_kind, verify_record
+from dasd_cli.core.verify.code import ProgramRunner
 
 
 class VerifyFilter:
@@ -16,17 +18,15 @@ class VerifyFilter:
 
     name = "verify"
 
-    def __init__(self, *, math_timeout_s: int = 5, limits: Any = None) -> None:
+    def __init__(self, *, run_program: ProgramRunner, math_timeout_s: int = 5) -> None:
+        self.run_program = run_program  # runs code tests in isolation (dasd_cli.sandbox.run_python)
         self.math_timeout_s = math_timeout_s  # seconds per math parse / comparison
-        self.limits = limits  # dasd_cli.sandbox.Limits for code tests (None: defaults)
         self.verified = 0
         self.unverified = 0
 
     def check(self, record: dict[str, Any]) -> Drop | None:
-        from dasd_cli.core.verify import reference_kind, verify_record
-
         if reference_kind(record) is None:
             self.unverified += 1
             return None
         self.verified += 1
-        return verify_record(record, math_timeout_s=self.math_timeout_s, limits=self.limits)
+        return verify_record(record, math_timeout_s=self.math_timeout_s, run_program=self.run_program)

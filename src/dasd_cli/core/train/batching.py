@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from dasd_cli.core.chat import IGNORE_INDEX
 from dasd_cli.errors import RecordError
 
-IGNORE_INDEX = -100
 INT32_MAX = 2**31 - 1  # token ids, labels and positions are stored as int32
 
 

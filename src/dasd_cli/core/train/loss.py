@@ -23,7 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-IGNORE_INDEX = -100  # label of a token that carries no loss
+from dasd_cli.core.chat import IGNORE_INDEX
+
 DEFAULT_CHUNK_SIZE = 256  # rows projected at once: 256 x vocab fp32 logits at most
 
 

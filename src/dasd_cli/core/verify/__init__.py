@@ -1,16 +1,20 @@
 """Correctness against a record's ``reference`` (DESIGN.md, Prompt record).
 
-:func:`verify_record` is the one entry point: stateless and safe to call from several
-threads at once (code tests run in separate sandboxed processes; math comparisons off the
-main thread run in a helper process with a time limit).
+:func:`judge_record` (a verdict with the extracted answer) and :func:`verify_record` (a
+drop for filters) are the entry points: stateless and safe to call from several
+threads at once (code tests run through the ``run_program`` the caller passes, e.g. the
+sandbox of :mod:`dasd_cli.sandbox`; math comparisons off the main thread run in a helper
+process with a time limit).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from dasd_cli.core.chat import response_text
-from dasd_cli.core.filters.base import Drop
+from dasd_cli.core.drop import Drop
+from dasd_cli.core.verify.code import ProgramRunner
 from dasd_cli.errors import RecordError
 
 REFERENCE_KINDS = ("answer", "choice", "tests")
@@ -30,13 +34,30 @@ def reference_kind(record: dict[str, Any]) -> str | None:
                       hint='e.g. {"answer": "1/2"}, {"choice": "B"} or {"tests": "assert f(1) == 2"}')
 
 
-def verify_record(record: dict[str, Any], *, math_timeout_s: int = 5,
-                  limits: Any = None) -> Drop | None:
-    """None when the response is correct (or there is no reference); else a Drop.
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How a response compares with its reference.
 
-    Reason codes: wrong_answer, no_answer (nothing extractable), verify_timeout (math
-    comparison too slow), no_code, tests_failed, tests_timeout, sandbox_error.
-    ``limits`` is a :class:`dasd_cli.sandbox.Limits` for code tests.
+    ``reason`` is "correct" or a drop reason code of :func:`verify_record`; ``answer`` is
+    the final answer extracted from the response (math: the answer text; multiple choice:
+    the letter), None when nothing could be extracted or for code (the program is not an
+    answer one could vote on).
+    """
+
+    correct: bool
+    reason: str
+    answer: str | None = None
+    detail: str = ""
+
+
+def judge_record(record: dict[str, Any], *, math_timeout_s: int = 5,
+                 run_program: ProgramRunner | None = None) -> Verdict | None:
+    """The verdict on a record's response; None when the record has no reference.
+
+    Reason codes: correct, wrong_answer, no_answer (nothing extractable), verify_timeout
+    (math comparison too slow), no_code, tests_failed, tests_timeout, sandbox_error.
+    ``run_program`` runs the program of a code reference (candidate code, then tests) in
+    isolation; a record with code tests and no ``run_program`` is a ValueError.
     """
     kind = reference_kind(record)
     if kind is None:
@@ -48,30 +69,49 @@ def verify_record(record: dict[str, Any], *, math_timeout_s: int = 5,
 
         answer = extract_math_answer(response)
         if answer is None:
-            return Drop("no_answer", "no \\boxed{} or final-answer phrase in the final answer")
+            return Verdict(False, "no_answer", None, "no \\boxed{} or final-answer phrase in the final answer")
         try:
             if answers_match(reference["answer"], answer, timeout_s=math_timeout_s):
-                return None
+                return Verdict(True, "correct", answer)
         except ComparisonTimeout as exc:
-            return Drop("verify_timeout", str(exc))
-        return Drop("wrong_answer", f"answer {_clip(answer)!r}, reference {_clip(reference['answer'])!r}")
+            return Verdict(False, "verify_timeout", answer, str(exc))
+        return Verdict(False, "wrong_answer", answer,
+                       f"answer {_clip(answer)!r}, reference {_clip(reference['answer'])!r}")
     if kind == "choice":
         from dasd_cli.core.verify.choice import extract_choice, normalize_choice
 
         chosen = extract_choice(response)
         if chosen is None:
-            return Drop("no_answer", "no chosen letter in the final answer")
+            return Verdict(False, "no_answer", None, "no chosen letter in the final answer")
         expected = normalize_choice(reference["choice"])
-        return None if chosen == expected else Drop("wrong_answer", f"chose {chosen}, reference {expected}")
+        if chosen == expected:
+            return Verdict(True, "correct", chosen)
+        return Verdict(False, "wrong_answer", chosen, f"chose {chosen}, reference {expected}")
     from dasd_cli.core.verify.code import extract_code, run_tests
 
+    if run_program is None:
+        raise ValueError("verifying code tests needs run_program (e.g. dasd_cli.sandbox.run_python)")
     code = extract_code(response)
     if code is None:
-        return Drop("no_code", "no Python code block in the final answer")
+        return Verdict(False, "no_code", None, "no Python code block in the final answer")
     entry_point = reference.get("entry_point")
     outcome = run_tests(code, reference["tests"], entry_point if isinstance(entry_point, str) else None,
-                        limits)
-    return None if outcome.passed else Drop(outcome.reason, outcome.detail)
+                        run_program=run_program)
+    if outcome.passed:
+        return Verdict(True, "correct")
+    return Verdict(False, outcome.reason, None, outcome.detail)
+
+
+def verify_record(record: dict[str, Any], *, math_timeout_s: int = 5,
+                  run_program: ProgramRunner | None = None) -> Drop | None:
+    """None when the response is correct (or there is no reference); else a Drop.
+
+    The reason codes of :func:`judge_record`, for a filter: a wrong response is dropped.
+    """
+    verdict = judge_record(record, math_timeout_s=math_timeout_s, run_program=run_program)
+    if verdict is None or verdict.correct:
+        return None
+    return Drop(verdict.reason, verdict.detail)
 
 
 def _clip(text: str, limit: int = 60) -> str:

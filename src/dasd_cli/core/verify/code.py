@@ -3,18 +3,45 @@
 Reference forms (DESIGN.md): ``{"tests": str}`` (MBPP-style asserts that must run clean
 after the candidate code) or ``{"tests": str, "entry_point": str}`` (HumanEval-style:
 the tests define ``check(candidate)``, called as ``check(<entry_point>)``).
-The program runs in :mod:`dasd_cli.sandbox`; its verdict maps to a reason code.
+The program runs through a :data:`ProgramRunner` the caller passes (``dasd filter``: the
+sandbox of :mod:`dasd_cli.sandbox`); how it ended maps to a reason code.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from dasd_cli.core.verify.answers import final_answer_part
 
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
 PYTHON_TAGS = {"python", "python3", "py", ""}
+
+
+class ProgramResult(Protocol):
+    """How one run of a program ended (:class:`dasd_cli.sandbox.RunResult` is one)."""
+
+    @property
+    def status(self) -> str:  # "ok" (exit 0), "failed", "timeout" or "error" (could not run)
+        ...
+
+    @property
+    def wall_seconds(self) -> float:
+        ...
+
+    @property
+    def stderr(self) -> str:
+        ...
+
+    def last_error_line(self) -> str:
+        """The line that says why it failed (the exception, usually)."""
+        ...
+
+
+ProgramRunner = Callable[[str], ProgramResult]
+"""Runs a Python program's source in isolation, with limits, e.g. ``dasd_cli.sandbox.run_python``."""
 
 
 def extract_code(response: str) -> str | None:
@@ -45,14 +72,11 @@ class TestOutcome:
     detail: str = ""
 
 
-def run_tests(code: str, tests: str, entry_point: str | None = None,
-              limits: "object | None" = None) -> TestOutcome:
-    """Run ``tests`` against ``code`` in the sandbox."""
-    from dasd_cli.sandbox import Limits, run_python
-
-    result = run_python(build_program(code, tests, entry_point),
-                        limits if limits is not None else Limits())  # type: ignore[arg-type]
-    if result.ok:
+def run_tests(code: str, tests: str, entry_point: str | None = None, *,
+              run_program: ProgramRunner) -> TestOutcome:
+    """Run ``tests`` against ``code`` with ``run_program``."""
+    result = run_program(build_program(code, tests, entry_point))
+    if result.status == "ok":
         return TestOutcome(True)
     if result.status == "timeout":
         return TestOutcome(False, "tests_timeout", f"no result after {result.wall_seconds:.1f} s")
