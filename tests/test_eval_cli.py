@@ -117,7 +117,7 @@ def test_table_on_stderr_plain_and_markdown(cli, tmp_path: Path) -> None:
     assert code == 0 and "avg@n" in err
     assert next(line for line in err.splitlines() if line.startswith("all")).split()[2] == "3-4"
     code, _out, err = cli(["eval", "--report", "html", "-"], stdin=to_jsonl(run_set()))
-    assert code == 2 and "--report must be one of" in err
+    assert code == 2 and "Invalid value for '--report'" in err
 
 
 def test_rich_table_for_a_terminal() -> None:

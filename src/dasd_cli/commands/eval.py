@@ -9,25 +9,25 @@ maj@k, truncation rate and mean response tokens (definitions: :mod:`dasd_cli.cor
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from dasd_cli import io
 from dasd_cli.commands import common
 from dasd_cli.core.evaluate import Evaluation, compare
-from dasd_cli.core.verify import Verdict, judge_record, reference_kind
 from dasd_cli.errors import RecordError, UsageError
+from dasd_cli.pipeline.evaluating import count, field_path, judge_with, read_other, verify_all
 from dasd_cli.report.evaluation import FORMATS, comparison_rows, metric_rows, print_rich, render
 
 DEFAULT_RESAMPLES = 10000
 
 
+@common.shared_options(seed=True)
 def eval_command(
-    inputs: common.Inputs = None,
+    shared: common.Common,
     by: Annotated[str, typer.Option(
         "--by", metavar="FIELD",
         help="Group the table by this record field, a dotted path such as teacher.model "
@@ -39,7 +39,7 @@ def eval_command(
         "bootstrap 95 percent interval.", show_default=False)] = None,
     resamples: Annotated[int, typer.Option(
         "--resamples", metavar="B", min=1, help="Bootstrap resamples for --compare.")] = DEFAULT_RESAMPLES,
-    report: Annotated[str, typer.Option(
+    report: Annotated[common.choice(*FORMATS), typer.Option(
         "--report", metavar="table|md|none",
         help="The metrics table: 'table' (rich on a terminal, plain text otherwise), "
         "'md' (markdown) or 'none'.")] = "table",
@@ -53,14 +53,6 @@ def eval_command(
         "--workers", min=1, metavar="N",
         help="Verify N records at a time in threads (code tests in the sandbox wait on "
         "processes; 1 verifies in the main thread).")] = 1,
-    seed: common.Seed = common.DEFAULT_SEED,
-    output: common.Output = None,
-    compress: common.Compress = "auto",
-    rejects: common.Rejects = None,
-    on_error: common.OnError = "fail",
-    stats: common.Stats = None,
-    quiet: common.Quiet = False,
-    debug: common.Debug = False,
 ) -> None:
     """Score sampled responses against their references: avg@n, pass@k, maj@k, per group.
 
@@ -70,24 +62,21 @@ def eval_command(
     """
     options = {"by": by, "compare": compare_with, "resamples": resamples, "report": report,
                "report_file": report_file, "math_timeout": math_timeout, "workers": workers}
-    shared = common.Common(inputs=inputs, output=output, compress=compress, quiet=quiet,
-                           seed=seed, stats=stats, rejects=rejects, on_error=on_error,
-                           debug=debug, options=options)
+    shared.options = options
+    seed, quiet = shared.seed, shared.quiet
 
     def body(session: common.Session) -> None:
-        if report not in FORMATS:
-            raise UsageError(f"--report must be one of {', '.join(FORMATS)}, not {report!r}")
         if report_file is not None and report == "none":
             raise UsageError("--report-file needs a table", hint="use --report table or --report md")
         if compare_with == "-":
             raise UsageError("--compare needs a file, not stdin")
         if compare_with is not None and not os.path.exists(compare_with):
             raise UsageError(f"--compare {compare_with}: no such file")  # before the long part
-        path = _field_path(by)
-        judge = _judge(math_timeout)
+        path = field_path(by)
+        judge = judge_with(math_timeout)
         evaluation = Evaluation()
         verified = unverified = 0
-        for line, outcome in _verify_all(session.records(), judge, workers):
+        for line, outcome in verify_all(session.records(), judge, workers):
             if isinstance(outcome, RecordError):
                 session.bad_record(line, outcome)
                 continue
@@ -96,7 +85,7 @@ def eval_command(
                 session.emit(line.record)
                 continue
             record, verdict = line.record, outcome
-            _count(evaluation, record, verdict, path)
+            count(evaluation, record, verdict, path)
             verified += 1
             record["eval"] = {"correct": verdict.correct, "reason": verdict.reason,
                               "answer": verdict.answer}
@@ -124,85 +113,6 @@ def eval_command(
             show(tables, report, report_file, quiet)
 
     common.run_command("eval", shared, body)
-
-
-def _judge(math_timeout: int) -> Any:
-    from dasd_cli.sandbox import run_python
-
-    def judge(record: dict[str, Any]) -> Verdict | None | RecordError:
-        try:
-            if reference_kind(record) is not None and not isinstance(record.get("prompt_id"), str):
-                raise RecordError("record has no 'prompt_id' string", reason="missing_field",
-                                  hint="eval groups the samples of a prompt by prompt_id, as "
-                                  "written by `dasd sample`")
-            return judge_record(record, math_timeout_s=math_timeout, run_program=run_python)
-        except RecordError as err:
-            return err
-
-    return judge
-
-
-def _verify_all(lines: Any, judge: Any, workers: int) -> Any:
-    """(line, verdict, None or the RecordError) in input order, ``workers`` at a time."""
-    from dasd_cli.workers import ordered_thread_map
-
-    for line, outcome in ordered_thread_map(lambda ln: judge(ln.record), lines, workers=workers):
-        yield line, outcome
-
-
-def _field_path(by: str) -> list[str]:
-    parts = by.split(".")
-    if not by or any(not part for part in parts):
-        raise UsageError(f"--by must be a field name or dotted path (e.g. teacher.model), not {by!r}")
-    return parts
-
-
-def group_of(record: dict[str, Any], path: list[str]) -> str:
-    """The record's value at the dotted ``path`` as table text."""
-    value: Any = record
-    for part in path:
-        value = value.get(part) if isinstance(value, dict) else None
-    if value is None:
-        return "other" if path == ["domain"] else "(missing)"
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-
-
-def _count(evaluation: Evaluation, record: dict[str, Any], verdict: Verdict, path: list[str]) -> None:
-    teacher = record.get("teacher")
-    logprobs = teacher.get("logprobs") if isinstance(teacher, dict) else None
-    evaluation.add(group_of(record, path), record["prompt_id"], verdict.correct, verdict.answer,
-                   votable=reference_kind(record) != "tests",
-                   truncated=record.get("finish_reason") == "length",
-                   tokens=len(logprobs) if isinstance(logprobs, list) else None)
-
-
-def read_other(path: str, judge: Any, workers: int, field: list[str]) -> Evaluation:
-    """The --compare file as an Evaluation: its 'eval' verdicts, or verified here.
-
-    Records without a reference or an 'eval' are ignored; a malformed one is an error
-    naming FILE:LINE (--on-error applies to the input, not to this file).
-    """
-    evaluation = Evaluation()
-
-    def verdict_of(record: dict[str, Any]) -> Verdict | None | RecordError:
-        given = record.get("eval")
-        if given is None:
-            return judge(record)
-        if not (isinstance(given, dict) and isinstance(given.get("correct"), bool)
-                and isinstance(given.get("answer", None), (str, type(None)))):
-            return RecordError("'eval' must be an object with a boolean 'correct' and a string "
-                               "or null 'answer'", reason="bad_eval")
-        if not isinstance(record.get("prompt_id"), str):
-            return RecordError("record has no 'prompt_id' string", reason="missing_field")
-        return Verdict(given["correct"], str(given.get("reason", "")), given.get("answer"))
-
-    for line, outcome in _verify_all(io.iter_lines(io.check_inputs([path])),
-                                     verdict_of, workers):
-        if isinstance(outcome, RecordError):
-            raise outcome.located(line.source, line.line)
-        if outcome is not None:
-            _count(evaluation, line.record, outcome, field)
-    return evaluation
 
 
 def show(tables: list[tuple[str, list[str], list[list[str]]]], report: str,

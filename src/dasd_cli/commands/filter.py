@@ -167,9 +167,10 @@ def build_filters(*, truncated: bool, only_truncated: bool, require_think: bool,
     elif tokenizer is not None:
         raise UsageError("--tokenizer is only used with --cutoff-len", hint="add --cutoff-len L")
     if verify:
-        from dasd_cli.sandbox import run_python
+        from dasd_cli.pipeline.verification import compare_in_helper, run_program
 
-        filters.append(VerifyFilter(run_program=run_python, math_timeout_s=math_timeout))
+        filters.append(VerifyFilter(run_program=run_program, math_timeout_s=math_timeout,
+                                    compare_math=compare_in_helper))
     return filters
 
 

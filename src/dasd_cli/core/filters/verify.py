@@ -6,6 +6,7 @@ from typing import Any
 
 from dasd_cli.core.filters.base import Drop
 from dasd_cli.core.verify import reference_kind, verify_record
+from dasd_cli.core.verify.answers import MathComparer
 from dasd_cli.core.verify.code import ProgramRunner
 
 
@@ -18,8 +19,10 @@ class VerifyFilter:
 
     name = "verify"
 
-    def __init__(self, *, run_program: ProgramRunner, math_timeout_s: int = 5) -> None:
+    def __init__(self, *, run_program: ProgramRunner, math_timeout_s: int = 5,
+                 compare_math: MathComparer | None = None) -> None:
         self.run_program = run_program  # runs code tests in isolation (dasd_cli.sandbox.run_python)
+        self.compare_math = compare_math  # math comparisons off the main thread
         self.math_timeout_s = math_timeout_s  # seconds per math parse / comparison
         self.verified = 0
         self.unverified = 0
@@ -29,4 +32,5 @@ class VerifyFilter:
             self.unverified += 1
             return None
         self.verified += 1
-        return verify_record(record, math_timeout_s=self.math_timeout_s, run_program=self.run_program)
+        return verify_record(record, math_timeout_s=self.math_timeout_s, run_program=self.run_program,
+                             compare_math=self.compare_math)

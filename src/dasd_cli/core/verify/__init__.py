@@ -3,8 +3,8 @@
 :func:`judge_record` (a verdict with the extracted answer) and :func:`verify_record` (a
 drop for filters) are the entry points: stateless and safe to call from several
 threads at once (code tests run through the ``run_program`` the caller passes, e.g. the
-sandbox of :mod:`dasd_cli.sandbox`; math comparisons off the main thread run in a helper
-process with a time limit).
+sandbox; math comparisons off the main thread through the ``compare_math`` the caller
+passes, e.g. a helper process with a time limit: :mod:`dasd_cli.pipeline.verification`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from dasd_cli.core.chat import response_text
 from dasd_cli.core.drop import Drop
+from dasd_cli.core.verify.answers import MathComparer
 from dasd_cli.core.verify.code import ProgramRunner
 from dasd_cli.errors import RecordError
 
@@ -51,13 +52,16 @@ class Verdict:
 
 
 def judge_record(record: dict[str, Any], *, math_timeout_s: int = 5,
-                 run_program: ProgramRunner | None = None) -> Verdict | None:
+                 run_program: ProgramRunner | None = None,
+                 compare_math: MathComparer | None = None) -> Verdict | None:
     """The verdict on a record's response; None when the record has no reference.
 
     Reason codes: correct, wrong_answer, no_answer (nothing extractable), verify_timeout
     (math comparison too slow), no_code, tests_failed, tests_timeout, sandbox_error.
     ``run_program`` runs the program of a code reference (candidate code, then tests) in
     isolation; a record with code tests and no ``run_program`` is a ValueError.
+    ``compare_math`` compares math answers within the time limit when this runs off the
+    main thread (see :func:`dasd_cli.core.verify.answers.answers_match`).
     """
     kind = reference_kind(record)
     if kind is None:
@@ -71,7 +75,8 @@ def judge_record(record: dict[str, Any], *, math_timeout_s: int = 5,
         if answer is None:
             return Verdict(False, "no_answer", None, "no \\boxed{} or final-answer phrase in the final answer")
         try:
-            if answers_match(reference["answer"], answer, timeout_s=math_timeout_s):
+            if answers_match(reference["answer"], answer, timeout_s=math_timeout_s,
+                             compare_elsewhere=compare_math):
                 return Verdict(True, "correct", answer)
         except ComparisonTimeout as exc:
             return Verdict(False, "verify_timeout", answer, str(exc))
@@ -103,12 +108,14 @@ def judge_record(record: dict[str, Any], *, math_timeout_s: int = 5,
 
 
 def verify_record(record: dict[str, Any], *, math_timeout_s: int = 5,
-                  run_program: ProgramRunner | None = None) -> Drop | None:
+                  run_program: ProgramRunner | None = None,
+                  compare_math: MathComparer | None = None) -> Drop | None:
     """None when the response is correct (or there is no reference); else a Drop.
 
     The reason codes of :func:`judge_record`, for a filter: a wrong response is dropped.
     """
-    verdict = judge_record(record, math_timeout_s=math_timeout_s, run_program=run_program)
+    verdict = judge_record(record, math_timeout_s=math_timeout_s, run_program=run_program,
+                           compare_math=compare_math)
     if verdict is None or verdict.correct:
         return None
     return Drop(verdict.reason, verdict.detail)

@@ -7,15 +7,15 @@ answers without a box state their result. Comparison parses both sides with math
 agree: ``1/2``, ``0.5`` and ``\\frac{1}{2}``; ``x^2+1`` and ``1+x^2``; ``1,000`` and ``1000``.
 
 math-verify guards its parsing with SIGALRM, which only works on the main thread. On the
-main thread we use it; on any other thread the comparison runs in a helper process per
-thread that is killed and replaced when it overruns (see :func:`answers_match`).
+main thread we use it; on any other thread the caller passes a comparer that enforces the
+limit elsewhere (a helper process: see :func:`answers_match`).
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from typing import Any
+from collections.abc import Callable
 
 THINK_END = "</think>"
 MAX_ANSWER_CHARS = 2000  # longer "answers" are extraction accidents, and slow for sympy
@@ -72,7 +72,8 @@ def extract_math_answer(response: str) -> str | None:
 
 # --------------------------------------------------------------------------- comparing
 
-def _compare(gold: str, predicted: str, timeout_s: int | None) -> bool:
+def compare(gold: str, predicted: str, timeout_s: int | None) -> bool:
+    """math-verify's verdict on two answers (its own SIGALRM limits only on the main thread)."""
     from math_verify import parse, verify
 
     gold_parsed = parse("\\boxed{" + gold + "}", parsing_timeout=timeout_s)
@@ -86,84 +87,37 @@ class ComparisonTimeout(Exception):
     """The comparison ran past its time limit."""
 
 
-def answers_match(gold: str, predicted: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> bool:
+MathComparer = Callable[[str, str, int], bool]
+"""Compares two answers off the main thread within a time limit, raising ComparisonTimeout
+(e.g. ``dasd_cli.pipeline.verification.compare_in_helper``: a helper process)."""
+
+
+def answers_match(gold: str, predicted: str, timeout_s: int = DEFAULT_TIMEOUT_S, *,
+                  compare_elsewhere: MathComparer | None = None) -> bool:
     """True when ``predicted`` is mathematically equivalent to ``gold``.
 
     Raises :class:`ComparisonTimeout` when parsing or comparing takes longer than
-    ``timeout_s`` seconds (math-verify's SIGALRM on the main thread; a killed helper
-    process elsewhere).
+    ``timeout_s`` seconds. On the main thread math-verify's own SIGALRM guard applies;
+    elsewhere the comparison goes to ``compare_elsewhere``, which the caller supplies
+    (a thread has no SIGALRM, and core starts no processes).
     """
-    _quiet_math_verify()
+    quiet_math_verify()
     if threading.current_thread() is threading.main_thread():
         from math_verify.errors import TimeoutException
 
         try:
-            return _compare(gold, predicted, timeout_s)
+            return compare(gold, predicted, timeout_s)
         except TimeoutException:
             raise ComparisonTimeout(f"math comparison took over {timeout_s} s") from None
-    return _worker().compare(gold, predicted, timeout_s)
+    if compare_elsewhere is None:
+        raise ValueError("comparing math answers off the main thread needs compare_elsewhere "
+                         "(e.g. dasd_cli.pipeline.verification.compare_in_helper)")
+    return compare_elsewhere(gold, predicted, timeout_s)
 
 
-def _quiet_math_verify() -> None:
+def quiet_math_verify() -> None:
     import logging
 
     # math-verify logs a warning per disabled timeout and at ERROR per timed-out parse;
     # stderr belongs to dasd's summary, and timeouts are reported as verdicts.
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
-
-
-# --------------------------------------------------------------------------- off the main thread
-
-_local = threading.local()
-
-
-def _worker() -> "_CompareWorker":
-    worker = getattr(_local, "worker", None)
-    if worker is None:
-        worker = _local.worker = _CompareWorker()
-    return worker
-
-
-def _serve(conn: Any) -> None:  # pragma: no cover - runs in the helper process
-    _quiet_math_verify()
-    while True:
-        try:
-            gold, predicted = conn.recv()
-        except EOFError:
-            return
-        try:
-            conn.send(("ok", _compare(gold, predicted, None)))
-        except Exception as exc:  # a parse failure is a non-match, not a crash
-            conn.send(("error", repr(exc)))
-
-
-class _CompareWorker:
-    """One helper process that compares answers; replaced when a comparison overruns."""
-
-    def __init__(self) -> None:
-        self._proc: Any = None
-        self._conn: Any = None
-
-    def _start(self) -> None:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("forkserver")  # never fork a threaded parent
-        parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child,), daemon=True)
-        self._proc.start()
-        child.close()
-        self._conn = parent
-
-    def compare(self, gold: str, predicted: str, timeout_s: int) -> bool:
-        if self._proc is None or not self._proc.is_alive():
-            self._start()
-        self._conn.send((gold, predicted))
-        # The first call also pays for the helper's start and its sympy import.
-        if not self._conn.poll(timeout_s + 30 if not getattr(self, "_warm", False) else timeout_s):
-            self._proc.kill()
-            self._proc.join()
-            self._proc = None
-            raise ComparisonTimeout(f"math comparison took over {timeout_s} s")
-        self._warm = True
-        status, value = self._conn.recv()
-        return bool(value) if status == "ok" else False
