@@ -351,7 +351,9 @@ def check_provenance(folder: Path, out: bytes, err: str) -> None:
 def trained(folder: Path, out: str, metrics: str | None = None) -> None:
     assert (folder / out / "config.json").is_file() and (folder / out / "model.safetensors").is_file()
     if metrics is not None:
-        steps = [orjson.loads(line) for line in (folder / metrics).read_bytes().splitlines()]
+        text = (folder / metrics).read_bytes()
+        assert text.startswith(b"{")  # plain JSONL, as the name says
+        steps = [orjson.loads(line) for line in text.splitlines()]
         assert steps and all("loss" in s for s in steps)
 
 
