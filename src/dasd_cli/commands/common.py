@@ -290,12 +290,12 @@ def run_command(command: str, common: Common, body: Callable[[Session], None], *
             pass
         code = interrupts.interrupt_exit_code()
     except DasdError as err:
-        _print_error(command, err.render(command), common.debug)
+        _print_error(err.render(command), common.debug)
         code = err.exit_code
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no locals dumped
-        _print_error(command, f"dasd {command}: error: internal error: {type(exc).__name__}: {exc}"
+        _print_error(f"dasd {command}: error: internal error: {type(exc).__name__}: {exc}"
                      + ("" if common.debug else "\n  hint: rerun with --debug for a traceback"),
                      common.debug)
         code = 1
@@ -303,7 +303,7 @@ def run_command(command: str, common: Common, body: Callable[[Session], None], *
         raise typer.Exit(code)
 
 
-def _print_error(command: str, text: str, debug: bool) -> None:
+def _print_error(text: str, debug: bool) -> None:
     if debug:
         traceback.print_exc(file=sys.stderr)
     try:

@@ -107,15 +107,7 @@ class Encoded:
     input_ids: list[int]
     prompt_len: int  # tokens of context before the response (no loss there)
     response_len: int  # tokens of the response text proper
-    end_len: int  # tokens of the end-of-turn text after the response (trained on)
     response_offsets: list[int]  # start character of each response token in the response
-    prompt_text: str
-    end_text: str
-
-    @property
-    def labels(self) -> list[int]:
-        """IGNORE_INDEX on the prompt, the token ids on the response and its end of turn."""
-        return [IGNORE_INDEX] * self.prompt_len + self.input_ids[self.prompt_len:]
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -129,8 +121,7 @@ def encode_example(tokenizer: Any, messages: list[dict[str, str]], response: str
     response_ids, offsets = tokenize_with_offsets(tokenizer, response)
     end_text = end_of_turn(tokenizer) if add_end_of_turn else ""
     end_ids = encode_ids(tokenizer, end_text)
-    return Encoded(prompt_ids + response_ids + end_ids, len(prompt_ids), len(response_ids),
-                   len(end_ids), offsets, prompt_text, end_text)
+    return Encoded(prompt_ids + response_ids + end_ids, len(prompt_ids), len(response_ids), offsets)
 
 
 def count_training_tokens(tokenizer: Any, messages: list[dict[str, str]], response: str) -> int:

@@ -40,9 +40,6 @@ class Tally:
     def skipped_total(self) -> int:
         return sum(self.skipped.values())
 
-    def balanced(self) -> bool:
-        return self.read == self.kept + self.dropped_total + self.skipped_total
-
     def summary(self, kept_word: str = "kept") -> str:
         """The one summary line, e.g. ``dasd filter: read 10, kept 8, dropped 2 (truncated 2)``."""
         parts = [f"read {self.read}", f"{kept_word} {self.kept}"]

@@ -16,7 +16,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,6 @@ class TrainConfig:
     seed: int = 42
     shuffle: bool = True  # reshuffle packed sequences every epoch (from seed and epoch)
     loss_chunk_size: int = loss_core.DEFAULT_CHUNK_SIZE  # rows projected to the vocabulary at once
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         checks = [(self.epochs >= 1, "--epochs must be at least 1"),
@@ -237,8 +236,8 @@ class Trainer:
         cfg = self.config
         steps = self.plan.iter_steps(cfg.epochs, cfg.seed, self.start_step, cfg.shuffle)
         per_epoch = self.plan.steps_per_epoch
-        for step, epoch, step_sequences, micro_batches in steps:
-            metrics = self._step(step, epoch, step_sequences, micro_batches)
+        for step, _epoch, step_sequences, micro_batches in steps:
+            metrics = self._step(step, step_sequences, micro_batches)
             yield metrics
             epoch_end = step % per_epoch == 0
             stopping = cfg.stop_after is not None and step >= cfg.stop_after
@@ -250,8 +249,7 @@ class Trainer:
         if cfg.delete_checkpoints and self.ranks.is_main:
             ckpt.remove_all(cfg.out)
 
-    def _step(self, step: int, epoch: int, step_sequences: list[int],
-              micro_batches: list[MicroBatch]) -> dict[str, Any]:
+    def _step(self, step: int, step_sequences: list[int], micro_batches: list[MicroBatch]) -> dict[str, Any]:
         import torch
 
         started = time.perf_counter()

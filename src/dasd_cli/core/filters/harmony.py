@@ -25,10 +25,6 @@ _STRIPPED = re.compile(r"\Aanalysis(?P<analysis>.*?)assistantfinal(?P<final>.*)\
 Segment = tuple[int, int, int]
 
 
-def is_harmony(text: str) -> bool:
-    return "<|channel|>" in text or _STRIPPED.match(text) is not None
-
-
 def normalize_harmony_text(text: str) -> tuple[str, list[Segment]] | None:
     """The canonical text and the kept segments, or None when ``text`` is not harmony."""
     thinking: list[tuple[int, int]] = []

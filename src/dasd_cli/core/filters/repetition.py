@@ -135,8 +135,8 @@ def _duplicate_units(units: list[str]) -> tuple[float, float]:
     return dup / len(units), dup_chars / total_chars
 
 
-def _groups(hashes: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For n-grams at ``positions``: (in a group of >= 2, a repeat (not first), group size)."""
+def _groups(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each n-gram hash: (in a group of >= 2, a repeat (not first), group size)."""
     order = np.argsort(hashes, kind="stable")  # stable: the first of a group is the earliest
     sorted_h = hashes[order]
     new = np.empty(sorted_h.size, dtype=bool)
@@ -173,7 +173,7 @@ def ngram_stats(hashes: np.ndarray, lengths: np.ndarray) -> dict[str, float]:
         if candidates.size == 0:
             stats.update({_stat_name(k): 0.0 for k in range(n, 11)})
             break
-        in_dup, repeat, size = _groups(gram[candidates], candidates)
+        in_dup, repeat, size = _groups(gram[candidates])
         if n <= 4:
             best = int(np.argmax(size))
             start = int(candidates[best])

@@ -37,12 +37,6 @@ def split_think(response: str) -> tuple[str, str] | None:
     return response[start + len(THINK_OPEN):end], response[end + len(THINK_CLOSE):]
 
 
-def final_answer(response: str) -> str:
-    """The part after ``</think>`` (the whole response when there is no thinking part)."""
-    end = response.rfind(THINK_CLOSE)
-    return response if end < 0 else response[end + len(THINK_CLOSE):]
-
-
 class StructureFilter:
     """Require ``<think>`` + answer (if asked) and refuse tool calls.
 
