@@ -24,7 +24,7 @@ import orjson
 import pytest
 
 from conftest import ROOT, parse_records, run_dasd, write_file
-from dasd_cli.backends.models import DEFAULT_MODEL_NAME
+from dasd_cli.model.load import DEFAULT_MODEL_NAME
 from dasd_cli.core.das import DEFAULT_BETA
 
 MAN_SOURCES = ROOT / "man" / "src"
@@ -38,12 +38,13 @@ CANNOT_RUN = {
     # minutes on a shared CPU (their flags are covered by tests/test_sample_hf.py).
     "-n 4 --max-tokens 32768": "generates up to 32768 tokens per sample: too slow on a CPU",
     "--continue --max-tokens 32768": "generates up to 32768 tokens per sample: too slow on a CPU",
+    "-n 64 aime.jsonl": "64 samples per AIME question at up to 1024 tokens each: hours on a CPU",
 }
 
 # The commands that load a model (or its tokenizer): sample, score (unless it only shows
-# or plots scored records), pack, train, filter --max-tokens.
-MODEL_COMMAND = re.compile(r"(dasd|dasd_cli\.cli) (sample|pack|train)\b|dasd filter [^|]*--max-tokens"
-                           r"|dasd score(?![^|]*--(explain|plot))")
+# or plots scored records without --model), pack, train, filter --cutoff-len.
+MODEL_COMMAND = re.compile(r"(dasd|dasd_cli\.cli) (sample|pack|train)\b|dasd filter [^|]*--cutoff-len"
+                           r"|dasd score(?![^|]*--(explain|plot))|dasd score [^|]*--model")
 
 
 def literal_blocks(text: str) -> list[str]:
@@ -188,6 +189,10 @@ def write_fixtures(folder: Path) -> None:
         response_record("short", "What is 2+3? Answer with the number.", "5", temperature=1.0),
         response_record("city", "What is the capital of France? One word.", "Paris", temperature=1.0)], "zstd")
     write_file(folder / "scored.jsonl.zst", scored_records(), "zstd")
+    write_file(folder / "stage2.samples.jsonl.zst", SAMPLES, "zstd")
+    write_file(folder / "stage1.eval.jsonl.zst", [
+        {**r, "eval": {"correct": False, "reason": "wrong_answer", "answer": None}} for r in SAMPLES
+        if "reference" in r], "zstd")
     write_file(folder / "mixed.jsonl.zst", plain_responses("mixed", 7750), "zstd")
     write_file(folder / "offpolicy.jsonl.zst", plain_responses("offpolicy", 20050), "zstd")
     write_file(folder / "stage1.jsonl.zst", stage_records("s1-"), "zstd")
@@ -207,7 +212,7 @@ def fixture_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def model_folder() -> Path:
     """The embedded default model as a transformers folder (converted once, cached)."""
-    from dasd_cli.backends.models import resolve_model
+    from dasd_cli.model.load import resolve_model
 
     return resolve_model(None)
 
@@ -231,7 +236,7 @@ def workdir(request, tmp_path, fixture_folder) -> Path:
     shutil.copytree(fixture_folder, tmp_path, dirs_exist_ok=True)
     if request.node.get_closest_marker("slow"):
         model = request.getfixturevalue("model_folder")
-        for name in ("student", "teacher", "STUDENT", "TEACHER"):
+        for name in ("student", "student-b", "teacher", "STUDENT", "TEACHER"):
             (tmp_path / name).symlink_to(model, target_is_directory=True)
         if "--distilled ckpt/stage2" in request.node.callspec.params["block"]:
             # read only: the trained stage 2 student (never a block's --out: that would
@@ -333,7 +338,32 @@ def check_score_best(folder: Path, out: bytes, err: str) -> None:
 
 
 def check_explain_one(folder: Path, out: bytes, err: str) -> None:
-    assert "mean p_T" in err  # the view goes to stderr when stdout is not a terminal
+    view = out.decode()
+    assert "mean p_T" in view and "\x1b[" not in view  # the view, on stdout, plain in a pipe
+    assert "Step one for math 0" in view and "scoring with" not in err  # the stored das, no model
+
+
+def check_explain_pager(folder: Path, out: bytes, err: str) -> None:
+    assert "\x1b[" in out.decode() and "mean p_T" in out.decode()  # --color always, through less
+    rescored = records(folder / "rescored.jsonl.zst")
+    assert len(rescored) == len(scored_records()) and all(r["das"].get("student_key") for r in rescored)
+    assert "scoring with" in err
+
+
+def check_eval_table(folder: Path, out: bytes, err: str) -> None:
+    table = (folder / "table.md").read_text(encoding="utf-8")
+    assert table.lstrip().startswith(("|", "#", "accuracy")) and "teacher" in table and "pass@" in table
+
+
+def check_eval_compare(folder: Path, out: bytes, err: str) -> None:
+    evaluated = records(folder / "stage2.eval.jsonl")
+    assert ids(evaluated) == ids(SAMPLES) and all("eval" in r for r in evaluated if "reference" in r)
+    assert "paired bootstrap" in err
+
+
+def check_eval_jq(folder: Path, out: bytes, err: str) -> None:
+    wrong = [orjson.loads(line) for line in out.splitlines()]
+    assert wrong == [{"correct": False, "reason": "wrong_answer", "answer": "6"}]
 
 
 def check_html_and_plot(folder: Path, out: bytes, err: str) -> None:
@@ -379,7 +409,7 @@ def check_readme(folder: Path, out: bytes, err: str) -> None:
 
 # A substring of a block -> the check of what it claims to produce (every block that has it).
 CHECKS: dict[str, Callable[[Path, bytes, str], None]] = {
-    "--max-tokens 65536 --tokenizer ./student samples.jsonl.zst": check_filter_length,
+    "--cutoff-len 65536 --tokenizer ./student samples.jsonl.zst": check_filter_length,
     "-o verified.jsonl.zst": check_filter_verify,
     "--require-think": check_filter_think,
     "--per-prompt 1 -o stage1.jsonl.zst": check_mix_das,
@@ -391,6 +421,10 @@ CHECKS: dict[str, Callable[[Path, bytes, str], None]] = {
     "--continue": check_mixed_policy,
     "-o best.jsonl.zst": check_score_best,
     "--explain --limit 1 scored": check_explain_one,
+    "--color always scored.jsonl.zst | less -R": check_explain_pager,
+    "--report-file table.md": check_eval_table,
+    "--compare stage1.eval.jsonl.zst": check_eval_compare,
+    ".prompt_id == \"sum\"": check_eval_jq,
     "-o view.html": check_html_and_plot,
     "--distilled": check_provenance,
     "--init-from ckpt/stage1": check_stages,
