@@ -18,7 +18,7 @@ import collections
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -43,23 +43,10 @@ def ordered_map(fn: Callable[[T], R], chunks: Iterable[T], *, workers: int,
         for chunk in chunks:
             yield chunk, fn(chunk)
         return
-    window = window or 2 * workers
     context = multiprocessing.get_context("spawn")
-    pending: collections.deque[tuple[T, Future[R]]] = collections.deque()
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer,
                              initargs=initargs) as pool:
-        try:
-            for chunk in chunks:
-                pending.append((chunk, pool.submit(fn, chunk)))
-                if len(pending) >= window:
-                    done, future = pending.popleft()
-                    yield done, future.result()
-            while pending:
-                done, future = pending.popleft()
-                yield done, future.result()
-        finally:
-            for _, future in pending:
-                future.cancel()
+        yield from _in_order(pool, fn, chunks, window or 2 * workers)
 
 
 def ordered_thread_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int,
@@ -74,11 +61,17 @@ def ordered_thread_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int
         for item in items:
             yield item, fn(item)
         return
-    from concurrent.futures import ThreadPoolExecutor
-
-    window = window or 4 * workers
-    pending: collections.deque[tuple[T, Future[R]]] = collections.deque()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dasd-worker")
+    try:
+        yield from _in_order(pool, fn, items, window or 4 * workers)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _in_order(pool: Executor, fn: Callable[[T], R], items: Iterable[T], window: int
+              ) -> Iterator[tuple[T, R]]:
+    """Submit ``items`` to ``pool`` with at most ``window`` in flight; results in order."""
+    pending: collections.deque[tuple[T, Future[R]]] = collections.deque()
     try:
         for item in items:
             pending.append((item, pool.submit(fn, item)))
@@ -89,4 +82,5 @@ def ordered_thread_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int
             done, future = pending.popleft()
             yield done, future.result()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for _, future in pending:
+            future.cancel()

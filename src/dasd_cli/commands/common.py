@@ -52,6 +52,13 @@ OnError = Annotated[choice("fail", "skip"), typer.Option(
     "--on-error", help="On a bad record (malformed JSON, missing field): fail (exit 1) or "
     "skip (count it, write it to --rejects, go on).", metavar="fail|skip")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+# filter, score and pack build the student's prompt from a record's messages.
+SystemPrompt = Annotated[Optional[str], typer.Option(
+    "--system-prompt", metavar="TEXT",
+    help="Only for records without a system turn: adds one. Not needed after `dasd "
+    "sample`, whose records carry the messages the teacher was sent (system turn included); "
+    "on records sampled without a system turn it adds one the teacher never saw.",
+    show_default=False)]
 Shard = Annotated[Optional[str], typer.Option(
     "--shard", metavar="K/N", help="Process only the input records whose index i (from 0, over "
     "all inputs) has i mod N == K, to split one job across N machines; the others are counted "

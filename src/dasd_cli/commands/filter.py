@@ -79,12 +79,7 @@ def filter_command(
         "--tokenizer", metavar="PATH",
         help="The STUDENT tokenizer for --cutoff-len: a model or tokenizer folder, or a .gguf file "
         "(default: the embedded default model).", show_default=False)] = None,
-    system_prompt: Annotated[Optional[str], typer.Option(
-        "--system-prompt", metavar="TEXT",
-        help="Only for records without a system turn: adds one. Not needed after `dasd "
-        "sample`, whose records carry the messages the teacher was sent (system turn included); "
-        "on records sampled without a system turn it adds one the teacher never saw.",
-        show_default=False)] = None,
+    system_prompt: common.SystemPrompt = None,
 ) -> None:
     """Keep or drop teacher responses: truncated, structure, length, repetition, correctness.
 

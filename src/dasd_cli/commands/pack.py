@@ -48,12 +48,7 @@ def pack_command(
         "--pack/--no-pack",
         help="Pack several samples per sequence (global best-fit decreasing), or write "
         "one sample per sequence in input order.")] = True,
-    system_prompt: Annotated[Optional[str], typer.Option(
-        "--system-prompt", metavar="TEXT",
-        help="Only for records without a system turn: adds one. Not needed after `dasd "
-        "sample`, whose records carry the messages the teacher was sent (system turn included); "
-        "on records sampled without a system turn it adds one the teacher never saw.",
-        show_default=False)] = None,
+    system_prompt: common.SystemPrompt = None,
     workers: Annotated[int, typer.Option(
         "--workers", metavar="N", min=0,
         help="1: parse here and tokenize on every core with the tokenizer's threads. N > 1: "

@@ -63,12 +63,7 @@ def score_command(
         "processed (after temperature/top-p) or unknown (not recorded, or a server that does not "
         "say). Their p_T is then the distribution the log-probs came from, not the raw (temperature 1) one DAS "
         "compares with p_S; without this flag such records are errors.", show_default=False)] = None,
-    system_prompt: Annotated[Optional[str], typer.Option(
-        "--system-prompt", metavar="TEXT",
-        help="Only for records without a system turn: adds one. Not needed after `dasd "
-        "sample`, whose records carry the messages the teacher was sent (system turn included); "
-        "on records sampled without a system turn it adds one the teacher never saw.",
-        show_default=False)] = None,
+    system_prompt: common.SystemPrompt = None,
     explain: Annotated[bool, typer.Option(
         "--explain", help="Show the first --limit records sentence by sentence on stdout: text "
         "tagged by type and a summary table (records then go only to -o PATH); with -o FILE.html, "
