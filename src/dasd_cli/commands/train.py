@@ -9,7 +9,6 @@ metrics record per optimizer step to stdout, checkpoints under OUT and the final
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -138,39 +137,11 @@ def train_command(
             raise UsageError("a distributed run reads its data from files, not stdin",
                              hint="pass --data PATH (every rank reads it)")
         config = _config(Path(out), options, seed)
-        from dasd_cli.core.chat import tokenizer_fingerprint
-        from dasd_cli.training.data import default_root, open_sequences
-        from dasd_cli.training.recipe import Trainer
+        from dasd_cli.training.data import default_root
+        from dasd_cli.training.run import run_training
 
-        trainer = Trainer(config, ranks)
-        sequences = None
-        try:
-            trainer.setup_model()
-            root = Path(token_store) if token_store else default_root()
-            started = time.perf_counter()
-            sequences = open_sequences(session, files or None, root)
-            session.tally.extra["data_seconds"] = round(time.perf_counter() - started, 3)
-            sequences.check_model(trainer.vocab_size, tokenizer_fingerprint(trainer.tokenizer))
-            if sequences.meta.get("unmarked") and ranks.is_main:
-                from dasd_cli import io
-
-                io.say(f"dasd train: warning: {sequences.meta['unmarked']} packed records carry no "
-                       "tokenizer fingerprint (packed by an older dasd); the tokenizer is not checked")
-            if ranks.is_main:
-                config.out.mkdir(parents=True, exist_ok=True)
-            trainer.setup_data(sequences)
-            history = _train(session, trainer)
-            session.tally.extra.update({"steps": trainer.total_steps, "trained_steps": len(history),
-                                        "final_loss": history[-1]["loss"] if history else None,
-                                        "out": str(config.out)})
-            if plot and ranks.is_main and history:
-                from dasd_cli.training.plot import plot_metrics
-
-                plot_metrics(plot, history, title=f"dasd train: {config.out}")
-        finally:
-            trainer.close()
-            if sequences is not None:
-                sequences.close()
+        run_training(session, config, ranks, files or None,
+                     Path(token_store) if token_store else default_root(), plot)
 
     common.run_command("train", shared, body)
 
@@ -192,30 +163,3 @@ def _config(out: Path, options: dict[str, Any], seed: int) -> Any:
         resume=options["resume"],
         stop_after=options["stop_after"], seed=seed, shuffle=options["shuffle"],
         loss_chunk_size=options["loss_chunk_size"])
-
-
-def _train(session: common.Session, trainer: Any) -> list[dict[str, Any]]:
-    """Run the loop: one metrics record per step to the output, progress on stderr."""
-    from dasd_cli import io
-
-    history: list[dict[str, Any]] = []
-    bar = io.progress(session.common.quiet)
-    remaining = trainer.total_steps - trainer.start_step
-    if bar is None:
-        for metrics in trainer.train():
-            _write(session, metrics)
-            history.append(metrics)
-        return history
-    with bar:
-        task = bar.add_task("train", total=remaining, rate="")
-        for metrics in trainer.train():
-            _write(session, metrics)
-            history.append(metrics)
-            bar.update(task, advance=1, rate=f"loss {metrics['loss']:.4f} {metrics['tokens_per_s']:.0f} tok/s")
-    return history
-
-
-def _write(session: common.Session, metrics: dict[str, Any]) -> None:
-    assert session.writer is not None
-    session.writer.write(metrics)
-    session.writer.flush()  # a metrics line per step reaches the pipe promptly
