@@ -39,6 +39,8 @@ CANNOT_RUN = {
     "-n 4 --max-tokens 32768": "generates up to 32768 tokens per sample: too slow on a CPU",
     "--continue --max-tokens 32768": "generates up to 32768 tokens per sample: too slow on a CPU",
     "-n 64 aime.jsonl": "64 samples per AIME question at up to 1024 tokens each: hours on a CPU",
+    "--tokenizer ./gpt-oss-tokenizer": "gpt-oss's tokenizer (o200k_harmony) is not installed here "
+                                       "(tests/test_import.py runs the join with another tokenizer)",
 }
 
 # The commands that load a model (or its tokenizer): sample, score (unless it only shows
@@ -136,6 +138,13 @@ VERIFY_DROPS = {"sum@0.6#1": ("verify", "wrong_answer"), "add@0.6#1": ("verify",
                 "cut@0.6#0": ("truncated", "truncated")}
 THINK_DROPS = {"cut@0.6#0": ("truncated", "truncated"), "capital@0.6#0": ("structure", "no_think")}
 
+# Rows of the released Superior-Reasoning-SFT-gpt-oss-120b data (`dasd import`).
+SUPERIOR_ROWS = [{"uuid": f"00000000-0000-4000-8000-00000000000{i}", "input": question,
+                  "output": f"<think>\n{reasoning}\n</think>\n\n{answer}", "domain": domain, "meta": "{}"}
+                 for i, (question, reasoning, answer, domain) in enumerate([
+                     ("What is 2+3?", "2 plus 3 is 5.", "\\boxed{5}", "math"),
+                     ("Say hello.", "One word.", "Hello.", "instruction_following")])]
+
 QUOTA_DOMAINS = {"math": 5000, "code": 3000, "science": 2000}
 
 
@@ -196,6 +205,7 @@ def write_fixtures(folder: Path) -> None:
     write_file(folder / "mixed.jsonl.zst", plain_responses("mixed", 7750), "zstd")
     write_file(folder / "offpolicy.jsonl.zst", plain_responses("offpolicy", 20050), "zstd")
     write_file(folder / "stage1.jsonl.zst", stage_records("s1-"), "zstd")
+    write_file(folder / "superior-stage1.jsonl", SUPERIOR_ROWS)
     long_answer = "<think>\n" + " ".join(f"w{i}" for i in range(9000)) + "\n</think>\n\nDone."
     write_file(folder / "mix.jsonl.zst", stage_records("m-") + [response_record("long", "Count.", long_answer)],
                "zstd")
@@ -387,6 +397,13 @@ def trained(folder: Path, out: str, metrics: str | None = None) -> None:
         assert steps and all("loss" in s for s in steps)
 
 
+def check_import(folder: Path, out: bytes, err: str) -> None:
+    got = records(folder / "stage1.responses.jsonl.zst")
+    assert [r["id"] for r in got] == [r["uuid"] for r in SUPERIOR_ROWS]
+    assert [r["domain"] for r in got] == ["math", "instruction"]
+    assert all(r["response"] == s["output"] for r, s in zip(got, SUPERIOR_ROWS))
+
+
 def check_stages(folder: Path, out: bytes, err: str) -> None:
     trained(folder, "ckpt/stage1", "stage1.metrics.jsonl")
     trained(folder, "ckpt/stage2", "stage2.metrics.jsonl")
@@ -413,6 +430,7 @@ CHECKS: dict[str, Callable[[Path, bytes, str], None]] = {
     "-o verified.jsonl.zst": check_filter_verify,
     "--require-think": check_filter_think,
     "--per-prompt 1 -o stage1.jsonl.zst": check_mix_das,
+    "-o stage1.responses.jsonl.zst": check_import,
     "--quota math=5000": lambda folder, out, err: check_quotas(parse_records(out)),
     "offpolicy.jsonl.zst:20000": check_file_counts,
     "--cutoff-len 65536 stage1.jsonl.zst": check_pack,

@@ -31,6 +31,13 @@ def response_record(i: int) -> dict[str, Any]:
             "finish_reason": "stop", "domain": "math"}
 
 
+def released_row(i: int) -> dict[str, Any]:
+    """A row of the paper's released data (Superior-Reasoning-SFT-gpt-oss-120b), for `dasd import`."""
+    return {"uuid": f"00000000-0000-4000-8000-{i:012d}", "input": f"Question {i}?",
+            "output": f"<think>\nStep one for {i}.\n</think>\n\nThe answer is {i}.",
+            "domain": "math", "meta": "{}"}
+
+
 def evaluable_record(i: int) -> dict[str, Any]:
     """A response with a math reference, for `dasd eval`."""
     return {**response_record(i), "reference": {"answer": str(i)}}
@@ -46,6 +53,8 @@ class StreamCase:
     ordered: bool = True
     big_records: int = 20000  # enough output that `| head -n1` closes the pipe early
     marks: list[Any] = field(default_factory=list)
+    # What identifies the i-th input record (its id, or what the command derives the id from).
+    input_id: Callable[[dict[str, Any]], str] = lambda rec: rec["id"]
 
     def __str__(self) -> str:
         return self.command
@@ -54,6 +63,7 @@ class StreamCase:
 STREAMING_COMMANDS: list[StreamCase] = [
     StreamCase("eval", evaluable_record, big_records=3000),
     StreamCase("filter", response_record),
+    StreamCase("import", released_row, input_id=lambda rec: rec["uuid"]),
     StreamCase("mix", response_record, ordered=False),
     StreamCase("pack", response_record, ["--cutoff-len", "256"], lambda recs: [i for r in recs for i in r["ids"]], ordered=False, big_records=3000, marks=[pytest.mark.slow]),
     StreamCase("sample", lambda i: {"id": f"p{i}", "prompt": f"Say {i}."}, ["--max-tokens", "1"], lambda recs: [r["prompt_id"] for r in recs], big_records=600, marks=[pytest.mark.slow]),
@@ -99,7 +109,7 @@ def ids_of(case: StreamCase, records: list[dict[str, Any]]) -> list[str]:
 
 
 def expected(case: StreamCase, indices: range | list[int]) -> list[str]:
-    ids = [case.make_record(i)["id"] for i in indices]
+    ids = [case.input_id(case.make_record(i)) for i in indices]
     return ids if case.ordered else sorted(ids)
 
 

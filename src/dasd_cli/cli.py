@@ -10,6 +10,7 @@ import typer
 from dasd_cli import __version__, interrupts, io
 from dasd_cli.commands.eval import eval_command
 from dasd_cli.commands.filter import filter_command
+from dasd_cli.commands.import_ import import_command
 from dasd_cli.commands.mix import mix_command
 from dasd_cli.commands.pack import pack_command
 from dasd_cli.commands.sample import sample_command
@@ -19,7 +20,7 @@ from dasd_cli.commands.train import train_command
 app = typer.Typer(
     name="dasd",
     help="Distribution-Aligned Sequence Distillation over compressed JSONL: "
-    "sample | filter | score | mix | pack -> train; eval.",
+    "sample (or import) | filter | score | mix | pack -> train; eval.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -44,6 +45,7 @@ def root(
 
 app.command("eval")(eval_command)
 app.command("filter")(filter_command)
+app.command("import")(import_command)
 app.command("mix")(mix_command)
 app.command("pack")(pack_command)
 app.command("sample")(sample_command)

@@ -1,0 +1,82 @@
+"""``dasd import``: the paper authors' released data as dasd response records.
+
+Reads Superior-Reasoning-SFT-gpt-oss-120b rows (JSONL or Parquet) and writes one
+response record per row, so the released data enters the pipeline like `dasd sample`'s
+output: `dasd import stage1.jsonl | dasd filter | dasd score ... | dasd mix | dasd pack`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from dasd_cli.commands import common
+from dasd_cli.errors import RecordError, UsageError
+
+LOGPROB_MODES = ("unknown", "raw", "processed")
+
+Inputs = Annotated[Optional[list[str]], typer.Argument(
+    help="Released data files (stage1/stage2): JSONL (zstd, gzip or plain, sniffed) or "
+    "Parquet. None or '-' reads JSONL from stdin.", show_default=False, metavar="[FILE]...")]
+
+
+@common.shared_options(inputs=Inputs)
+def import_command(
+    shared: common.Common,
+    logprobs: Annotated[Optional[str], typer.Option(
+        "--logprobs", metavar="PATH",
+        help="The companion ...-Logprob file (plain JSONL or Parquet; it is indexed by "
+        "sample_uuid, then read row by row): adds teacher.logprobs and teacher.offsets. "
+        "Rows whose uuid it lacks are dropped as missing_logprobs.", show_default=False)] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(
+        "--tokenizer", metavar="PATH",
+        help="gpt-oss's tokenizer (o200k_harmony), to decode the Logprob file's token_ids: a "
+        "tokenizer folder such as a download of openai/gpt-oss-120b's tokenizer files. "
+        "Required with --logprobs.", show_default=False)] = None,
+    logprobs_mode: Annotated[common.choice(*LOGPROB_MODES), typer.Option(
+        "--logprobs-mode", metavar="|".join(LOGPROB_MODES),
+        help="teacher.logprobs_mode to record. The release does not say whether its log-probs "
+        "are raw (temperature 1) or of the sampling distribution, so the default is unknown, "
+        "which `dasd score` refuses unless given --accept-logprobs unknown.")] = "unknown",
+) -> None:
+    """Read the released Superior-Reasoning data into response records.
+
+    Each row's input becomes the prompt messages, output the response (in the
+    <think>...</think> form), domain one of math, code, science, instruction, other, and
+    meta is kept; id is the row's uuid. With --logprobs the teacher's log-probs are joined
+    by uuid and laid over the response text.
+    """
+    shared.options = {"logprobs": logprobs, "tokenizer": tokenizer, "logprobs_mode": logprobs_mode}
+
+    def body(session: common.Session) -> None:
+        from dasd_cli.io.released import LogprobFile
+        from dasd_cli.pipeline.importing import Importer, input_lines
+
+        if logprobs is not None and tokenizer is None:
+            raise UsageError("--logprobs needs --tokenizer PATH: gpt-oss's tokenizer (o200k_harmony)",
+                             hint="no installed package ships it; download openai/gpt-oss-120b's "
+                             "tokenizer files (tokenizer.json, tokenizer_config.json) into a folder")
+        if tokenizer is not None and logprobs is None:
+            raise UsageError("--tokenizer is only used with --logprobs", hint="add --logprobs PATH")
+        tok = None
+        if tokenizer is not None:
+            from dasd_cli.model.load import load_tokenizer
+
+            tok = load_tokenizer(tokenizer)
+        index = LogprobFile(logprobs) if logprobs is not None else None
+        if index is not None:
+            session.tally.extra["logprob_rows"] = len(index)
+        importer = Importer(index, tok, logprobs_mode)
+        for line in input_lines(session, shared.inputs):
+            try:
+                outcome = importer.convert(line)
+            except RecordError as err:
+                session.bad_record(line, err)
+                continue
+            if outcome.drop is None:
+                session.emit(outcome.record)
+            else:
+                session.drop(outcome.record, "import", *outcome.drop)
+
+    common.run_command("import", shared, body)
