@@ -146,6 +146,13 @@ SUPERIOR_ROWS = [{"uuid": f"00000000-0000-4000-8000-00000000000{i}", "input": qu
                      ("Say hello.", "One word.", "Hello.", "instruction_following")])]
 
 QUOTA_DOMAINS = {"math": 5000, "code": 3000, "science": 2000}
+# One scored response per prompt, as `dasd score ... | dasd mix --per-prompt 1` leaves them
+# (scored by another student: its das is replaced when a page scores them again).
+BEST = [{**r, "das": {"student": "other-student", "beta": 0.0, "counts": {"teacher": 0, "shared": 1, "student": 0},
+                     "score": 0, "p_teacher": 0.5, "p_student": 0.5,
+                     "sentences": [{"start": 0, "end": len(r["response"]), "p_teacher": 0.5,
+                                    "p_student": 0.5, "type": "shared"}]}}
+        for r in SAMPLES if r["id"] in ("sum@0.6#0", "add@0.6#0", "capital@0.6#0")]
 
 
 def scored_records() -> list[dict[str, Any]]:
@@ -199,6 +206,7 @@ def write_fixtures(folder: Path) -> None:
         response_record("city", "What is the capital of France? One word.", "Paris", temperature=1.0)], "zstd")
     write_file(folder / "scored.jsonl.zst", scored_records(), "zstd")
     write_file(folder / "stage2.samples.jsonl.zst", SAMPLES, "zstd")
+    write_file(folder / "best.jsonl.zst", BEST, "zstd")
     write_file(folder / "stage1.eval.jsonl.zst", [
         {**r, "eval": {"correct": False, "reason": "wrong_answer", "answer": None}} for r in SAMPLES
         if "reference" in r], "zstd")
@@ -356,7 +364,7 @@ def check_explain_one(folder: Path, out: bytes, err: str) -> None:
 def check_explain_pager(folder: Path, out: bytes, err: str) -> None:
     assert "\x1b[" in out.decode() and "mean p_T" in out.decode()  # --color always, through less
     rescored = records(folder / "rescored.jsonl.zst")
-    assert len(rescored) == len(scored_records()) and all(r["das"].get("student_key") for r in rescored)
+    assert ids(rescored) == ids(BEST) and all(r["das"].get("student_key") for r in rescored)
     assert "scoring with" in err
 
 
