@@ -62,6 +62,27 @@ def test_per_expert_layout_computes_the_same_function():
         assert torch.allclose(fused(input_ids=ids).logits, per_expert(input_ids=ids).logits, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cpu_runs_the_experts_kernel_measured_fastest(family):
+    """bench/bench_moe.py: on CPU the eager experts loop beats grouped_mm (the library's
+    default); the switch changes speed, not results."""
+    model = tiny_model(family)
+    ids = torch.randint(2, 97, (1, 13))
+    assert model.config._experts_implementation == "grouped_mm"
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        assert moe.use_fastest_experts(model, "cpu") == "eager"
+        assert torch.allclose(model(input_ids=ids).logits, before, atol=1e-5)
+    assert moe.use_fastest_experts(model, "cuda") == "eager"  # no CUDA preference: left as it is
+
+
+def test_dense_and_per_expert_models_have_no_experts_kernel():
+    from test_train_isolation import tiny_llama
+
+    assert moe.use_fastest_experts(tiny_llama("sdpa"), "cpu") is None
+    assert moe.use_fastest_experts(to_per_expert(tiny_model("qwen3_moe")), "cpu") is None
+
+
 # ---------------------------------------------------------------- aux loss
 @pytest.mark.parametrize("family", FAMILIES)
 def test_aux_loss_matches_the_models_own_forward(family):

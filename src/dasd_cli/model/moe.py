@@ -177,3 +177,27 @@ def router_logits(model: Any, blocks: list[MoeBlock]) -> Iterator[list[Any]]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+# Measured (bench/bench_moe.py, forward+backward of a packed row, 2 CPU threads): on CPU
+# the per-expert loop ("eager") ran 2.1x faster than transformers' default "grouped_mm"
+# and 12x faster than "batched_mm". On CUDA the library default (grouped_mm) is kept.
+FASTEST_EXPERTS = {"cpu": "eager"}
+
+
+def use_fastest_experts(model: Any, device_type: str) -> str | None:
+    """Switch a fused-experts model to the experts kernel measured fastest on this device.
+
+    Returns the implementation now in use (None: not a model with selectable experts).
+    """
+    setter = getattr(model, "set_experts_implementation", None)
+    current = getattr(getattr(model, "config", None), "_experts_implementation", None)
+    if setter is None or current is None or not any(not b.per_expert_modules for b in find_blocks(model)):
+        return None
+    wanted = FASTEST_EXPERTS.get(device_type)
+    if wanted and wanted != current:
+        try:
+            setter(wanted)
+        except (ValueError, ImportError):
+            return current
+    return model.config._experts_implementation
