@@ -4,7 +4,8 @@
 
 ``--per-expert`` swaps the fused Qwen3-MoE blocks for the per-expert-module layout
 (moe_models.PerExpertMoe, same weights); ``--no-leaf-modules`` skips the ZeRO-3 leaf
-registration (the negative control). Rank 0 prints one metrics record per step.
+registration (the negative control). Rank 0 prints one ``METRICS {...}`` line per step
+(libraries print to stdout too).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def main() -> None:
     try:
         for metrics in trainer.train():
             if trainer.ranks.is_main:
-                print(json.dumps(metrics), flush=True)
+                print("METRICS", json.dumps(metrics), flush=True)
     finally:
         trainer.close()
 
