@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from conftest import ROOT, parse_records, run_dasd, write_file
-from moe_models import route_by_token, save_with_tokenizer, tiny_model, to_per_expert
+from moe_models import route_by_token, save_with_tokenizer, tiny_model
 from test_moe import _records
 from dasd_cli.model import moe
 
