@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-FAMILIES = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "gpt_oss")
+FAMILIES = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "gpt_oss", "granitemoe")
 VOCAB = 97
 
 
@@ -37,6 +37,8 @@ def tiny_config(family: str, attn: str = "eager", experts: int = 8, top_k: int =
         return tf.GptOssConfig(**common, num_local_experts=experts, head_dim=8, sliding_window=256,
                                layer_types=["full_attention"] * 2,
                                rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    if family == "granitemoe":  # its router returns the logits third, not first
+        return tf.GraniteMoeConfig(**common, num_local_experts=experts)
     raise ValueError(family)
 
 

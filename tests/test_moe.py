@@ -22,11 +22,35 @@ LENGTHS = (7, 12, 5)
 def test_blocks_are_found_from_the_loaded_model(family):
     model = tiny_model(family)
     blocks = moe.find_blocks(model)
-    assert [b.name for b in blocks] == ["model.layers.0.mlp", "model.layers.1.mlp"]
+    where = "block_sparse_moe" if family == "granitemoe" else "mlp"
+    assert [b.name for b in blocks] == [f"model.layers.{i}.{where}" for i in range(2)]
     assert all(b.num_experts == 8 and not b.per_expert_modules and b.how == "found" for b in blocks)
     assert moe.top_k(model, blocks) == 2
     classes, reasons = moe.leaf_classes(blocks)
     assert classes == [] and "no ZeRO-3 leaf module" in reasons[0]  # fused: gathered on every call
+
+
+def test_the_table_by_model_type_is_the_fallback():
+    """A router that keeps its weight in a submodule is not recognised from the module tree;
+    the model type's table entry names the block class."""
+
+    class WrappedRouter(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, hidden):
+            return self.inner(hidden)
+
+    model = tiny_model("qwen3_moe")
+    for layer in model.model.layers:
+        layer.mlp.gate = WrappedRouter(layer.mlp.gate)
+    blocks = moe.find_blocks(model)
+    assert [(b.name, b.how, b.num_experts) for b in blocks] == [
+        ("model.layers.0.mlp", "table", 8), ("model.layers.1.mlp", "table", 8)]
+    assert isinstance(blocks[0].router, WrappedRouter)
+    model.config.model_type = "unknown_moe"
+    assert moe.find_blocks(model) == []
 
 
 def test_per_expert_modules_become_leaf_modules():
@@ -218,3 +242,11 @@ def test_gradient_checkpointing_keeps_loss_aux_and_gradients(tmp_path):
         runs.append(list(trainer.train())[0])
     for key in ("loss", "aux_loss", "grad_norm"):
         assert runs[1][key] == pytest.approx(runs[0][key], rel=1e-5), key
+
+
+def test_debug_says_what_was_found(tmp_path, capfd):
+    model_dir = save_with_tokenizer(tiny_model("qwen3_moe"), tmp_path / "model")
+    _trainer(model_dir, tmp_path / "out", _records(1, seed=1), debug=True)
+    err = capfd.readouterr().err
+    assert ("dasd train: 2 sparse blocks of 8 experts, top-2; router aux loss coefficient 0.001 "
+            "(the model config); experts kernel eager") in err

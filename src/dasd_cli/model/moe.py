@@ -94,7 +94,10 @@ def find_blocks(model: Any) -> list[MoeBlock]:
         if wanted and type(module).__name__ == wanted:
             experts = getattr(module, "experts", None)
             router = getattr(module, "gate", None) or getattr(module, "router", None)
-            count = len(experts) if hasattr(experts, "__len__") else int(getattr(router, "num_experts", 0))
+            found = _expert_count(experts) if isinstance(experts, nn.Module) else None
+            config = model.config
+            count = found[0] if found else int(getattr(config, "num_experts", None)
+                                               or getattr(config, "num_local_experts", 0))
             separate = isinstance(experts, (nn.ModuleList, nn.ModuleDict))
             blocks.append(MoeBlock(name, module, experts, router, count, separate, how="table"))
     return blocks

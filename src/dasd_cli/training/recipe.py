@@ -169,6 +169,14 @@ class Trainer:
             return
         own = moe.config_aux_coef(self.model)
         self.aux_coef = cfg.router_aux_loss_coef if cfg.router_aux_loss_coef is not None else (own or 0.0)
+        if cfg.debug and self.ranks.is_main:
+            from dasd_cli import io
+
+            source = "--router-aux-loss-coef" if cfg.router_aux_loss_coef is not None else \
+                ("the model config" if own is not None else "no config value")
+            io.say(f"dasd train: {len(self.moe_blocks)} sparse blocks of {self.moe_blocks[0].num_experts} "
+                   f"experts, top-{moe.top_k(self.model, self.moe_blocks)}; router aux loss coefficient "
+                   f"{self.aux_coef} ({source}); experts kernel {self.experts_implementation or 'of the block'}")
 
     def _register_leaf_modules(self) -> None:
         """ZeRO-3: sparse blocks whose experts are separate modules become leaf modules."""
