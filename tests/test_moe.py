@@ -250,3 +250,27 @@ def test_debug_says_what_was_found(tmp_path, capfd):
     err = capfd.readouterr().err
     assert ("dasd train: 2 sparse blocks of 8 experts, top-2; router aux loss coefficient 0.001 "
             "(the model config); experts kernel eager") in err
+
+
+def test_gpt_oss_attention_sinks_are_not_dropped(tmp_path):
+    """Segmented attention has no sinks: it would change gpt-oss's attention (measured max
+    |logit difference| 0.15 with sinks of std 2), so it is refused, and --attn auto trains
+    gpt-oss with eager attention and the block mask (exact)."""
+    from dasd_cli.errors import UsageError
+    from dasd_cli.model import attention
+
+    model = tiny_model("gpt_oss", attn=attention.register())
+    with torch.no_grad():
+        for layer in model.model.layers:
+            torch.nn.init.normal_(layer.self_attn.sinks, std=2.0)
+    samples, ids, positions = _packed()
+    with pytest.raises(UsageError, match="segmented has no attention sinks"):
+        packed_forward.packed_logits(model, ids, positions)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        packed = packed_forward.packed_logits(model, ids, positions)[0]
+        alone = model(input_ids=samples[1][None]).logits[0]
+    assert float((packed[7:19] - alone).abs().max()) <= 1e-4
+    folder = save_with_tokenizer(model, tmp_path / "gpt-oss")
+    trainer = _trainer(folder, tmp_path / "out", _records(1, seed=2), attn="auto")
+    assert trainer.model.config._attn_implementation == "eager"

@@ -139,6 +139,7 @@ class Trainer:
         self.model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32,
                                                           attn_implementation=self.attn)
         self.model.config.use_cache = False
+        self._exact_attention()
         self.tokenizer = AutoTokenizer.from_pretrained(str(source))
         self.source = str(source)
         if cfg.gradient_checkpointing:
@@ -211,6 +212,16 @@ class Trainer:
         if choice not in packed.MASKED_BACKENDS + packed.VARLEN_BACKENDS:
             raise UsageError(f"--attn must be auto, segmented, sdpa, eager or flash_attention_2, not {choice!r}")
         return choice
+
+    def _exact_attention(self) -> None:
+        """--attn auto: a model whose attention the segmented kernel would change (logit
+        soft-capping, gpt-oss's attention sinks) runs eager attention with the block mask."""
+        from dasd_cli.model import attention
+
+        problem = attention.unsupported(self.model.config, self.model)
+        if self.config.attn == "auto" and self.attn == attention.NAME and problem and "sliding" not in problem:
+            self.model.set_attn_implementation("eager")
+            self.attn = "eager"
 
     def _apply_liger(self) -> None:
         try:
