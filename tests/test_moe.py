@@ -271,6 +271,10 @@ def test_gpt_oss_attention_sinks_are_not_dropped(tmp_path):
         packed = packed_forward.packed_logits(model, ids, positions)[0]
         alone = model(input_ids=samples[1][None]).logits[0]
     assert float((packed[7:19] - alone).abs().max()) <= 1e-4
+    from dasd_cli.backends.hf_score import _packable
+
+    assert not _packable(model)  # scoring takes padded batches instead of segmented rows
+    assert _packable(tiny_model("qwen3_moe", attn="sdpa"))
     folder = save_with_tokenizer(model, tmp_path / "gpt-oss")
     trainer = _trainer(folder, tmp_path / "out", _records(1, seed=2), attn="auto")
     assert trainer.model.config._attn_implementation == "eager"
