@@ -74,13 +74,13 @@ def plan_rows(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 
 def _packable(model: Any) -> bool:
     """Varlen attention already, or sdpa/eager on a model that takes another attention
-    function and has nothing (sliding windows, soft-capping) plain causal attention drops."""
+    function and has nothing (sliding windows, soft-capping, sinks) plain causal attention drops."""
     from dasd_cli.model import attention, packed
 
     impl = getattr(model.config, "_attn_implementation", None)
     return impl in packed.VARLEN_BACKENDS or (
         impl in packed.MASKED_BACKENDS and getattr(model, "_supports_attention_backend", False)
-        and attention.unsupported(model.config) is None)
+        and attention.unsupported(model.config, model) is None)
 
 
 @contextlib.contextmanager

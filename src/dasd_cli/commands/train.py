@@ -92,6 +92,11 @@ def train_command(
         "--loss-chunk-size", min=1, metavar="TOKENS",
         help="Tokens projected to the vocabulary at once in the loss (peak extra memory: TOKENS x "
         "vocabulary fp32 logits).")] = loss_core.DEFAULT_CHUNK_SIZE,
+    router_aux_loss_coef: Annotated[Optional[float], typer.Option(
+        "--router-aux-loss-coef", metavar="X", show_default=False,
+        help="Mixture-of-Experts students: weight of the router load-balancing loss added to the "
+        "LM loss (default: the model config's router_aux_loss_coef, e.g. 0.001 for Qwen3-MoE; 0 "
+        "logs it without training on it).")] = None,
     token_store: Annotated[Optional[str], typer.Option(
         "--token-store", metavar="DIR", show_default=False,
         help="Where packed files are converted once into a memory-mappable token store, "
@@ -136,7 +141,7 @@ def train_command(
         if ranks.world_size > 1 and not files:
             raise UsageError("a distributed run reads its data from files, not stdin",
                              hint="pass --data PATH (every rank reads it)")
-        config = _config(Path(out), options, seed)
+        config = _config(Path(out), options, seed, shared.debug)
         from dasd_cli.training.data import default_root
         from dasd_cli.training.run import run_training
 
@@ -146,7 +151,7 @@ def train_command(
     common.run_command("train", shared, body)
 
 
-def _config(out: Path, options: dict[str, Any], seed: int) -> Any:
+def _config(out: Path, options: dict[str, Any], seed: int, debug: bool = False) -> Any:
     from dasd_cli.training.recipe import TrainConfig
 
     if options["init_from"] and options["resume"]:
@@ -162,4 +167,5 @@ def _config(out: Path, options: dict[str, Any], seed: int) -> Any:
         keep_checkpoints=options["keep_checkpoints"], delete_checkpoints=options["delete_checkpoints"],
         resume=options["resume"],
         stop_after=options["stop_after"], seed=seed, shuffle=options["shuffle"],
-        loss_chunk_size=options["loss_chunk_size"])
+        loss_chunk_size=options["loss_chunk_size"],
+        router_aux_loss_coef=options["router_aux_loss_coef"], debug=debug)

@@ -43,13 +43,17 @@ def segmented_attention(module: Any, query: Any, key: Any, value: Any, attention
     return out.transpose(1, 2).contiguous(), None
 
 
-def unsupported(config: Any) -> str | None:
+def unsupported(config: Any, model: Any = None) -> str | None:
     """What in this model's attention the segmented kernel would drop (None: nothing).
 
-    It runs plain causal attention: sliding windows and logit soft-capping are not in it.
+    It runs plain causal attention: sliding windows, logit soft-capping and attention
+    sinks (gpt-oss: a learned per-head logit in every softmax) are not in it.
     """
     if getattr(config, "attn_logit_softcapping", None):
         return "attention logit soft-capping"
+    if model is not None and hasattr(model, "modules") and any(
+            getattr(module, "sinks", None) is not None for module in model.modules()):
+        return "attention sinks"
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None:
         if any(kind != "full_attention" for kind in layer_types):

@@ -237,6 +237,10 @@ def load_causal_lm(spec: str | None, dtype: str = "auto", device: str = "auto",
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    model.to(pick_device(device))
+    target = pick_device(device)
+    model.to(target)
+    from dasd_cli.model import moe
+
+    moe.use_fastest_experts(model, str(target).split(":")[0])
     model.eval()
     return model

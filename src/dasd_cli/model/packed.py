@@ -42,15 +42,16 @@ def refuse_dropped_attention(model: Any, position_ids: Any) -> None:
 
     The block mask and the segmented kernel are plain causal attention: a sliding window
     is exact only for samples no longer than the window, and segmented attention has no
-    logit soft-capping. flash-attention's varlen kernels apply both themselves.
+    logit soft-capping and no attention sinks. flash-attention's varlen kernels apply windows
+    and soft-capping themselves.
     """
     from dasd_cli.model import attention
 
-    problem = attention.unsupported(model.config)
+    problem = attention.unsupported(model.config, model)
     impl = getattr(model.config, "_attn_implementation", None)
     if problem is None or impl in ("flash_attention_2", "flash_attention_3"):
         return
-    if impl == attention.NAME and "soft-capping" in problem:
+    if impl == attention.NAME and ("soft-capping" in problem or "sinks" in problem):
         raise UsageError(f"--attn segmented has no {problem}, which this model uses",
                          hint="use --attn eager (or flash_attention_2 on a GPU)")
     window = getattr(model.config, "sliding_window", None)

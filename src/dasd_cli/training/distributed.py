@@ -152,3 +152,14 @@ def deepspeed_engine(model: Any, optimizer: Any, scheduler: Any, config: dict[st
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=config)
     return engine
+
+
+def set_leaf_modules(model: Any, classes: list[type]) -> list[Any]:
+    """Mark modules of these classes as ZeRO-3 leaves (gathered whole when entered).
+
+    Must run before ``deepspeed.initialize``, which installs the parameter hooks.
+    """
+    route_deepspeed_logging()
+    from deepspeed.utils import set_z3_leaf_modules
+
+    return set_z3_leaf_modules(model, classes)

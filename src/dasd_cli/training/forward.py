@@ -58,6 +58,27 @@ def packed_loss_sum(model: Any, input_ids: Any, labels: Any, position_ids: Any,
     Tensors are ``[B, L]`` on the model's device. Targets are shifted per sample and
     never cross a sample boundary (``masks.shifted_targets``).
     """
+    summed, count, _ = packed_losses(model, input_ids, labels, position_ids, loss_fn)
+    return summed, count
+
+
+def packed_losses(model: Any, input_ids: Any, labels: Any, position_ids: Any, loss_fn: LossFn,
+                  moe_blocks: list[Any] | None = None) -> tuple[Any, int, Any]:
+    """``packed_loss_sum`` plus the router load-balancing loss of a sparse model.
+
+    ``moe_blocks`` (model.moe.find_blocks): the routers' logits are recorded by hooks
+    while the decoder body runs, and core.train.router turns them into the auxiliary
+    loss over every token of the packed row (no padding in a packed row, so every row
+    counts). The third value is None for a dense model.
+    """
     targets = masks.shifted_targets(labels, position_ids)
-    hidden = hidden_states(model, input_ids, position_ids)
-    return loss_fn(hidden, targets, model)
+    if not moe_blocks:
+        hidden = hidden_states(model, input_ids, position_ids)
+        return (*loss_fn(hidden, targets, model), None)
+    from dasd_cli.core.train import router
+    from dasd_cli.model import moe
+
+    with moe.router_logits(model, moe_blocks) as logits:
+        hidden = hidden_states(model, input_ids, position_ids)
+    aux = router.load_balancing_loss(logits, moe_blocks[0].num_experts, moe.top_k(model, moe_blocks))
+    return (*loss_fn(hidden, targets, model), aux)

@@ -59,6 +59,8 @@ class TrainConfig:
     seed: int = 42
     shuffle: bool = True  # reshuffle packed sequences every epoch (from seed and epoch)
     loss_chunk_size: int = loss_core.DEFAULT_CHUNK_SIZE  # rows projected to the vocabulary at once
+    router_aux_loss_coef: float | None = None  # MoE load-balancing loss weight (None: the model config's)
+    debug: bool = False  # say which MoE blocks became ZeRO-3 leaf modules, and why
 
     def validate(self) -> None:
         checks = [(self.epochs >= 1, "--epochs must be at least 1"),
@@ -68,7 +70,9 @@ class TrainConfig:
                   (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
                   (self.save_every >= 0, "--save-every must be >= 0"),
                   (self.keep_checkpoints >= 0, "--keep-checkpoints must be >= 0"),
-                  (self.stop_after is None or self.stop_after >= 1, "--stop-after must be >= 1")]
+                  (self.stop_after is None or self.stop_after >= 1, "--stop-after must be >= 1"),
+                  (self.router_aux_loss_coef is None or self.router_aux_loss_coef >= 0,
+                   "--router-aux-loss-coef must be >= 0")]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
@@ -135,6 +139,7 @@ class Trainer:
         self.model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32,
                                                           attn_implementation=self.attn)
         self.model.config.use_cache = False
+        self._exact_attention()
         self.tokenizer = AutoTokenizer.from_pretrained(str(source))
         self.source = str(source)
         if cfg.gradient_checkpointing:
@@ -146,9 +151,45 @@ class Trainer:
         elif cfg.deepspeed:
             loss_impl = "checkpointed"  # module calls, so ZeRO-3 gathers the head weight
         self.loss_fn = forward.make_loss_fn(self.model, loss_impl, cfg.loss_chunk_size)
+        self._setup_moe()
         if not cfg.deepspeed:
             self.model.to(self.device)
         self.model.train()
+
+    def _setup_moe(self) -> None:
+        """Find the sparse blocks; the aux-loss weight is the flag's, else the config's, else 0."""
+        from dasd_cli.model import moe
+
+        cfg = self.config
+        self.moe_blocks = moe.find_blocks(self.model)
+        self.experts_implementation = moe.use_fastest_experts(self.model, self.device.type)
+        if not self.moe_blocks:
+            if cfg.router_aux_loss_coef:
+                raise UsageError("--router-aux-loss-coef: this model has no routed experts")
+            self.aux_coef = 0.0
+            return
+        own = moe.config_aux_coef(self.model)
+        self.aux_coef = cfg.router_aux_loss_coef if cfg.router_aux_loss_coef is not None else (own or 0.0)
+        if cfg.debug and self.ranks.is_main:
+            from dasd_cli import io
+
+            source = "--router-aux-loss-coef" if cfg.router_aux_loss_coef is not None else \
+                ("the model config" if own is not None else "no config value")
+            io.say(f"dasd train: {len(self.moe_blocks)} sparse blocks of {self.moe_blocks[0].num_experts} "
+                   f"experts, top-{moe.top_k(self.model, self.moe_blocks)}; router aux loss coefficient "
+                   f"{self.aux_coef} ({source}); experts kernel {self.experts_implementation or 'of the block'}")
+
+    def _register_leaf_modules(self) -> None:
+        """ZeRO-3: sparse blocks whose experts are separate modules become leaf modules."""
+        from dasd_cli import io
+        from dasd_cli.model import moe
+
+        classes, reasons = moe.leaf_classes(self.moe_blocks)
+        if classes:
+            dist_util.set_leaf_modules(self.model, classes)
+        if self.config.debug and self.ranks.is_main:
+            for line in reasons:
+                io.say(f"dasd train: {line}")
 
     @property
     def vocab_size(self) -> int:
@@ -171,6 +212,16 @@ class Trainer:
         if choice not in packed.MASKED_BACKENDS + packed.VARLEN_BACKENDS:
             raise UsageError(f"--attn must be auto, segmented, sdpa, eager or flash_attention_2, not {choice!r}")
         return choice
+
+    def _exact_attention(self) -> None:
+        """--attn auto: a model whose attention the segmented kernel would change (logit
+        soft-capping, gpt-oss's attention sinks) runs eager attention with the block mask."""
+        from dasd_cli.model import attention
+
+        problem = attention.unsupported(self.model.config, self.model)
+        if self.config.attn == "auto" and self.attn == attention.NAME and problem and "sliding" not in problem:
+            self.model.set_attn_implementation("eager")
+            self.attn = "eager"
 
     def _apply_liger(self) -> None:
         try:
@@ -212,6 +263,8 @@ class Trainer:
             ds_config = dist_util.load_deepspeed_config(
                 cfg.deepspeed, micro_batch=1, accumulation=self.plan.accumulation_steps,
                 world_size=self.ranks.world_size, bf16=bf16, grad_clip=cfg.grad_clip)
+            if self.moe_blocks:
+                self._register_leaf_modules()
             self.engine = dist_util.deepspeed_engine(self.model, self.optimizer, self.scheduler, ds_config)
             self.model = self.engine.module
         if self.resume_from is not None:
@@ -257,14 +310,19 @@ class Trainer:
         # the whole global batch's target count, the same on every rank
         targets = sum(self.sequences.target_count(i) for i in step_sequences)
         scale = self.ranks.world_size / max(targets, 1)  # ranks' gradients are averaged
-        loss_sum, tokens = 0.0, 0
+        loss_sum, tokens, aux_sum = 0.0, 0, 0.0
         for n, micro in enumerate(micro_batches):
             seq = self.sequences[micro.index]
             tensors = [torch.as_tensor(a, dtype=torch.long, device=self.device)[None]
                        for a in (seq.input_ids, seq.labels, seq.position_ids)]
             with self._autocast():
-                summed, _ = forward.packed_loss_sum(self.model, *tensors, self.loss_fn)
+                summed, _, aux = forward.packed_losses(self.model, *tensors, self.loss_fn, self.moe_blocks)
             loss = summed * (scale * micro.weight)
+            if aux is not None:
+                # a batch statistic per micro-batch, weighted by its share of the step's targets
+                share = self.sequences.target_count(micro.index) * micro.weight / max(targets, 1)
+                loss = loss + aux * (self.aux_coef * share * self.ranks.world_size)
+                aux_sum += float(aux.detach()) * share
             if self.engine is not None:
                 self.engine.set_gradient_accumulation_boundary(n == len(micro_batches) - 1)
                 self.engine.backward(loss, scale_wrt_gas=False)
@@ -274,12 +332,16 @@ class Trainer:
             loss_sum += float(summed.detach()) * micro.weight
             tokens += len(seq) if micro.weight else 0
         grad_norm = self._optimizer_step()
-        loss_sum, tokens = dist_util.all_reduce_sum([loss_sum, float(tokens)], self.ranks)
+        loss_sum, tokens, aux_sum = dist_util.all_reduce_sum([loss_sum, float(tokens), aux_sum], self.ranks)
         elapsed = time.perf_counter() - started
-        return {"step": step, "epoch": round(step / self.plan.steps_per_epoch, 4),
-                "loss": loss_sum / max(targets, 1), "lr": lr, "grad_norm": grad_norm,
-                "tokens": int(tokens), "target_tokens": targets,
-                "tokens_per_s": round(tokens / elapsed, 2) if elapsed > 0 else None}
+        metrics = {"step": step, "epoch": round(step / self.plan.steps_per_epoch, 4),
+                   "loss": loss_sum / max(targets, 1), "lr": lr, "grad_norm": grad_norm,
+                   "tokens": int(tokens), "target_tokens": targets,
+                   "tokens_per_s": round(tokens / elapsed, 2) if elapsed > 0 else None}
+        if self.moe_blocks:
+            metrics["aux_loss"] = aux_sum
+            metrics["aux_loss_coef"] = self.aux_coef
+        return metrics
 
     def _autocast(self) -> Any:
         import contextlib
