@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dasd_cli.core.pack import (IGNORE_INDEX, best_fit_decreasing, bin_members, packed_record, plan_sequences,
+                                stable_argsort,
                                 lower_bound)
 
 # --------------------------------------------------------------------------- bin packing
@@ -129,6 +130,14 @@ def test_plan_matches_textbook_plan_on_any_lengths(case: tuple[int, list[int]]) 
     capacity, lengths = case
     members, _ = plan_sequences(np.array(lengths, dtype=np.int64), capacity)
     assert [m.tolist() for m in members] == reference_plan(lengths, capacity)
+
+
+@pytest.mark.parametrize("high", [1, 7, 1 << 16, (1 << 16) + 3, 1 << 32, 1 << 40])
+def test_stable_argsort_is_numpys_stable_argsort(high: int) -> None:
+    rng = np.random.default_rng(high % 1000)
+    for n in (0, 1, 5, 3000):
+        keys = rng.integers(0, high, n, dtype=np.int64)
+        assert np.array_equal(stable_argsort(keys), np.argsort(keys, kind="stable"))
 
 
 def test_bin_members_groups_in_input_order() -> None:
