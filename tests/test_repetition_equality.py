@@ -8,12 +8,13 @@ Regenerate the file only on purpose, when a statistic's definition changes:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
 import re
 from collections import Counter
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,7 @@ def _cot(rng: random.Random, paragraphs: int) -> str:
     return "<think>\n" + "\n\n".join(parts) + f"\n</think>\n\nThe answer is \\boxed{{{answer}}}."
 
 
+@functools.lru_cache(maxsize=1)
 def corpus() -> list[tuple[str, str]]:
     """(name, text) pairs; deterministic."""
     rng = random.Random(14)
@@ -206,3 +208,46 @@ def test_ngram_statistics_match_their_definition(seed):
 
 if __name__ == "__main__":  # pragma: no cover
     print(json.dumps(compute(), indent=1, sort_keys=True))
+
+
+# ------------------------------------------------ the verdict is the full statistics' verdict
+
+def verdict_from_all_statistics(text: str, config: RepetitionConfig):
+    """check_text's contract, computed the long way: every statistic, then _REASONS order."""
+    from dasd_cli.core.filters.repetition import _REASONS, looping_tail, word_hashes
+
+    data = text.encode("utf-8", "surrogatepass")
+    loop = looping_tail(data, word_hashes(data)[0], config)
+    if loop is not None:
+        return ["looping_tail", loop]
+    stats = repetition_stats(text)
+    for stat, limit_name, reason in _REASONS:
+        if stat.startswith("duplicate_paragraph") and "\n\n" not in text:
+            continue
+        if ("gram" in stat) and stats["words"] < config.min_words:
+            continue
+        limit = getattr(config, limit_name)
+        if stats[stat] > limit:
+            return [reason, f"{stat} {stats[stat]:.3f} > {limit}"]
+    return None
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_check_text_stops_early_without_changing_the_verdict(seed):
+    rng = random.Random(seed)
+    name, text = rng.choice(corpus())
+    limits = {f.name: rng.choice((0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.9, 1.0))
+              for f in fields(RepetitionConfig) if f.name.startswith("max_")}
+    if seed % 2:  # only the duplicate n-gram limits decide: the early stop is what is tested
+        limits.update({k: 1.0 for k in limits if not (k.startswith("max_duplicate_") and k.endswith("gram_fraction"))})
+    config = replace(DEFAULT, min_words=rng.choice((0, 5, 50)), **limits)
+    drop = check_text(text, config)
+    assert (None if drop is None else [drop.reason, drop.detail]) == verdict_from_all_statistics(text, config), name
+
+
+def test_duplicate_fractions_never_grow_with_n():
+    """What the early stop relies on: repeated (n+1)-grams cover a subset of repeated n-grams."""
+    for name, text in corpus():
+        stats = repetition_stats(text)
+        values = [stats[f"duplicate_{n}gram_fraction"] for n in range(5, 11)]
+        assert values == sorted(values, reverse=True), name
