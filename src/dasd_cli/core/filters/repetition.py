@@ -15,8 +15,11 @@ and answer together: a loop is a defect wherever it is):
 Speed: words are hashed with vectorized polynomial hashing over the UTF-8 bytes (numpy,
 no per-word Python objects), n-gram hashes are combined from word hashes, and each n only
 sorts the positions whose (n-1)-gram was already duplicated (an n-gram can only repeat
-where its prefix does), so one full sort per response. Words are maximal runs of ASCII
-letters/digits or non-ASCII bytes, lower-cased; "characters" are UTF-8 bytes.
+where its prefix does), so one full sort per response. The filter (``check_text``) stops
+at its verdict: the top 3- and 4-gram fractions are skipped when a bound from the 2-grams
+keeps them under their limits, and the duplicate fractions stop once one is under every
+remaining limit (they never grow with n). Words are maximal runs of ASCII letters/digits
+or non-ASCII bytes, lower-cased; "characters" are UTF-8 bytes.
 """
 
 from __future__ import annotations
@@ -157,17 +160,25 @@ def _groups(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return order, first, sizes, in_dup
 
 
-def _iter_ngram_stats(hashes: np.ndarray, lengths: np.ndarray):
+def _iter_ngram_stats(hashes: np.ndarray, lengths: np.ndarray, top_limit: float | None = None):
     """(name, value) of the top 2-4-gram and duplicate 5-10-gram fractions, in that order.
 
     Lazy: a caller that has decided may stop, and the larger n are never computed.
+
+    With ``top_limit``, the top 3- and 4-gram fractions are only computed when they could
+    exceed it; otherwise their value is None. An n-gram (n = 3, 4) occurring c times
+    covers c * chars(ab) + c * chars(cd) characters or less, where ab and cd are two of
+    its 2-grams (abc: ab and bc), each occurring at least c times: so twice the largest
+    (occurrences x characters) of a 2-gram bounds both. The 5-gram candidates then come
+    straight from the 2-grams: a 5-gram repeats only where its four 2-grams all do.
     """
     n_words = hashes.size
     total = float(lengths.sum()) or 1.0
     cum_len = np.concatenate(([0], np.cumsum(lengths)))
     gram = hashes
     candidates = np.arange(n_words)  # n-gram start positions that may still repeat
-    for n in range(2, 11):
+    n = 2
+    while n <= 10:
         count = n_words - n + 1
         if count > 0:
             with np.errstate(over="ignore"):
@@ -181,13 +192,26 @@ def _iter_ngram_stats(hashes: np.ndarray, lengths: np.ndarray):
         order, first, sizes, in_dup = _groups(gram[candidates])
         if n <= 4:
             top = int(sizes.max())
+            firsts = candidates[order[first]]  # each n-gram's first position
             if top > 1:
                 # the most frequent n-gram; among equally frequent ones, the earliest
-                start = int(candidates[order[first]][sizes == top].min())
-                chars = cum_len[start + n] - cum_len[start]
-                yield _stat_name(n), min(1.0, float(top * chars) / total)
+                start = int(firsts[sizes == top].min())
+                yield _stat_name(n), min(1.0, float(top * (cum_len[start + n] - cum_len[start])) / total)
             else:
                 yield _stat_name(n), 0.0
+            if n == 2 and top_limit is not None and n_words >= 5:
+                heaviest = int((sizes * (cum_len[firsts + 2] - cum_len[firsts])).max())
+                if 2 * heaviest / total <= top_limit:
+                    yield _stat_name(3), None
+                    yield _stat_name(4), None
+                    with np.errstate(over="ignore"):
+                        for k in (3, 4):
+                            gram = gram[:n_words - k + 1] * np.uint64(_Q) + hashes[k - 1:]
+                    c = n_words - 4
+                    candidates = np.flatnonzero(in_dup[:c] & in_dup[1:c + 1] & in_dup[2:c + 2]
+                                                & in_dup[3:c + 3])
+                    n = 5  # gram holds the 4-gram hashes: the loop extends them to 5-grams
+                    continue
         else:
             starts = candidates[order[~first]]  # repeated occurrences (not the first)
             cover = np.zeros(n_words + 1, dtype=np.int32)  # +1 at a start, -1 n words later
@@ -196,6 +220,7 @@ def _iter_ngram_stats(hashes: np.ndarray, lengths: np.ndarray):
             covered = np.cumsum(cover[:-1]) > 0
             yield _stat_name(n), float(lengths[covered].sum()) / total
         candidates = candidates[in_dup]
+        n += 1
 
 
 def ngram_stats(hashes: np.ndarray, lengths: np.ndarray) -> dict[str, float]:
@@ -311,9 +336,12 @@ def check_text(text: str, config: RepetitionConfig) -> Drop | None:
         return None
     checks = _REASONS[4:]
     limits = [getattr(config, limit_name) for _, limit_name, _ in checks]
-    for i, (stat, value) in enumerate(_iter_ngram_stats(hashes, lengths)):
+    top_limit = min(config.max_top_3gram_fraction, config.max_top_4gram_fraction)
+    for i, (stat, value) in enumerate(_iter_ngram_stats(hashes, lengths, top_limit)):
         name, limit_name, reason = checks[i]
         assert stat == name
+        if value is None:  # bounded below its limit without computing it
+            continue
         if value > limits[i]:
             return Drop(reason, f"{stat} {value:.3f} > {limits[i]}")
         if reason == "duplicate_ngrams" and value <= min(limits[i:]):
