@@ -138,6 +138,28 @@ def _nonempty_lines(text: str) -> list[str]:
     return list(filter(None, map(str.strip, text.split("\n"))))
 
 
+_RADIX_MIN = 4096  # below this a comparison sort of the hashes is as fast
+
+
+def _group_order(hashes: np.ndarray) -> np.ndarray:
+    """A stable order that makes equal hashes contiguous (groups in any order).
+
+    Long inputs are sorted by their low 32 bits in two 16-bit radix passes (NumPy's
+    stable sort of 16-bit keys), ~2-5x faster than a stable sort of 64-bit keys; if two
+    different hashes share their low 32 bits and so could interleave, the full sort.
+    """
+    if hashes.size < _RADIX_MIN:
+        return np.argsort(hashes, kind="stable")
+    order = np.argsort((hashes & np.uint64(0xFFFF)).astype(np.uint16), kind="stable")
+    order = order[np.argsort(((hashes[order] >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16),
+                             kind="stable")]
+    sorted_h = hashes[order]
+    low = sorted_h & np.uint64(0xFFFFFFFF)
+    if ((low[1:] == low[:-1]) & (sorted_h[1:] != sorted_h[:-1])).any():
+        return np.argsort(hashes, kind="stable")
+    return order
+
+
 def _groups(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Group equal n-gram hashes: (order, first, sizes, in_dup).
 
@@ -146,7 +168,7 @@ def _groups(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     each group, in sorted order of groups; ``in_dup`` marks, in the original order, the
     hashes whose group has at least two members.
     """
-    order = np.argsort(hashes, kind="stable")
+    order = _group_order(hashes)
     sorted_h = hashes[order]
     first = np.empty(sorted_h.size, dtype=bool)
     first[:1] = True
@@ -322,7 +344,7 @@ def check_text(text: str, config: RepetitionConfig) -> Drop | None:
         return Drop("looping_tail", loop)
     stats: dict[str, float] = {}
     if "\n\n" in text:
-        paragraphs = [p.strip() for p in _PARAGRAPH_SPLIT.split(text) if p.strip()]
+        paragraphs = list(filter(None, map(str.strip, _PARAGRAPH_SPLIT.split(text))))
         (stats["duplicate_paragraph_fraction"],
          stats["duplicate_paragraph_char_fraction"]) = _duplicate_units(paragraphs)
     stats["duplicate_line_fraction"], stats["duplicate_line_char_fraction"] = _duplicate_units(
