@@ -7,7 +7,13 @@ Rows, in MB/s of UNCOMPRESSED JSONL (the corpus is >= 200 MB, 20 MB with --quick
 - `dasd filter` with every non-model check the command offers (its defaults, plus the
   repetition filter when the command has it);
 - the repetition check alone, in-process on the same responses, against parsing the
-  JSON lines (orjson) as its baseline.
+  JSON lines (orjson) as its baseline;
+- verification (``--verify``), in-process, one process, main thread: math responses per
+  second against math-verify's own parse-and-verify of the same answers, and code
+  responses per second against starting one bare ``python -c pass`` per response.
+With ``DASD_BENCH_BEFORE=SRC`` (a ``src`` folder of an earlier checkout), the default
+checks also run from that source as a baseline side, alternated with the others: the
+speed-up of a change, measured in one run.
 Sides alternate (this class of machine has slow phases); the best of the repeats counts.
 """
 
@@ -82,6 +88,10 @@ def run(quick: bool) -> list[dict]:
                            f"{corpus} --compress zstd",
             "all": f"{dasd} filter --quiet {corpus} --compress zstd",
         }
+        before = os.environ.get("DASD_BENCH_BEFORE")
+        if before:
+            sides["before"] = (f"PYTHONPATH={Path(before).resolve()} {sys.executable} -c "
+                               f"'from dasd_cli.cli import main; main()' filter --quiet {corpus} --compress zstd")
         best = {name: float("inf") for name in sides}
         for _ in range(repeats):
             for name, command in sides.items():  # alternate the sides
@@ -97,7 +107,13 @@ def run(quick: bool) -> list[dict]:
              "baseline_value": rate["passthrough"], "ratio": rate["all"] / rate["passthrough"],
              "goal": "", "note": note},
         ]
+        if before:
+            rows.append({"metric": "dasd filter, default checks: this checkout vs the earlier one",
+                         "value": rate["all"], "unit": "MB/s", "baseline": f"dasd filter from {before}",
+                         "baseline_value": rate["before"], "ratio": rate["all"] / rate["before"],
+                         "goal": ">= 60 MB/s", "note": note})
         rows.append(_repetition_row(corpus, repeats))
+        rows.extend(_verify_rows(quick))
         return rows
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -125,6 +141,73 @@ def _repetition_row(corpus: Path, repeats: int) -> dict:
             "ratio": parse_s / check_s, "goal": ">= 20 MB/s",
             "note": f"{len(lines)} responses, {size / 1e6:.0f} MB, {dropped} dropped "
                     f"({DEGENERATE_SHARE:.0%} of the pool generated degenerate)"}
+
+
+def _math_case(i: int) -> tuple[str, str]:
+    """(reference answer, boxed answer) for response i: equal and unequal forms, every
+    string distinct (math-verify caches parses; repeats would flatter both sides)."""
+    k = i // 6 + 2
+    return ((f"\\frac{{{2 * k + 1}}}{{2}}", f"{k}.5"), (f"{k}", f"{k}"),
+            (f"{k}\\sqrt{{2}}", f"\\sqrt{{{2 * k * k}}}"), (f"x^2 + {2 * k}x + {k * k}", f"(x+{k})^2"),
+            (f"{k}", f"{k + 1}"), (f"({k}, {k + 1})", f"({k},{k + 1})"))[i % 6]
+
+
+CODE_CASES = (  # (candidate code, MBPP-style tests): passing and failing
+    ("def add(a, b):\n    return a + b\n", "assert add(1, 2) == 3\nassert add(-1, 1) == 0\n"),
+    ("def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
+     "assert fib(10) == 55\nassert fib(1) == 1\n"),
+    ("def rev(s):\n    return s[::-1]\n", "assert rev('abc') == 'cba'\n"),
+    ("def square(x):\n    return x * 3\n", "assert square(4) == 16\n"),
+)
+
+
+def _verify_records(kind: str, n: int) -> list[dict]:
+    records = []
+    for i in range(n):
+        if kind == "math":
+            gold, given = _math_case(i)
+            response = f"<think>\nWorking {i}.\n</think>\n\nSo the answer is $\\boxed{{{given}}}$."
+            records.append({"id": f"m{i}", "response": response, "reference": {"answer": gold}})
+        else:
+            code, tests = CODE_CASES[i % len(CODE_CASES)]
+            response = f"<think>\nWriting it.\n</think>\n\n```python\n{code}```\n"
+            records.append({"id": f"c{i}", "response": response, "reference": {"tests": tests}})
+    return records
+
+
+def _verify_rows(quick: bool) -> list[dict]:
+    from math_verify import parse, verify
+
+    from dasd_cli.core.filters.verify import VerifyFilter
+    from dasd_cli.core.verify.answers import extract_math_answer, quiet_math_verify
+    from dasd_cli.pipeline.verification import run_program
+
+    quiet_math_verify()
+    rows = []
+    for kind, n in (("math", 80 if quick else 400), ("code", 16 if quick else 80)):
+        records = _verify_records(kind, n)
+        verifier = VerifyFilter(run_program=run_program)
+        verifier.check(records[0])  # imports and first-use costs out of the timing
+        start = time.perf_counter()
+        kept = sum(verifier.check(r) is None for r in records)
+        ours = time.perf_counter() - start
+        start = time.perf_counter()
+        if kind == "math":
+            for r in records:
+                verify(parse("$" + r["reference"]["answer"] + "$"),
+                       parse("$" + extract_math_answer(r["response"]) + "$"))
+            floor = "math-verify parse + verify, same answers"
+        else:
+            for _ in records:
+                subprocess.run([sys.executable, "-c", "pass"], check=True)
+            floor = "python -c pass, once per response"
+        base = time.perf_counter() - start
+        rows.append({"metric": f"verified {kind} responses/s (in-process, 1 process, main thread)",
+                     "value": n / ours, "unit": "responses/s", "baseline": floor,
+                     "baseline_value": n / base, "ratio": base / ours, "goal": "",
+                     "note": f"{n} responses, {kept} correct; one process (the command has no "
+                             f"workers yet: N cores would give up to N times this)"})
+    return rows
 
 
 if __name__ == "__main__":  # pragma: no cover

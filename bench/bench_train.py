@@ -12,7 +12,8 @@ to 1e-5, clip 1.0, 1 epoch, seed 42, loss on response tokens only), same threads
   steps (8 samples per step).
 Metric: useful tokens per second (tokens of the samples, padding not counted) over the
 training loop only (model loading and saving excluded for both), and peak RSS of the
-whole process. Runs alternate dasd, TRL, dasd, TRL; the ratio uses the medians.
+whole process (its own, through a small launcher: not the bench process's, which other
+benches may have grown). Runs alternate dasd, TRL, dasd, TRL; the ratio uses the medians.
 """
 
 from __future__ import annotations
@@ -94,17 +95,30 @@ def pack_first_fit(samples: list[dict]) -> list[dict]:
     return bins
 
 
+# Runs the command and writes its peak RSS (ru_maxrss, KiB) to the file argv[1]. On Linux a
+# child's ru_maxrss starts at the resident set of the process it was forked from (exec
+# keeps the larger value), so a child forked from this process, once a bench has grown
+# it, reports this process's peak. The launcher is a fresh small interpreter: the command
+# it forks starts from the launcher's few MiB, so the figure is the command's own.
+LAUNCHER = textwrap.dedent('''
+    import os, subprocess, sys
+    proc = subprocess.Popen(sys.argv[2:])
+    _, status, usage = os.wait4(proc.pid, 0)
+    with open(sys.argv[1], "w") as out:
+        out.write(str(usage.ru_maxrss))
+    sys.exit(os.waitstatus_to_exitcode(status))
+''')
+
+
 def _rss_run(cmd: list[str], env: dict) -> tuple[str, float]:
     """Run a process to completion; stdout and its own peak RSS in MiB."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    # read stdout fully, then reap with wait4 to get this child's rusage
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd[:4])} failed: {err.decode()[-2000:]}")
-    return out.decode(), usage.ru_maxrss / 1024.0  # ru_maxrss is KiB on Linux
+    with tempfile.TemporaryDirectory() as tmp:
+        rss_file = Path(tmp) / "maxrss"
+        proc = subprocess.run([sys.executable, "-c", LAUNCHER, str(rss_file), *cmd],
+                              capture_output=True, env=env)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd[:4])} failed: {proc.stderr.decode()[-2000:]}")
+        return proc.stdout.decode(), int(rss_file.read_text()) / 1024.0  # ru_maxrss is KiB on Linux
 
 
 def run(quick: bool) -> list[dict]:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dasd_cli.core.pack import (IGNORE_INDEX, best_fit_decreasing, bin_members, packed_record, plan_sequences,
+                                stable_argsort,
                                 lower_bound)
 
 # --------------------------------------------------------------------------- bin packing
@@ -80,6 +81,63 @@ def test_bfd_rejects_items_over_capacity() -> None:
     with pytest.raises(ValueError):
         best_fit_decreasing([0, 3], 10)
     assert len(best_fit_decreasing([], 10)) == 0
+
+
+def reference_plan(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Textbook best-fit decreasing, item by item, with the documented tie rules.
+
+    Longest first (ties: input order); each item goes into the open bin with the least
+    free space that fits it (ties: the bin whose free space changed last), else a new
+    bin; bins numbered as they open, members in input order.
+    """
+    free: list[int] = []
+    changed: list[int] = []  # when each bin's free space last changed
+    members: list[list[int]] = []
+    for clock, i in enumerate(sorted(range(len(lengths)), key=lambda i: -lengths[i])):
+        size = lengths[i]
+        fits = [b for b, f in enumerate(free) if f >= size]
+        if fits:
+            b = min(fits, key=lambda b: (free[b], -changed[b]))
+        else:
+            b = len(free)
+            free.append(capacity)
+            changed.append(clock)
+            members.append([])
+        free[b] -= size
+        changed[b] = clock
+        members[b].append(i)
+    return [sorted(m) for m in members]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_plan_is_the_textbook_plan_with_its_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    capacity = int(rng.choice([7, 64, 100, 4097, 70000]))
+    n = int(rng.integers(0, 600))
+    distinct = int(rng.integers(1, 12))  # few distinct sizes: long runs of equal items, many ties
+    values = rng.integers(1, capacity + 1, distinct) if seed % 2 else np.unique(
+        rng.integers(1, max(2, capacity // 3) + 1, distinct))
+    lengths = rng.choice(values, n).tolist()
+    members, report = plan_sequences(np.array(lengths, dtype=np.int64), capacity)
+    assert [m.tolist() for m in members] == reference_plan(lengths, capacity)
+    assert report.sequences == len(members) and report.samples == n
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 200).flatmap(
+    lambda cap: st.tuples(st.just(cap), st.lists(st.integers(1, cap), max_size=150))))
+def test_plan_matches_textbook_plan_on_any_lengths(case: tuple[int, list[int]]) -> None:
+    capacity, lengths = case
+    members, _ = plan_sequences(np.array(lengths, dtype=np.int64), capacity)
+    assert [m.tolist() for m in members] == reference_plan(lengths, capacity)
+
+
+@pytest.mark.parametrize("high", [1, 7, 1 << 16, (1 << 16) + 3, 1 << 32, 1 << 40])
+def test_stable_argsort_is_numpys_stable_argsort(high: int) -> None:
+    rng = np.random.default_rng(high % 1000)
+    for n in (0, 1, 5, 3000):
+        keys = rng.integers(0, high, n, dtype=np.int64)
+        assert np.array_equal(stable_argsort(keys), np.argsort(keys, kind="stable"))
 
 
 def test_bin_members_groups_in_input_order() -> None:

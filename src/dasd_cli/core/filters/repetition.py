@@ -15,8 +15,11 @@ and answer together: a loop is a defect wherever it is):
 Speed: words are hashed with vectorized polynomial hashing over the UTF-8 bytes (numpy,
 no per-word Python objects), n-gram hashes are combined from word hashes, and each n only
 sorts the positions whose (n-1)-gram was already duplicated (an n-gram can only repeat
-where its prefix does), so one full sort per response. Words are maximal runs of ASCII
-letters/digits or non-ASCII bytes, lower-cased; "characters" are UTF-8 bytes.
+where its prefix does), so one full sort per response. The filter (``check_text``) stops
+at its verdict: the top 3- and 4-gram fractions are skipped when a bound from the 2-grams
+keeps them under their limits, and the duplicate fractions stop once one is under every
+remaining limit (they never grow with n). Words are maximal runs of ASCII letters/digits
+or non-ASCII bytes, lower-cased; "characters" are UTF-8 bytes.
 """
 
 from __future__ import annotations
@@ -103,8 +106,9 @@ def word_hashes(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     arr = np.frombuffer(data, dtype=np.uint8)
     if arr.size == 0:
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    is_word = _WORD[arr]
-    edges = np.flatnonzero(np.diff(is_word, prepend=False, append=False))
+    is_word = np.zeros(arr.size + 2, dtype=bool)
+    is_word[1:-1] = _WORD[arr]
+    edges = np.flatnonzero(is_word[1:] != is_word[:-1])  # word starts and ends, alternating
     starts, ends = edges[0::2], edges[1::2]
     if starts.size == 0:
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
@@ -121,73 +125,129 @@ def word_hashes(data: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 def _duplicate_units(units: list[str]) -> tuple[float, float]:
     """(fraction by count, fraction by characters) of units repeating an earlier unit."""
-    seen: set[str] = set()
-    dup = dup_chars = total_chars = 0
-    for unit in units:
-        total_chars += len(unit)
-        if unit in seen:
-            dup += 1
-            dup_chars += len(unit)
-        else:
-            seen.add(unit)
+    total_chars = sum(map(len, units))
     if not units or not total_chars:
         return 0.0, 0.0
+    first = dict.fromkeys(units)  # the first occurrence of each unit, in C
+    dup = len(units) - len(first)
+    dup_chars = total_chars - sum(map(len, first))
     return dup / len(units), dup_chars / total_chars
 
 
-def _groups(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each n-gram hash: (in a group of >= 2, a repeat (not first), group size)."""
-    order = np.argsort(hashes, kind="stable")  # stable: the first of a group is the earliest
+def _nonempty_lines(text: str) -> list[str]:
+    return list(filter(None, map(str.strip, text.split("\n"))))
+
+
+_RADIX_MIN = 4096  # below this a comparison sort of the hashes is as fast
+
+
+def _group_order(hashes: np.ndarray) -> np.ndarray:
+    """A stable order that makes equal hashes contiguous (groups in any order).
+
+    Long inputs are sorted by their low 32 bits in two 16-bit radix passes (NumPy's
+    stable sort of 16-bit keys), ~2-5x faster than a stable sort of 64-bit keys; if two
+    different hashes share their low 32 bits and so could interleave, the full sort.
+    """
+    if hashes.size < _RADIX_MIN:
+        return np.argsort(hashes, kind="stable")
+    order = np.argsort((hashes & np.uint64(0xFFFF)).astype(np.uint16), kind="stable")
+    order = order[np.argsort(((hashes[order] >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16),
+                             kind="stable")]
     sorted_h = hashes[order]
-    new = np.empty(sorted_h.size, dtype=bool)
-    new[:1] = True
-    np.not_equal(sorted_h[1:], sorted_h[:-1], out=new[1:])
-    group_id = np.cumsum(new) - 1
-    sizes = np.bincount(group_id)
-    size_sorted = sizes[group_id]
-    in_dup = np.empty_like(new)
-    repeat = np.empty_like(new)
-    in_dup[order] = size_sorted > 1
-    repeat[order] = ~new
-    size = np.empty(sorted_h.size, dtype=np.int64)
-    size[order] = size_sorted
-    return in_dup, repeat, size
+    low = sorted_h & np.uint64(0xFFFFFFFF)
+    if ((low[1:] == low[:-1]) & (sorted_h[1:] != sorted_h[:-1])).any():
+        return np.argsort(hashes, kind="stable")
+    return order
 
 
-def ngram_stats(hashes: np.ndarray, lengths: np.ndarray) -> dict[str, float]:
-    """Top 2-4-gram and duplicate 5-10-gram character fractions of a word sequence."""
-    stats: dict[str, float] = {}
+def _groups(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Group equal n-gram hashes: (order, first, sizes, in_dup).
+
+    ``order`` sorts the hashes stably (the first of a group is its earliest position);
+    ``first`` marks, in sorted order, each group's first member; ``sizes`` is the size of
+    each group, in sorted order of groups; ``in_dup`` marks, in the original order, the
+    hashes whose group has at least two members.
+    """
+    order = _group_order(hashes)
+    sorted_h = hashes[order]
+    first = np.empty(sorted_h.size, dtype=bool)
+    first[:1] = True
+    np.not_equal(sorted_h[1:], sorted_h[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    sizes = np.empty_like(starts)
+    sizes[:-1] = starts[1:] - starts[:-1]
+    sizes[-1:] = sorted_h.size - starts[-1:]
+    in_dup = np.empty_like(first)
+    in_dup[order] = np.repeat(sizes > 1, sizes)
+    return order, first, sizes, in_dup
+
+
+def _iter_ngram_stats(hashes: np.ndarray, lengths: np.ndarray, top_limit: float | None = None):
+    """(name, value) of the top 2-4-gram and duplicate 5-10-gram fractions, in that order.
+
+    Lazy: a caller that has decided may stop, and the larger n are never computed.
+
+    With ``top_limit``, the top 3- and 4-gram fractions are only computed when they could
+    exceed it; otherwise their value is None. An n-gram (n = 3, 4) occurring c times
+    covers c * chars(ab) + c * chars(cd) characters or less, where ab and cd are two of
+    its 2-grams (abc: ab and bc), each occurring at least c times: so twice the largest
+    (occurrences x characters) of a 2-gram bounds both. The 5-gram candidates then come
+    straight from the 2-grams: a 5-gram repeats only where its four 2-grams all do.
+    """
     n_words = hashes.size
     total = float(lengths.sum()) or 1.0
     cum_len = np.concatenate(([0], np.cumsum(lengths)))
-    gram = hashes.copy()
+    gram = hashes
     candidates = np.arange(n_words)  # n-gram start positions that may still repeat
-    for n in range(2, 11):
+    n = 2
+    while n <= 10:
         count = n_words - n + 1
-        if count <= 0:
-            stats.update({_stat_name(k): 0.0 for k in range(n, 11)})
-            break
-        with np.errstate(over="ignore"):
-            gram = gram[:count] * np.uint64(_Q) + hashes[n - 1:]
-        candidates = candidates[candidates < count]
-        if candidates.size == 0:
-            stats.update({_stat_name(k): 0.0 for k in range(n, 11)})
-            break
-        in_dup, repeat, size = _groups(gram[candidates])
+        if count > 0:
+            with np.errstate(over="ignore"):
+                gram = gram[:count] * np.uint64(_Q) + hashes[n - 1:]
+            if candidates.size and candidates[-1] >= count:
+                candidates = candidates[candidates < count]
+        if count <= 0 or candidates.size == 0:
+            for k in range(n, 11):
+                yield _stat_name(k), 0.0
+            return
+        order, first, sizes, in_dup = _groups(gram[candidates])
         if n <= 4:
-            best = int(np.argmax(size))
-            start = int(candidates[best])
-            chars = cum_len[start + n] - cum_len[start]
-            stats[_stat_name(n)] = min(1.0, float(size[best] * chars) / total) if size[best] > 1 else 0.0
+            top = int(sizes.max())
+            firsts = candidates[order[first]]  # each n-gram's first position
+            if top > 1:
+                # the most frequent n-gram; among equally frequent ones, the earliest
+                start = int(firsts[sizes == top].min())
+                yield _stat_name(n), min(1.0, float(top * (cum_len[start + n] - cum_len[start])) / total)
+            else:
+                yield _stat_name(n), 0.0
+            if n == 2 and top_limit is not None and n_words >= 5:
+                heaviest = int((sizes * (cum_len[firsts + 2] - cum_len[firsts])).max())
+                if 2 * heaviest / total <= top_limit:
+                    yield _stat_name(3), None
+                    yield _stat_name(4), None
+                    with np.errstate(over="ignore"):
+                        for k in (3, 4):
+                            gram = gram[:n_words - k + 1] * np.uint64(_Q) + hashes[k - 1:]
+                    c = n_words - 4
+                    candidates = np.flatnonzero(in_dup[:c] & in_dup[1:c + 1] & in_dup[2:c + 2]
+                                                & in_dup[3:c + 3])
+                    n = 5  # gram holds the 4-gram hashes: the loop extends them to 5-grams
+                    continue
         else:
-            starts = candidates[repeat]
+            starts = candidates[order[~first]]  # repeated occurrences (not the first)
             cover = np.zeros(n_words + 1, dtype=np.int32)  # +1 at a start, -1 n words later
             cover[starts] += 1  # positions are unique, so plain fancy indexing adds once each
             cover[starts + n] -= 1
             covered = np.cumsum(cover[:-1]) > 0
-            stats[_stat_name(n)] = float(lengths[covered].sum()) / total
+            yield _stat_name(n), float(lengths[covered].sum()) / total
         candidates = candidates[in_dup]
-    return stats
+        n += 1
+
+
+def ngram_stats(hashes: np.ndarray, lengths: np.ndarray) -> dict[str, float]:
+    """Top 2-4-gram and duplicate 5-10-gram character fractions of a word sequence."""
+    return dict(_iter_ngram_stats(hashes, lengths))
 
 
 def _stat_name(n: int) -> str:
@@ -244,8 +304,7 @@ def repetition_stats(text: str) -> dict[str, float]:
     """Every statistic of ``text`` (for calibration and ``--rejects`` details)."""
     data = text.encode("utf-8", "surrogatepass")
     hashes, lengths = word_hashes(data)
-    lines = [line.strip() for line in text.split("\n")]
-    lines = [line for line in lines if line]
+    lines = _nonempty_lines(text)
     paragraphs = [p.strip() for p in _PARAGRAPH_SPLIT.split(text) if p.strip()]
     stats: dict[str, float] = {"words": float(hashes.size)}
     stats["duplicate_line_fraction"], stats["duplicate_line_char_fraction"] = _duplicate_units(lines)
@@ -270,27 +329,45 @@ _REASONS = (  # (statistic, config field, reason code), in the order they are ch
 
 
 def check_text(text: str, config: RepetitionConfig) -> Drop | None:
-    """The first repetition defect of ``text``, or None."""
+    """The first repetition defect of ``text``, or None.
+
+    The verdict is that of checking every statistic in ``_REASONS`` order, but it stops
+    at the first one over its limit and computes the n-gram statistics only as far as
+    they can still decide: the characters inside repeated (n+1)-grams are among those
+    inside repeated n-grams, so once a duplicate fraction is at most every remaining
+    limit, no larger n can exceed its own.
+    """
     data = text.encode("utf-8", "surrogatepass")
     hashes, lengths = word_hashes(data)
     loop = looping_tail(data, hashes, config)
     if loop is not None:
         return Drop("looping_tail", loop)
-    lines = [line.strip() for line in text.split("\n")]
-    lines = [line for line in lines if line]
     stats: dict[str, float] = {}
-    stats["duplicate_line_fraction"], stats["duplicate_line_char_fraction"] = _duplicate_units(lines)
     if "\n\n" in text:
-        paragraphs = [p.strip() for p in _PARAGRAPH_SPLIT.split(text) if p.strip()]
+        paragraphs = list(filter(None, map(str.strip, _PARAGRAPH_SPLIT.split(text))))
         (stats["duplicate_paragraph_fraction"],
          stats["duplicate_paragraph_char_fraction"]) = _duplicate_units(paragraphs)
-    if hashes.size >= config.min_words:
-        stats.update(ngram_stats(hashes, lengths))
-    for stat, limit_name, reason in _REASONS:
+    stats["duplicate_line_fraction"], stats["duplicate_line_char_fraction"] = _duplicate_units(
+        _nonempty_lines(text))
+    for stat, limit_name, reason in _REASONS[:4]:
         value = stats.get(stat)
         limit = getattr(config, limit_name)
         if value is not None and value > limit:
             return Drop(reason, f"{stat} {value:.3f} > {limit}")
+    if hashes.size < config.min_words:
+        return None
+    checks = _REASONS[4:]
+    limits = [getattr(config, limit_name) for _, limit_name, _ in checks]
+    top_limit = min(config.max_top_3gram_fraction, config.max_top_4gram_fraction)
+    for i, (stat, value) in enumerate(_iter_ngram_stats(hashes, lengths, top_limit)):
+        name, limit_name, reason = checks[i]
+        assert stat == name
+        if value is None:  # bounded below its limit without computing it
+            continue
+        if value > limits[i]:
+            return Drop(reason, f"{stat} {value:.3f} > {limits[i]}")
+        if reason == "duplicate_ngrams" and value <= min(limits[i:]):
+            return None
     return None
 
 

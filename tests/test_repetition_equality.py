@@ -1,0 +1,275 @@
+"""The repetition filter gives the same statistics and verdicts as the release that first
+shipped it: values frozen in tests/data/repetition_expected.json, on a varied corpus built
+here (long chains of thought with repeated lines, code blocks, loops, unicode, edge cases).
+
+Regenerate the file only on purpose, when a statistic's definition changes:
+    python tests/test_repetition_equality.py > tests/data/repetition_expected.json
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import fields, replace
+from pathlib import Path
+
+import pytest
+
+from dasd_cli.core.filters.repetition import RepetitionConfig, check_text, repetition_stats
+
+EXPECTED = Path(__file__).resolve().parent / "data" / "repetition_expected.json"
+DEFAULT = RepetitionConfig()
+# A strict setting makes every statistic and the looping-tail search decide more often.
+STRICT = replace(DEFAULT, min_words=5, loop_min_repeats=2.5, loop_min_words=6, loop_min_bytes=16,
+                 max_duplicate_line_fraction=0.9, max_duplicate_line_char_fraction=0.9,
+                 max_duplicate_paragraph_fraction=0.9, max_duplicate_paragraph_char_fraction=0.9,
+                 max_top_2gram_fraction=0.05, max_top_3gram_fraction=0.04, max_top_4gram_fraction=0.03,
+                 max_duplicate_5gram_fraction=0.2, max_duplicate_6gram_fraction=0.15,
+                 max_duplicate_7gram_fraction=0.1, max_duplicate_8gram_fraction=0.08,
+                 max_duplicate_9gram_fraction=0.06, max_duplicate_10gram_fraction=0.05)
+CONFIGS = {"default": DEFAULT, "strict": STRICT}
+
+WORDS = ("so", "the", "value", "of", "x", "is", "then", "we", "check", "wait", "let", "me", "sum",
+         "term", "equals", "and", "therefore", "root", "Case", "CASE", "case", "n", "2", "12",
+         "answer", "verify", "again", "θ", "数学", "答案", "naïve", "Ωmega", "😀", "π", "x²")
+THOUGHTS = ("Wait, let me check that again.", "Hmm.", "So the answer is 12.", "Let me recompute.",
+            "Okay.", "Alternatively, maybe I should factor it.", "Yes, that checks out.",
+            "Hold on, is 7 prime? Yes.", "但是我们需要再检查一次。", "Donc la réponse est 12.")
+CODE = '''```python
+def solve(n):
+    total = 0
+    for i in range(n):
+        if i % 3 == 0 or i % 5 == 0:
+            total += i
+    return total
+
+
+print(solve(1000))
+```'''
+
+
+def _sentence(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 14))).capitalize() + "."
+
+
+def _cot(rng: random.Random, paragraphs: int) -> str:
+    """A teacher-like trace: prose, short re-checks on lines of their own, code, math."""
+    parts = []
+    for _ in range(paragraphs):
+        r = rng.random()
+        if r < 0.15:
+            parts.append(rng.choice(THOUGHTS))
+        elif r < 0.22:
+            parts.append(CODE.replace("1000", str(rng.randint(1, 10**6))))
+        elif r < 0.3:
+            a, b = rng.randint(2, 99), rng.randint(2, 99)
+            parts.append(f"$$\n{a} \\times {b} = {a * b}\n$$")
+        else:
+            parts.append("\n".join(" ".join(_sentence(rng) for _ in range(rng.randint(1, 4)))
+                                   for _ in range(rng.randint(1, 3))))
+    answer = rng.randint(0, 999)
+    return "<think>\n" + "\n\n".join(parts) + f"\n</think>\n\nThe answer is \\boxed{{{answer}}}."
+
+
+@functools.lru_cache(maxsize=1)
+def corpus() -> list[tuple[str, str]]:
+    """(name, text) pairs; deterministic."""
+    rng = random.Random(14)
+    texts: list[tuple[str, str]] = [
+        ("empty", ""), ("space", " "), ("newlines", "\n\n\n"), ("one_word", "word"),
+        ("one_char", "x"), ("punctuation", " ,.;!? "), ("unicode_word", "数学"),
+        ("emoji", "😀"), ("combining", "e\u0301" * 40), ("surrogate", "a \ud800 b " * 30),
+        ("crlf", "line one\r\nline one\r\nline two\r\n" * 20), ("tabs", "\t\tx\t\n" * 50),
+        ("case", "The CASE the case THE Case " * 30), ("digits", "0123456789" * 50),
+        ("bang_run", "Done" + "!" * 500), ("zero_one", "bits " + "01" * 300),
+        ("short_phrase", "wait " * 45), ("word_49", " ".join(f"w{i}" for i in range(49))),
+        ("word_50", " ".join(f"w{i}" for i in range(50))),
+        ("pasted_twice", " ".join(f"t{i}" for i in range(300)) * 2),
+        ("unicode_loop", "答案是 " + "再检查一次，" * 200),
+        ("mixed_scripts", " ".join(rng.choice(WORDS) for _ in range(3000))),
+    ]
+    for i in range(24):
+        texts.append((f"cot_{i}", _cot(rng, rng.choice((3, 20, 80, 300)))))
+    for i in range(12):  # degenerate endings and middles
+        body = _cot(rng, rng.choice((20, 120)))
+        head = body.split("\n</think>")[0]
+        unit = rng.choice((_sentence(rng) + " ", rng.choice(THOUGHTS) + "\n", CODE + "\n\n",
+                           "\n\n".join(_sentence(rng) for _ in range(3)) + "\n\n"))
+        copies = rng.randint(2, 40)
+        kind = i % 3
+        if kind == 0:  # a loop to the end, cut mid-copy
+            loop = unit * copies
+            text = head + "\n\n" + loop[:len(loop) - rng.randint(0, len(unit) - 1)]
+        elif kind == 1:  # a block pasted in the middle, then the trace recovers
+            paragraphs = body.split("\n\n")
+            cut = rng.randint(0, len(paragraphs))
+            text = "\n\n".join(paragraphs[:cut] + [unit.strip()] * copies + paragraphs[cut:])
+        else:  # repeated lines scattered through
+            lines = body.split("\n")
+            for _ in range(copies):
+                lines.insert(rng.randint(0, len(lines)), unit.split("\n")[0])
+            text = "\n".join(lines)
+        texts.append((f"degenerate_{i}", text))
+    for i in range(30):  # small vocabularies: many ties between equally frequent n-grams
+        vocab = [rng.choice(WORDS) for _ in range(rng.randint(1, 12))]
+        sep = rng.choice((" ", " ", "\n", ", ", "\n\n"))
+        texts.append((f"small_vocab_{i}", sep.join(rng.choice(vocab) for _ in range(rng.randint(0, 400)))))
+    return texts
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def compute() -> dict[str, dict]:
+    out = {}
+    for name, text in corpus():
+        verdicts = {}
+        for label, config in CONFIGS.items():
+            drop = check_text(text, config)
+            verdicts[label] = None if drop is None else [drop.reason, drop.detail]
+        out[name] = {"sha": _digest(text), "stats": repetition_stats(text), "verdicts": verdicts}
+    return out
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict[str, dict]:
+    return json.loads(EXPECTED.read_text())
+
+
+@pytest.mark.parametrize("name, text", corpus(), ids=[name for name, _ in corpus()])
+def test_same_statistics_and_verdicts_as_frozen(name, text, expected):
+    want = expected[name]
+    assert _digest(text) == want["sha"], "the corpus changed, not the filter"
+    assert repetition_stats(text) == want["stats"]
+    for label, config in CONFIGS.items():
+        drop = check_text(text, config)
+        assert (None if drop is None else [drop.reason, drop.detail]) == want["verdicts"][label], label
+
+
+def test_every_verdict_kind_is_exercised(expected):
+    reasons = Counter(v["verdicts"][label][0] for v in expected.values() for label in CONFIGS
+                      if v["verdicts"][label] is not None)
+    assert {"looping_tail", "repeated_lines", "repeated_paragraphs", "top_ngram",
+            "duplicate_ngrams"} <= set(reasons), reasons
+    assert sum(v["verdicts"]["default"] is None for v in expected.values()) >= 20
+
+
+# ------------------------------------------------ the definitions, on exact word tuples
+
+_WORD = re.compile(rb"[A-Za-z0-9\x80-\xff]+")
+
+
+def reference_ngram_stats(text: str) -> dict[str, float]:
+    """Gopher n-gram statistics by their definition: exact words, no hashing."""
+    words = [w.lower() for w in _WORD.findall(text.encode("utf-8", "surrogatepass"))]
+    lengths = [len(w) for w in words]
+    total = float(sum(lengths)) or 1.0
+    stats = {}
+    for n in range(2, 11):
+        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        if n <= 4:
+            counts = Counter(grams)
+            best, first = 0, {}
+            for i, g in enumerate(grams):
+                first.setdefault(g, i)
+            top = max(counts.values(), default=0)
+            if top > 1:
+                start = min(first[g] for g, c in counts.items() if c == top)
+                best = top * sum(lengths[start:start + n])
+                stats[f"top_{n}gram_fraction"] = min(1.0, float(best) / total)
+            else:
+                stats[f"top_{n}gram_fraction"] = 0.0
+        else:
+            seen, covered = set(), [False] * len(words)
+            for i, g in enumerate(grams):
+                if g in seen:
+                    covered[i:i + n] = [True] * n
+                seen.add(g)
+            stats[f"duplicate_{n}gram_fraction"] = float(sum(l for l, c in zip(lengths, covered) if c)) / total
+    return stats
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_ngram_statistics_match_their_definition(seed):
+    rng = random.Random(seed)
+    vocab = [rng.choice(WORDS) for _ in range(rng.randint(1, 8))]
+    text = " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 300)))
+    if seed % 4 == 0:  # a repeated block in the middle
+        block = " ".join(f"v{i}" for i in range(rng.randint(5, 30)))
+        text = text + (" " + block) * rng.randint(2, 5) + " " + text[::-1]
+    stats = repetition_stats(text)
+    assert {k: stats[k] for k in reference_ngram_stats(text)} == reference_ngram_stats(text)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(json.dumps(compute(), indent=1, sort_keys=True))
+
+
+# ------------------------------------------------ the verdict is the full statistics' verdict
+
+def verdict_from_all_statistics(text: str, config: RepetitionConfig):
+    """check_text's contract, computed the long way: every statistic, then _REASONS order."""
+    from dasd_cli.core.filters.repetition import _REASONS, looping_tail, word_hashes
+
+    data = text.encode("utf-8", "surrogatepass")
+    loop = looping_tail(data, word_hashes(data)[0], config)
+    if loop is not None:
+        return ["looping_tail", loop]
+    stats = repetition_stats(text)
+    for stat, limit_name, reason in _REASONS:
+        if stat.startswith("duplicate_paragraph") and "\n\n" not in text:
+            continue
+        if ("gram" in stat) and stats["words"] < config.min_words:
+            continue
+        limit = getattr(config, limit_name)
+        if stats[stat] > limit:
+            return [reason, f"{stat} {stats[stat]:.3f} > {limit}"]
+    return None
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_check_text_stops_early_without_changing_the_verdict(seed):
+    rng = random.Random(seed)
+    name, text = rng.choice(corpus())
+    limits = {f.name: rng.choice((0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.9, 1.0))
+              for f in fields(RepetitionConfig) if f.name.startswith("max_")}
+    if seed % 2:  # only the duplicate n-gram limits decide: the early stop is what is tested
+        limits.update({k: 1.0 for k in limits if not (k.startswith("max_duplicate_") and k.endswith("gram_fraction"))})
+    config = replace(DEFAULT, min_words=rng.choice((0, 5, 50)), **limits)
+    drop = check_text(text, config)
+    assert (None if drop is None else [drop.reason, drop.detail]) == verdict_from_all_statistics(text, config), name
+
+
+def test_duplicate_fractions_never_grow_with_n():
+    """What the early stop relies on: repeated (n+1)-grams cover a subset of repeated n-grams."""
+    for name, text in corpus():
+        stats = repetition_stats(text)
+        values = [stats[f"duplicate_{n}gram_fraction"] for n in range(5, 11)]
+        assert values == sorted(values, reverse=True), name
+
+
+def test_group_order_makes_equal_hashes_contiguous_and_stable():
+    import numpy as np
+
+    from dasd_cli.core.filters.repetition import _RADIX_MIN, _group_order
+
+    rng = np.random.default_rng(0)
+    for size in (0, 5, _RADIX_MIN - 1, _RADIX_MIN, 3 * _RADIX_MIN):
+        values = rng.integers(0, 2**63, max(1, size // 3), dtype=np.int64).astype(np.uint64)
+        if size >= _RADIX_MIN and size % 2 == 0:  # two hashes equal in their low 32 bits
+            values[1] = values[0] ^ np.uint64(1 << 40)
+        hashes = values[rng.integers(0, values.size, size)]
+        order = _group_order(hashes)
+        assert sorted(order.tolist()) == list(range(size))
+        if size == 0:
+            continue
+        grouped = hashes[order]
+        starts = np.flatnonzero(np.concatenate(([True], grouped[1:] != grouped[:-1])))
+        assert len(set(grouped[starts].tolist())) == starts.size  # each hash in one run
+        runs = np.split(order, starts[1:])
+        assert all((np.diff(run) > 0).all() for run in runs)  # earliest first within a group
