@@ -134,8 +134,9 @@ def vllm_server(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> An
 
 @pytest.mark.parametrize("endpoint", ["chat", "completions"])
 def test_openai_backend_against_vllm_server(vllm_server: str, endpoint: str) -> None:
+    # The server runs with --logprobs-mode raw_logprobs; a reply does not say so, the user does.
     proc = run_dasd(["sample", "--backend", "openai", "--base-url", vllm_server, "--endpoint", endpoint,
-                     "-n", "2", "--max-tokens", "16", "--compress", "none", "-"],
+                     "--server-logprobs", "raw", "-n", "2", "--max-tokens", "16", "--compress", "none", "-"],
                     stdin=to_jsonl(PROMPTS), timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()
     records = parse_records(proc.stdout)
