@@ -59,12 +59,14 @@ def test_math_verdicts():
 
 
 def test_math_verification_works_off_the_main_thread():
-    # math-verify's SIGALRM timeout cannot work here; the helper process takes over.
+    # math-verify's SIGALRM timeout cannot work here; the caller's helper process takes over.
+    from dasd_cli.pipeline.verification import compare_in_helper
+
     results: list = []
 
     def job() -> None:
-        results.append((verify_record(math("\\boxed{\\frac{1}{2}}", "0.5")),
-                        verify_record(math("\\boxed{3}", "0.5"))))
+        results.append((verify_record(math("\\boxed{\\frac{1}{2}}", "0.5"), compare_math=compare_in_helper),
+                        verify_record(math("\\boxed{3}", "0.5"), compare_math=compare_in_helper)))
 
     thread = threading.Thread(target=job)
     thread.start()
@@ -72,6 +74,22 @@ def test_math_verification_works_off_the_main_thread():
     ok, wrong = results[0]
     assert ok is None
     assert wrong is not None and wrong.reason == "wrong_answer"
+
+
+def test_core_starts_no_process_off_the_main_thread():
+    """Off the main thread core has no time limit of its own: it asks for a comparer."""
+    errors: list = []
+
+    def job() -> None:
+        try:
+            verify_record(math("\\boxed{3}", "0.5"))
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    thread.join(timeout=60)
+    assert errors and "compare_elsewhere" in errors[0]
 
 
 # --------------------------------------------------------------------------- multiple choice
