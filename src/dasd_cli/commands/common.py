@@ -52,6 +52,11 @@ OnError = Annotated[choice("fail", "skip"), typer.Option(
     "--on-error", help="On a bad record (malformed JSON, missing field): fail (exit 1) or "
     "skip (count it, write it to --rejects, go on).", metavar="fail|skip")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+# filter --verify and eval check answers with the same verifiers.
+DEFAULT_MATH_TIMEOUT = 5
+MathTimeout = Annotated[int, typer.Option(
+    "--math-timeout", min=1, metavar="SECONDS",
+    help="Time limit for parsing and comparing one math answer.")]
 # filter, score and pack build the student's prompt from a record's messages.
 SystemPrompt = Annotated[Optional[str], typer.Option(
     "--system-prompt", metavar="TEXT",

@@ -10,17 +10,15 @@ maj@k, truncation rate and mean response tokens (definitions: :mod:`dasd_cli.cor
 from __future__ import annotations
 
 import os
-import sys
 from typing import Annotated, Optional
 
 import typer
 
-from dasd_cli import io
 from dasd_cli.commands import common
 from dasd_cli.core.evaluate import Evaluation, compare
 from dasd_cli.errors import RecordError, UsageError
 from dasd_cli.pipeline.evaluating import count, field_path, judge_with, read_other, verify_all
-from dasd_cli.report.evaluation import FORMATS, comparison_rows, metric_rows, print_rich, render
+from dasd_cli.report.evaluation import FORMATS, comparison_rows, metric_rows, show_tables
 
 DEFAULT_RESAMPLES = 10000
 
@@ -46,9 +44,7 @@ def eval_command(
     report_file: Annotated[Optional[str], typer.Option(
         "--report-file", metavar="PATH",
         help="Write the table to PATH instead of stderr.", show_default=False)] = None,
-    math_timeout: Annotated[int, typer.Option(
-        "--math-timeout", min=1, metavar="SECONDS",
-        help="Time limit for parsing and comparing one math answer.")] = 5,
+    math_timeout: common.MathTimeout = common.DEFAULT_MATH_TIMEOUT,
     workers: Annotated[int, typer.Option(
         "--workers", min=1, metavar="N",
         help="Verify N records at a time in threads (code tests in the sandbox wait on "
@@ -110,23 +106,6 @@ def eval_command(
             tables.append((f"avg difference (this - {compare_with}), paired bootstrap",
                            *comparison_rows(rows, by, "other")))
         if tables:
-            show(tables, report, report_file, quiet)
+            show_tables(tables, report, report_file, quiet)
 
     common.run_command("eval", shared, body)
-
-
-def show(tables: list[tuple[str, list[str], list[list[str]]]], report: str,
-         report_file: str | None, quiet: bool) -> None:
-    """The tables: to --report-file, else on stderr (rich on a terminal) unless --quiet."""
-    if report == "none":
-        return
-    if report_file is not None:
-        io.write_text_atomic(report_file, render(tables, report))
-        return
-    if quiet:
-        return
-    if report == "table" and io.stderr_is_terminal():
-        print_rich(tables, sys.stderr)
-    else:
-        sys.stderr.write(render(tables, report))
-        sys.stderr.flush()

@@ -64,9 +64,7 @@ def filter_command(
         "--verify", help="Check the final answer against the record's 'reference': math "
         "equivalence, multiple-choice letter, or code unit tests run in a sandbox. Records "
         "without a reference are kept and counted as unverified.")] = False,
-    math_timeout: Annotated[int, typer.Option(
-        "--math-timeout", min=1, metavar="SECONDS",
-        help="Time limit for parsing and comparing one math answer.")] = 5,
+    math_timeout: common.MathTimeout = common.DEFAULT_MATH_TIMEOUT,
     cutoff_len: Annotated[Optional[int], typer.Option(
         "--cutoff-len", metavar="L", min=1,
         help="Drop samples whose full training sequence (chat template + response) is longer "

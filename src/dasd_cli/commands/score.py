@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from dasd_cli import io
-from dasd_cli.backends.base import BACKENDS, check_backend_name
+from dasd_cli.backends.base import BACKENDS
 from dasd_cli.commands import common
 from dasd_cli.core.das import DEFAULT_ALPHA, DEFAULT_BETA
 from dasd_cli.errors import UsageError
@@ -106,7 +106,6 @@ def score_command(
                              accept_logprobs=frozenset(mode.value for mode in accept_logprobs or ()))
 
     def body(session: common.Session) -> None:
-        check_backend_name(backend)
         if backend == "openai":
             raise UsageError("--backend openai cannot score: it has no teacher-forced log-probs",
                              hint="use --backend hf or vllm")

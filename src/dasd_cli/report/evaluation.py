@@ -86,13 +86,14 @@ def render(tables: Sequence[tuple[str, list[str], list[list[str]]]], fmt: str) -
     return "\n".join(parts)
 
 
-def print_rich(tables: Sequence[tuple[str, list[str], list[list[str]]]], stream: TextIO,
+def print_rich(tables: Sequence[tuple[str, list[str], list[list[str]]]], stream: TextIO | None,
                width: int | None = None) -> None:
-    """The tables as rich tables, for a terminal (``width``: the terminal's by default)."""
+    """The tables as rich tables, for a terminal (``width``: the terminal's by default);
+    ``stream`` None is stderr."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=stream, width=width)
+    console = Console(file=stream, stderr=stream is None, width=width)
     for title, headers, rows in tables:
         table = Table(title=title, title_justify="left")
         for i, header in enumerate(headers):
@@ -101,3 +102,20 @@ def print_rich(tables: Sequence[tuple[str, list[str], list[list[str]]]], stream:
         for row in rows:
             table.add_row(*row)
         console.print(table)
+
+
+def show_tables(tables: Sequence[tuple[str, list[str], list[list[str]]]], report: str,
+                report_file: str | None, quiet: bool) -> None:
+    """The tables: to ``report_file``, else on stderr (rich on a terminal) unless ``quiet``."""
+    from dasd_cli import io
+
+    if report == "none":
+        return
+    if report_file is not None:
+        io.write_text_atomic(report_file, render(tables, report))
+    elif quiet:
+        return
+    elif report == "table" and io.stderr_is_terminal():
+        print_rich(tables, None)
+    else:
+        io.say(render(tables, report).rstrip("\n"))
