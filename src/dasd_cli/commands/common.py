@@ -77,6 +77,9 @@ GpuMemoryUtilization = Annotated[float, typer.Option(
 MaxModelLen = Annotated[Optional[int], typer.Option(
     "--max-model-len", min=1, metavar="N", help="vllm: longest prompt + response the engine plans "
     "for (default: the model's context; lower it to fit the KV cache).", show_default=False)]
+EnforceEager = Annotated[bool, typer.Option(
+    "--enforce-eager", help="vllm: run the model eagerly, without graph compilation or capture: "
+    "the engine starts sooner and runs slower (worth it for short jobs).")]
 
 DEFAULT_SEED = 42
 

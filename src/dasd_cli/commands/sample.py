@@ -64,6 +64,7 @@ def sample_command(
         "--tensor-parallel-size", min=1, help="vllm: GPUs per model.")] = 1,
     gpu_memory_utilization: common.GpuMemoryUtilization = common.DEFAULT_GPU_MEMORY_UTILIZATION,
     max_model_len: common.MaxModelLen = None,
+    enforce_eager: common.EnforceEager = False,
     base_url: Annotated[Optional[str], typer.Option(
         "--base-url", metavar="URL", help="openai: server URL, e.g. http://127.0.0.1:8000/v1.",
         show_default=False)] = None,
@@ -102,7 +103,7 @@ def sample_command(
     backend_options = {"model": model, "dtype": dtype, "device": device, "batch_size": batch_size,
                        "tensor_parallel_size": tensor_parallel_size, "seed": seed,
                        "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
-                       "base_url": base_url, "endpoint": endpoint, "api_key_env": api_key_env,
+                       "enforce_eager": enforce_eager, "base_url": base_url, "endpoint": endpoint, "api_key_env": api_key_env,
                        "concurrency": concurrency, "max_retries": max_retries, "timeout": timeout,
                        "tokenizer": tokenizer}
     if server_logprobs is not None:

@@ -54,6 +54,7 @@ def score_command(
         "without padding, longest first; vllm: tokens per engine call).")] = 16384,
     gpu_memory_utilization: common.GpuMemoryUtilization = common.DEFAULT_GPU_MEMORY_UTILIZATION,
     max_model_len: common.MaxModelLen = None,
+    enforce_eager: common.EnforceEager = False,
     keep_token_logprobs: Annotated[bool, typer.Option(
         "--keep-token-logprobs", help="Also store the student's per-token log-probs and offsets "
         "(das.student_logprobs, das.student_offsets).")] = False,
@@ -93,7 +94,7 @@ def score_command(
     options = {"model": model, "beta": beta, "distilled": distilled, "alpha": alpha,
                "backend": backend, "dtype": dtype, "device": device, "batch_tokens": batch_tokens,
                "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
-               "keep_token_logprobs": keep_token_logprobs, "system_prompt": system_prompt,
+               "enforce_eager": enforce_eager, "keep_token_logprobs": keep_token_logprobs, "system_prompt": system_prompt,
                "accept_logprobs": sorted({mode.value for mode in accept_logprobs or ()}),
                "explain": explain, "limit": limit, "color": color, "plot": plot, "shard": shard}
     shared.options = options
@@ -102,7 +103,7 @@ def score_command(
     settings = ScoreSettings(model=model, distilled=distilled, beta=beta, alpha=alpha, backend=backend,
                              dtype=dtype, device=device, batch_tokens=batch_tokens,
                              gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                             keep_token_logprobs=keep_token_logprobs, system_prompt=system_prompt,
+                             enforce_eager=enforce_eager, keep_token_logprobs=keep_token_logprobs, system_prompt=system_prompt,
                              accept_logprobs=frozenset(mode.value for mode in accept_logprobs or ()))
 
     def body(session: common.Session) -> None:

@@ -55,6 +55,7 @@ class ScoreSettings:
     batch_tokens: int = 16384
     gpu_memory_utilization: float = 0.9
     max_model_len: int | None = None
+    enforce_eager: bool = False
     keep_token_logprobs: bool = False
     system_prompt: str | None = None
     accept_logprobs: frozenset[str] = frozenset()  # teacher log-probs other than raw to score anyway
@@ -223,7 +224,7 @@ def open_backend(spec: str | None, settings: ScoreSettings) -> Any:
         from dasd_cli.backends.vllm import VLLMBackend
 
         scorer = VLLMBackend(spec, dtype=settings.dtype, gpu_memory_utilization=settings.gpu_memory_utilization,
-                             max_model_len=settings.max_model_len)
+                             max_model_len=settings.max_model_len, enforce_eager=settings.enforce_eager)
         scorer.batch_tokens = settings.batch_tokens
         return scorer
     from dasd_cli.backends.hf import HFBackend
