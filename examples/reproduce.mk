@@ -1,16 +1,21 @@
 # The whole DASD pipeline on the embedded default, as plain dasd pipelines.
 #
-#   make reproduce            # default run (RUN=runs/full)
-#   make reproduce QUICK=1    # the same stages on fewer questions (RUN=runs/quick)
+#   make reproduce            # default run (RUN=runs/full), about 45 minutes on 2 cores
+#   make reproduce QUICK=1    # the same stages, smaller (RUN=runs/quick), about 10 minutes
 #
 # Every target is a file, so re-running resumes: finished stages are not redone, and
 # `dasd sample --resume` continues a killed sampling run where it stopped. Every step
 # writes its counts with --stats to $(RUN)/stats/. Seeds are fixed.
 #
-# The toy pair: teacher = SmolLM2-135M-Instruct (the embedded default); student = the
-# same model keeping every third layer (examples/make_student.py). To scale up, swap in
-# real models: `--model` on sample/score/train takes any local folder, and
-# `--backend vllm` / `--backend openai` sample on GPUs or from a served endpoint.
+# The toy pair: teacher = SmolLM2-135M-Instruct (the embedded default, 30 layers);
+# student = the same model without its 10 least important layers by ShortGPT block
+# importance measured on the training questions (examples/make_student.py): clearly
+# weaker than the teacher, and it recovers in minutes of training. Questions: real ones
+# read from installed packages (examples/make_prompts.py), mostly ones the teacher can
+# answer in a few tokens (one-operation arithmetic, SciQ, ARC-Easy) and a few it cannot
+# (GSM8K). Sampling runs on vLLM when .venv-vllm is built (`make setup-vllm`), else on
+# transformers (about ten times slower here). To scale up, swap in real models: `--model`
+# on sample/score/train takes any local folder.
 
 BIN ?= .venv/bin
 DASD := $(BIN)/dasd
@@ -18,18 +23,22 @@ PY := $(BIN)/python
 QUICK ?=
 RUN ?= runs/$(if $(QUICK),quick,full)
 
+, := ,
+
 # ---- sizes (QUICK: fits 10 minutes on 2 cores; default: 45 minutes)
-PER_SOURCE   := $(if $(QUICK),4,10)    # training questions per source (5 sources)
-HELDOUT      := $(if $(QUICK),3,6)     # held-out questions per source
+TRAIN_COUNTS   := $(if $(QUICK),arithmetic=40$(,)sciq=15$(,)arc=15,arithmetic=180$(,)sciq=60$(,)arc=60)
+HELDOUT_COUNTS := $(if $(QUICK),arithmetic=24$(,)sciq=12$(,)arc=12,arithmetic=100$(,)sciq=60$(,)arc=60$(,)gsm8k=20)
 SAMPLES      := $(if $(QUICK),2,3)     # teacher samples per question and temperature
-MAX_TOKENS   := $(if $(QUICK),128,256) # teacher generation cap (tokens)
-CONTINUE_TOKENS := $(if $(QUICK),256,512) # teacher continuation cap (tokens)
+MAX_TOKENS   := 256                    # teacher generation cap (tokens)
+CONTINUE_TOKENS := 256                 # teacher continuation cap (tokens)
 CONTINUE_TEMP := 0.6                   # teacher temperature for mixed-policy continuations
                                        # (not given by the paper; at T=1.0 the 135M teacher
                                        # continuing a toy student's prefix rarely stops)
-EVAL_SAMPLES := $(if $(QUICK),1,2)     # student answers per held-out question
-EVAL_TOKENS  := $(if $(QUICK),128,256) # student answer cap for evaluation (tokens)
-EPOCHS       := $(if $(QUICK),2,3)     # epochs per SFT stage (the paper: 6)
+EVAL_SAMPLES := $(if $(QUICK),2,4)     # answers per held-out question (avg@k, pass@k)
+EVAL_TOKENS  := 256                    # answer cap for evaluation (tokens)
+EVAL_TEMP    := 0.6                    # the paper evaluates at 1.0 with 64 samples
+KEEP_LAYERS  := 20                     # student layers (of the teacher's 30)
+EPOCHS       := 2                      # epochs per SFT stage (the paper: 6)
 CUTOFF       := 1024                   # packed sequence length (the paper: 65536)
 GLOBAL_BATCH := 2                      # packed sequences per optimizer step (the paper: 64)
 LR           := 1e-4                   # peak lr (the paper: 5e-5; toy data is tiny)
@@ -37,14 +46,27 @@ MIN_LR       := 2e-5                   # end of the cosine (the paper: 1e-5)
 SEED         := 42
 SYSTEM       := You are a helpful assistant.
 
+# ---- sampling backend: vLLM (eager: it starts in seconds, not a minute) where built
+VLLM_VENV ?= .venv-vllm
+ifneq ($(wildcard $(VLLM_VENV)/.dasd-setup),)
+SAMPLER := $(VLLM_VENV)/bin/dasd sample --backend vllm --enforce-eager
+export VLLM_CPU_KVCACHE_SPACE ?= 2
+export VLLM_CPU_NUM_OF_RESERVED_CPU ?= 0
+export VLLM_LOGGING_LEVEL ?= ERROR
+else
+SAMPLER := $(DASD) sample
+endif
+
 STUDENT := $(RUN)/student
 COMMON  = --quiet
-SAMPLE  = $(DASD) sample --system-prompt "$(SYSTEM)" --seed $(SEED) $(COMMON)
+SAMPLE  = $(SAMPLER) --system-prompt "$(SYSTEM)" --seed $(SEED) $(COMMON)
 TRAIN   = $(DASD) train --epochs $(EPOCHS) --global-batch-size $(GLOBAL_BATCH) --lr $(LR) --min-lr $(MIN_LR) \
           --dtype fp32 --save-every 0 --keep-checkpoints 1 --delete-checkpoints --compress none --seed $(SEED)
 STAGE_TEMPS := 0.6 1.0
 ARMS := das random
-CHECKPOINTS := base $(foreach a,$(ARMS),$(a)-s1 $(a)-s2 $(a)-mp)
+TRAINED := $(if $(QUICK),das-s1 das-s2,$(foreach a,$(ARMS),$(a)-s1 $(a)-s2) das-t1) das-mp
+# Checkpoints evaluated on the held-out questions (QUICK: the DAS arm after stage 2 only).
+EVALUATED := base $(if $(QUICK),das-s2 das-mp,das-s1 das-s2 random-s2 das-mp)
 
 .SECONDEXPANSION:
 .PHONY: all
@@ -56,13 +78,13 @@ $(RUN)/.dir:
 
 # ---- 0. questions (real ones, read from installed packages) and the toy student
 $(RUN)/train.prompts.jsonl $(RUN)/heldout.prompts.jsonl &: | $(RUN)/.dir
-	$(PY) examples/make_prompts.py --per-source $(PER_SOURCE) --heldout-per-source $(HELDOUT) \
+	$(PY) examples/make_prompts.py --train-counts $(TRAIN_COUNTS) --heldout-counts $(HELDOUT_COUNTS) \
 	  --train $(RUN)/train.prompts.jsonl --heldout $(RUN)/heldout.prompts.jsonl
 
-$(STUDENT)/config.json: | $(RUN)/.dir
-	$(PY) examples/make_student.py --every 3 --out $(STUDENT)
+$(STUDENT)/config.json: $(RUN)/train.prompts.jsonl
+	$(PY) examples/make_student.py --keep $(KEEP_LAYERS) --calibration $< --out $(STUDENT)
 
-# ---- 1. sample the teacher at T=0.6 and T=1.0 (resumable), held-out answers at T=0.6
+# ---- 1. sample the teacher at T=0.6 and T=1.0 (resumable)
 $(RUN)/teacher.t%.jsonl.done: $(RUN)/train.prompts.jsonl
 	$(SAMPLE) --temperature $* -n $(SAMPLES) --max-tokens $(MAX_TOKENS) \
 	  --resume -o $(RUN)/teacher.t$*.jsonl --stats $(RUN)/stats/1-sample-t$*.json $<
@@ -94,15 +116,20 @@ $(RUN)/ckpt/%-s1/config.json: $(RUN)/packed/%.t0.6.jsonl.zst $(STUDENT)/config.j
 	$(TRAIN) --model $(STUDENT) --data $< --out $(RUN)/ckpt/$*-s1 > $(RUN)/ckpt/$*-s1.metrics.tmp
 	mv $(RUN)/ckpt/$*-s1.metrics.tmp $(RUN)/ckpt/$*-s1/metrics.jsonl
 
+# The same first stage on T=1.0 data, for the training-loss comparison (Fig. 3b).
+$(RUN)/ckpt/%-t1/config.json: $(RUN)/packed/%.t1.0.jsonl.zst $(STUDENT)/config.json
+	$(TRAIN) --model $(STUDENT) --data $< --out $(RUN)/ckpt/$*-t1 > $(RUN)/ckpt/$*-t1.metrics.tmp
+	mv $(RUN)/ckpt/$*-t1.metrics.tmp $(RUN)/ckpt/$*-t1/metrics.jsonl
+
 $(RUN)/ckpt/%-s2/config.json: $(RUN)/packed/%.t1.0.jsonl.zst $(RUN)/ckpt/%-s1/config.json
 	$(TRAIN) --init-from $(RUN)/ckpt/$*-s1 --data $< --out $(RUN)/ckpt/$*-s2 > $(RUN)/ckpt/$*-s2.metrics.tmp
 	mv $(RUN)/ckpt/$*-s2.metrics.tmp $(RUN)/ckpt/$*-s2/metrics.jsonl
 
-# ---- 6. mixed-policy: the stage-2 student re-answers the training questions, capped at
-# 1.5x the teacher's answer; capped answers are cut beyond half and continued by the
-# teacher, filtered, mixed with off-policy samples and trained one epoch (no prefix masking).
-# The toy's epoch is a few packed sequences: one per optimizer step, so the stage takes
-# several steps down its schedule instead of a single step at peak lr from a fresh optimizer.
+# ---- 6. mixed-policy (DAS arm): the stage-2 student re-answers the training questions,
+# capped at 1.5x the teacher's answer; capped answers are cut beyond half and continued
+# by the teacher, filtered, mixed with off-policy samples and trained one epoch (no prefix
+# masking). The toy's epoch is a few packed sequences: one per optimizer step, so the
+# stage takes several steps down its schedule instead of a single step at peak lr.
 $(RUN)/mp/%.student.jsonl.zst: $(RUN)/data/%.t1.0.jsonl.zst $(RUN)/ckpt/%-s2/config.json
 	$(SAMPLE) --model $(RUN)/ckpt/$*-s2 --temperature 1.0 --max-tokens-ratio 1.5 \
 	  --stats $(RUN)/stats/6-mp-student-$*.json -o $@ $<
@@ -125,28 +152,28 @@ $(RUN)/ckpt/%-mp/config.json: $(RUN)/packed/%.mp.jsonl.zst $(RUN)/ckpt/%-s2/conf
 	$(TRAIN) --init-from $(RUN)/ckpt/$*-s2 --epochs 1 --global-batch-size 1 --data $< --out $(RUN)/ckpt/$*-mp > $(RUN)/ckpt/$*-mp.metrics.tmp
 	mv $(RUN)/ckpt/$*-mp.metrics.tmp $(RUN)/ckpt/$*-mp/metrics.jsonl
 
-# ---- 7. evaluate every checkpoint: held-out accuracy and NLL of the teacher's answers
-$(RUN)/eval/teacher.answers.jsonl.zst: $(RUN)/heldout.prompts.jsonl
-	$(SAMPLE) --temperature 0.6 -n $(EVAL_SAMPLES) --max-tokens $(EVAL_TOKENS) \
-	  --stats $(RUN)/stats/7-eval-teacher.json -o $@ $<
+# ---- 7. evaluate: answers to the held-out questions, checked by `dasd eval`; the NLL of
+# the teacher's held-out answers under each checkpoint
+model_of = $(if $(filter base,$(1)),$(STUDENT),$(if $(filter teacher,$(1)),,$(RUN)/ckpt/$(1)))
+ckpt_of = $(if $(filter base,$(1)),$(STUDENT)/config.json,$(if $(filter teacher,$(1)),,$(RUN)/ckpt/$(1)/config.json))
 
-model_of = $(if $(filter base,$(1)),$(STUDENT),$(RUN)/ckpt/$(1))
+$(RUN)/eval/%.answers.jsonl.zst: $(RUN)/heldout.prompts.jsonl $$(call ckpt_of,$$*)
+	$(SAMPLE) $(if $(call model_of,$*),--model $(call model_of,$*)) --temperature $(EVAL_TEMP) \
+	  -n $(EVAL_SAMPLES) --max-tokens $(EVAL_TOKENS) --stats $(RUN)/stats/7-answers-$*.json -o $@ $<
 
-$(RUN)/eval/%.answers.jsonl.zst: $(RUN)/heldout.prompts.jsonl $(STUDENT)/config.json \
-    $$(if $$(filter base,$$*),,$(RUN)/ckpt/$$*/config.json)
-	$(SAMPLE) --model $(call model_of,$*) --temperature 0.6 -n $(EVAL_SAMPLES) --max-tokens $(EVAL_TOKENS) \
+$(RUN)/eval/%.eval.jsonl.zst: $(RUN)/eval/%.answers.jsonl.zst
+	$(DASD) eval --by source --report md --report-file $(RUN)/eval/$*.table.md $(COMMON) \
 	  --stats $(RUN)/stats/7-eval-$*.json -o $@ $<
 
-$(RUN)/eval/%.nll.jsonl.zst: $(RUN)/eval/teacher.answers.jsonl.zst $(STUDENT)/config.json \
-    $$(if $$(filter base,$$*),,$(RUN)/ckpt/$$*/config.json)
+$(RUN)/eval/%.nll.jsonl.zst: $(RUN)/eval/teacher.eval.jsonl.zst $$(call ckpt_of,$$*)
 	$(DASD) score --model $(call model_of,$*) --keep-token-logprobs \
 	  $(COMMON) --stats $(RUN)/stats/7-nll-$*.json -o $@ $<
 
 # Prerequisites in pipeline order: training data and checkpoints first, evaluation last.
 $(RUN)/report.md: $(foreach t,$(STAGE_TEMPS),$(RUN)/scored.t$(t).jsonl.zst) \
-    $(foreach c,$(CHECKPOINTS),$(if $(filter base,$(c)),$(STUDENT)/config.json,$(RUN)/ckpt/$(c)/config.json)) \
-    $(RUN)/eval/teacher.answers.jsonl.zst \
-    $(foreach c,$(CHECKPOINTS),$(RUN)/eval/$(c).answers.jsonl.zst $(RUN)/eval/$(c).nll.jsonl.zst)
+    $(foreach c,$(TRAINED),$(RUN)/ckpt/$(c)/config.json) \
+    $(foreach c,teacher $(EVALUATED),$(RUN)/eval/$(c).eval.jsonl.zst) \
+    $(foreach c,$(EVALUATED),$(RUN)/eval/$(c).nll.jsonl.zst)
 	$(PY) examples/report.py $(RUN)
 
 # Keep every intermediate file: each is a stage a re-run resumes from.

