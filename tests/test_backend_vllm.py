@@ -68,8 +68,9 @@ def teacher_forced_gap(records: list[dict[str, Any]]) -> float:
         response_ids = encode_ids(engine.tokenizer, record["response"])
         if len(response_ids) != len(record["teacher"]["logprobs"]):
             continue  # not the canonical tokenization: the sampled ids are not recoverable
-        with torch.inference_mode():
-            logits = engine.model(torch.tensor([prompt_ids + response_ids])).logits[0].float()
+        with torch.inference_mode():  # on the model's device (a GPU where there is one)
+            ids = torch.tensor([prompt_ids + response_ids], device=engine.model.device)
+            logits = engine.model(ids).logits[0].float().cpu()
         forced = torch.log_softmax(logits[len(prompt_ids) - 1:-1], -1).gather(
             1, torch.tensor(response_ids)[:, None])[:, 0]
         worst = max(worst, (forced - torch.tensor(record["teacher"]["logprobs"])).abs().max().item())

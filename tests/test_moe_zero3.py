@@ -69,11 +69,19 @@ def _check_ranks_route_apart(model, records) -> None:
     assert used[0] == {0, 1} and used[1] == {4, 5, 6, 7}, used
 
 
-def _launch(args: list[str], port: int, timeout: float) -> subprocess.CompletedProcess | None:
-    """torchrun with 2 ranks; None when it runs past ``timeout`` (then its group is killed)."""
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--master-port", str(port), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, start_new_session=True)
+def _launch(args: list[str], port: int, timeout: float, env: dict[str, str] = ENV,
+            deepspeed: bool = False) -> subprocess.CompletedProcess | None:
+    """torchrun with 2 ranks, or the deepspeed launcher on 2 GPUs (LOCAL_RANK from the
+    environment, ``-m`` as its ``--module``); None when it runs past ``timeout`` (then its
+    group is killed)."""
+    if deepspeed:
+        launcher = ["deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(port),
+                    "--no_local_rank", "--quiet"]
+        args = ["--module", *args[1:]] if args[0] == "-m" else args
+    else:
+        launcher = ["torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
+    proc = subprocess.Popen([sys.executable, "-m", *launcher, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -81,6 +89,11 @@ def _launch(args: list[str], port: int, timeout: float) -> subprocess.CompletedP
         proc.communicate()
         return None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _train_args(model: Path, data: Path) -> list[str]:
+    return ["train", "--model", str(model), "--epochs", "1", "--global-batch-size", "2", "--no-shuffle",
+            "--dtype", "fp32", "--compress", "none", "--router-aux-loss-coef", "0.5", "--data", str(data)]
 
 
 def _compare(want: list[dict], got: list[dict]) -> None:
@@ -94,8 +107,7 @@ def _compare(want: list[dict], got: list[dict]) -> None:
 def test_fused_experts_zero3_two_ranks_match_one_process(tmp_path):
     """Qwen3-MoE's fused experts need no leaf module: the run finishes and matches."""
     model, data = _setup(tmp_path)
-    args = ["train", "--model", str(model), "--epochs", "1", "--global-batch-size", "2", "--no-shuffle",
-            "--dtype", "fp32", "--compress", "none", "--router-aux-loss-coef", "0.5", "--data", str(data)]
+    args = _train_args(model, data)
     single = run_dasd(args + ["--out", str(tmp_path / "single")], timeout=300)
     assert single.returncode == 0, single.stderr.decode()[-3000:]
     launched = _launch(["-m", "dasd_cli.cli", *args, "--out", str(tmp_path / "zero3"), "--debug",
