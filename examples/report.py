@@ -231,7 +231,7 @@ def commentary(units: dict[str, dict], diffs: list[tuple], stats: dict[str, dict
         out.append(f"- DAS vs random at equal budget (one response per question): "
                    f"{ci_text(found['DAS minus random, stage 2'], signed=True)} after stage 2 "
                    f"(paired bootstrap over held-out questions; one training seed). "
-                   f"{excludes_zero('DAS minus random, stage 2').capitalize()}: with only correct "
+                   f"{excludes_zero('DAS minus random, stage 2').replace('its', 'Its', 1)}: with only correct "
                    "answers to choose from, the arms differ in which correct answer a question keeps.")
     if "base" in units and "das-s2" in units:
         line = (f"- Exposure bias: the student hits the answer cap on {ci_text(cap('base'))} of its "
