@@ -103,7 +103,8 @@ def sample_command(
     backend_options = {"model": model, "dtype": dtype, "device": device, "batch_size": batch_size,
                        "tensor_parallel_size": tensor_parallel_size, "seed": seed,
                        "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
-                       "enforce_eager": enforce_eager, "base_url": base_url, "endpoint": endpoint, "api_key_env": api_key_env,
+                       "enforce_eager": enforce_eager, "base_url": base_url, "endpoint": endpoint,
+                       "api_key_env": api_key_env,
                        "concurrency": concurrency, "max_retries": max_retries, "timeout": timeout,
                        "tokenizer": tokenizer}
     if server_logprobs is not None:

@@ -94,7 +94,8 @@ def score_command(
     options = {"model": model, "beta": beta, "distilled": distilled, "alpha": alpha,
                "backend": backend, "dtype": dtype, "device": device, "batch_tokens": batch_tokens,
                "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
-               "enforce_eager": enforce_eager, "keep_token_logprobs": keep_token_logprobs, "system_prompt": system_prompt,
+               "enforce_eager": enforce_eager, "keep_token_logprobs": keep_token_logprobs,
+               "system_prompt": system_prompt,
                "accept_logprobs": sorted({mode.value for mode in accept_logprobs or ()}),
                "explain": explain, "limit": limit, "color": color, "plot": plot, "shard": shard}
     shared.options = options
@@ -103,7 +104,8 @@ def score_command(
     settings = ScoreSettings(model=model, distilled=distilled, beta=beta, alpha=alpha, backend=backend,
                              dtype=dtype, device=device, batch_tokens=batch_tokens,
                              gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                             enforce_eager=enforce_eager, keep_token_logprobs=keep_token_logprobs, system_prompt=system_prompt,
+                             enforce_eager=enforce_eager, keep_token_logprobs=keep_token_logprobs,
+                             system_prompt=system_prompt,
                              accept_logprobs=frozenset(mode.value for mode in accept_logprobs or ()))
 
     def body(session: common.Session) -> None:
