@@ -20,7 +20,7 @@ import json
 import math
 import subprocess
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +202,7 @@ def commentary(units: dict[str, dict], diffs: list[tuple], stats: dict[str, dict
     def cap(name: str) -> tuple | None:
         return interval([u["cap"] for u in units[name].values()]) if name in units else None
 
-    found = {(label): result for label, _key, _here, result, _n in diffs}
+    found = {label: result for label, _key, _here, result, _n in diffs}
 
     def excludes_zero(label: str) -> str:
         result = found.get(label)
