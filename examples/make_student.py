@@ -26,13 +26,13 @@ SYSTEM = "You are a helpful assistant."
 
 def calibration_texts(path: Path, tokenizer, limit: int) -> list[str]:
     """Chat-rendered calibration texts from a dasd record file (prompt, then any response)."""
+    from dasd_cli.core.chat import prompt_messages
     from dasd_cli.io import iter_lines
 
     texts = []
     for line in iter_lines([str(path)]):
         record = line.record
-        messages = record.get("messages") or [{"role": "system", "content": SYSTEM},
-                                              {"role": "user", "content": record["prompt"]}]
+        messages = prompt_messages(record, SYSTEM)
         if record.get("response"):
             messages = [*messages, {"role": "assistant", "content": record["response"]}]
         texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
@@ -50,6 +50,10 @@ def block_importance(model, tokenizer, texts: list[str]) -> list[float]:
     layers = model.config.num_hidden_layers
     similarity = torch.zeros(layers, dtype=torch.float64)
     tokens = 0
+    # transformers hands back the last hidden state after the final norm unless told not
+    # to; the last layer's output must be compared before it (else the norm counts as
+    # the layer's change: 0.78 instead of 0.34 for SmolLM2-135M's layer 29).
+    model.config.tie_last_hidden_states = False
     with torch.inference_mode():
         for text in texts:
             ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
