@@ -54,20 +54,17 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 def per_prompt(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """`dasd eval`'s verdicts, per prompt: source, accuracy, cap-hit rate, samples."""
-    prompts: dict[str, dict[str, Any]] = {}
+    """`dasd eval`'s verdicts, per prompt (dasd's own tally): source, accuracy, cap-hit rate."""
+    from dasd_cli.core.evaluate import Evaluation
+
+    evaluation = Evaluation()
     for record in records:
-        if "eval" not in record:
-            continue  # no reference: not verifiable
-        unit = prompts.setdefault(record["prompt_id"], {"source": record.get("source", "other"),
-                                                        "correct": 0, "capped": 0, "samples": 0})
-        unit["samples"] += 1
-        unit["correct"] += bool(record["eval"]["correct"])
-        unit["capped"] += record.get("finish_reason") == "length"
-    for unit in prompts.values():
-        unit["acc"] = unit["correct"] / unit["samples"]
-        unit["cap"] = unit["capped"] / unit["samples"]
-    return prompts
+        if "eval" in record:  # records without a reference are not verifiable
+            evaluation.add(record.get("source", "other"), record["prompt_id"], bool(record["eval"]["correct"]),
+                           record["eval"].get("answer"), truncated=record.get("finish_reason") == "length")
+    return {prompt: {"source": source, "acc": tally.accuracy, "cap": tally.truncated / tally.samples,
+                     "samples": tally.samples}
+            for (source, prompt), tally in evaluation.units().items()}
 
 
 def interval(values: list[float]) -> tuple[float, float, float] | None:
