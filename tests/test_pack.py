@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dasd_cli.core.pack import (IGNORE_INDEX, best_fit_decreasing, bin_members, packed_record, plan_sequences,
-                                stable_argsort,
                                 lower_bound)
+from dasd_cli.core.sorting import stable_argsort
 
 # --------------------------------------------------------------------------- bin packing
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from dasd_cli.core.chat import IGNORE_INDEX, encode_ids, end_of_turn, render_prompt
+from dasd_cli.core.sorting import stable_argsort
 
 _WORD = 64  # bits per bitmap word of the capacity index
 
@@ -131,23 +132,6 @@ class _CapacityIndex:
             if now:
                 return
             cap = index
-
-
-def stable_argsort(keys: np.ndarray) -> np.ndarray:
-    """``np.argsort(keys, kind="stable")`` for non-negative integer keys, in linear time.
-
-    NumPy's stable sort is a radix sort for 16-bit keys: keys below 2**32 are sorted by
-    their low 16 bits, then stably by their high 16 bits (LSD radix), ~5x faster than a
-    comparison sort on a million keys.
-    """
-    keys = np.asarray(keys)
-    if keys.size == 0 or int(keys.min()) < 0 or int(keys.max()) >= 1 << 32:
-        return np.argsort(keys, kind="stable")
-    if int(keys.max()) < 1 << 16:
-        return np.argsort(keys.astype(np.uint16), kind="stable")
-    low = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
-    high = np.argsort((keys[low] >> 16).astype(np.uint16), kind="stable")
-    return low[high]
 
 
 def best_fit_decreasing(lengths: Sequence[int] | np.ndarray, capacity: int) -> np.ndarray:
