@@ -68,15 +68,19 @@ def import_command(
         if index is not None:
             session.tally.extra["logprob_rows"] = len(index)
         importer = Importer(index, tok, logprobs_mode)
-        for line in input_lines(session, shared.inputs):
-            try:
-                outcome = importer.convert(line)
-            except RecordError as err:
-                session.bad_record(line, err)
-                continue
-            if outcome.drop is None:
-                session.emit(outcome.record)
-            else:
-                session.drop(outcome.record, "import", *outcome.drop)
+        try:
+            for line in input_lines(session, shared.inputs):
+                try:
+                    outcome = importer.convert(line)
+                except RecordError as err:
+                    session.bad_record(line, err)
+                    continue
+                if outcome.drop is None:
+                    session.emit(outcome.record)
+                else:
+                    session.drop(outcome.record, "import", *outcome.drop)
+        finally:
+            if index is not None:
+                index.close()
 
     common.run_command("import", shared, body)

@@ -67,11 +67,23 @@ class LogprobFile:
         self.path = path
         self.parquet = is_parquet(path)
         self._index: dict[str, int] = {}  # uuid -> byte offset, or row group << 32 | row
-        self._cached: tuple[int, list[dict[str, Any]]] | None = None  # (row group, rows)
+        self._cached: tuple[int, Any] | None = None  # (row group, its Arrow table)
+        self._handle: Any = None  # the open file (JSONL) or ParquetFile the lookups read
         if self.parquet:
             self._index_parquet()
         else:
             self._index_jsonl()
+
+    def close(self) -> None:
+        if self._handle is not None and not self.parquet:
+            self._handle.close()
+        self._handle = self._cached = None
+
+    def __enter__(self) -> "LogprobFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def __len__(self) -> int:
         return len(self._index)
@@ -97,8 +109,7 @@ class LogprobFile:
                 offset += len(raw)
 
     def _index_parquet(self) -> None:
-        pq = _pyarrow_parquet()
-        handle = pq.ParquetFile(self.path)
+        handle = self._handle = _pyarrow_parquet().ParquetFile(self.path)
         for group in range(handle.num_row_groups):
             check_interrupt()
             uuids = handle.read_row_group(group, columns=["sample_uuid"]).column(0).to_pylist()
@@ -118,9 +129,10 @@ class LogprobFile:
         return ids, logprobs
 
     def _read_jsonl(self, offset: int) -> dict[str, Any]:
-        with open(self.path, "rb") as handle:
-            handle.seek(offset)
-            raw = handle.readline()
+        if self._handle is None:
+            self._handle = open(self.path, "rb")
+        self._handle.seek(offset)
+        raw = self._handle.readline()
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -131,6 +143,5 @@ class LogprobFile:
         group, row = where >> 32, where & 0xFFFFFFFF
         if self._cached is None or self._cached[0] != group:
             self._cached = None  # free the previous group before reading the next
-            table = _pyarrow_parquet().ParquetFile(self.path).read_row_group(group)
-            self._cached = (group, table.to_pylist())
-        return self._cached[1][row]
+            self._cached = (group, self._handle.read_row_group(group))
+        return self._cached[1].slice(row, 1).to_pylist()[0]

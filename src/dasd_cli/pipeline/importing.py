@@ -17,7 +17,6 @@ from dasd_cli.core import released
 from dasd_cli.errors import RecordError
 from dasd_cli.io.released import LogprobFile, is_parquet, iter_parquet
 
-DATA_COLUMNS = ["uuid", "input", "output", "domain", "meta"]
 
 
 def input_lines(session: Any, paths: list[str] | None) -> Iterator[io.Line]:

@@ -16,7 +16,8 @@ from typing import Any
 
 import orjson
 
-from dasd_cli.core.filters.harmony import normalize_harmony_text, remap_tokens
+from dasd_cli.core.filters.harmony import Segment, normalize_harmony_text, remap_tokens
+from dasd_cli.core.filters.structure import THINK_CLOSE, THINK_OPEN
 from dasd_cli.core.sampling import derived_id
 from dasd_cli.errors import RecordError
 
@@ -28,9 +29,6 @@ DOMAINS = {"math": "math", "code": "code", "coding": "code", "science": "science
 # gpt-oss begins its reply inside the analysis channel: the released token_ids start with
 # the reasoning text itself ("We need to ..."), the header being part of the prompt.
 ANALYSIS_HEADER = "<|channel|>analysis<|message|>"
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-
-Segment = tuple[int, int, int]
 
 
 def map_domain(value: Any) -> str:
@@ -151,10 +149,11 @@ def to_record(row: dict[str, Any]) -> dict[str, Any]:
     response, _ = canonical_text(row["output"])
     record: dict[str, Any] = {k: v for k, v in row.items()
                               if k not in ("uuid", "input", "output", "domain", "meta")}
+    domain = map_domain(row.get("domain"))
     record.update({"id": uuid, "prompt_id": derived_id(messages), "uuid": uuid,
                    "messages": messages, "response": response, "finish_reason": "stop",
-                   "domain": map_domain(row.get("domain"))})
-    if row.get("domain") is not None and map_domain(row["domain"]) != row["domain"]:
+                   "domain": domain})
+    if row.get("domain") is not None and domain != row["domain"]:
         record["source_domain"] = row["domain"]
     if "meta" in row:
         record["meta"] = meta_value(row["meta"])
