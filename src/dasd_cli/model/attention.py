@@ -12,6 +12,7 @@ no mask tensor, and sdpa's fused causal kernels. It is registered with transform
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 NAME = "dasd_segmented"
@@ -43,6 +44,21 @@ def segmented_attention(module: Any, query: Any, key: Any, value: Any, attention
     return out.transpose(1, 2).contiguous(), None
 
 
+_SINKS: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+
+
+def _has_sinks(model: Any) -> bool:
+    """Whether any module holds attention sinks; walked once per model (training asks on
+    every micro-batch, and a per-expert MoE model has tens of thousands of modules)."""
+    if not hasattr(model, "modules"):
+        return False
+    try:
+        return _SINKS[model]
+    except KeyError:
+        found = _SINKS[model] = any(getattr(m, "sinks", None) is not None for m in model.modules())
+        return found
+
+
 def unsupported(config: Any, model: Any = None) -> str | None:
     """What in this model's attention the segmented kernel would drop (None: nothing).
 
@@ -51,8 +67,7 @@ def unsupported(config: Any, model: Any = None) -> str | None:
     """
     if getattr(config, "attn_logit_softcapping", None):
         return "attention logit soft-capping"
-    if model is not None and hasattr(model, "modules") and any(
-            getattr(module, "sinks", None) is not None for module in model.modules()):
+    if model is not None and _has_sinks(model):
         return "attention sinks"
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None:

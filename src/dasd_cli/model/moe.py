@@ -188,14 +188,16 @@ def router_logits(model: Any, blocks: list[MoeBlock]) -> Iterator[list[Any]]:
 FASTEST_EXPERTS = {"cpu": "eager"}
 
 
-def use_fastest_experts(model: Any, device_type: str) -> str | None:
+def use_fastest_experts(model: Any, device_type: str, blocks: list[MoeBlock] | None = None) -> str | None:
     """Switch a fused-experts model to the experts kernel measured fastest on this device.
 
-    Returns the implementation now in use (None: not a model with selectable experts).
+    ``blocks``: the model's :func:`find_blocks`, when the caller has them. Returns the
+    implementation now in use (None: not a model with selectable experts).
     """
     setter = getattr(model, "set_experts_implementation", None)
     current = getattr(getattr(model, "config", None), "_experts_implementation", None)
-    if setter is None or current is None or not any(not b.per_expert_modules for b in find_blocks(model)):
+    if setter is None or current is None or not any(
+            not b.per_expert_modules for b in (find_blocks(model) if blocks is None else blocks)):
         return None
     wanted = FASTEST_EXPERTS.get(device_type)
     if wanted and wanted != current:

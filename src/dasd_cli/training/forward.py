@@ -51,20 +51,13 @@ def make_loss_fn(model: Any, impl: str = "fused", chunk_size: int = loss_core.DE
     raise ValueError(f"unknown loss implementation {impl!r}")
 
 
-def packed_loss_sum(model: Any, input_ids: Any, labels: Any, position_ids: Any,
-                    loss_fn: LossFn) -> tuple[Any, int]:
-    """Sum of next-token losses (nats) over the targets of one packed batch, and their count.
+def packed_losses(model: Any, input_ids: Any, labels: Any, position_ids: Any, loss_fn: LossFn,
+                  moe_blocks: list[Any] | None = None) -> tuple[Any, int, Any]:
+    """Sum of next-token losses (nats) over the targets of one packed batch, their count,
+    and the router load-balancing loss of a sparse model.
 
     Tensors are ``[B, L]`` on the model's device. Targets are shifted per sample and
     never cross a sample boundary (``masks.shifted_targets``).
-    """
-    summed, count, _ = packed_losses(model, input_ids, labels, position_ids, loss_fn)
-    return summed, count
-
-
-def packed_losses(model: Any, input_ids: Any, labels: Any, position_ids: Any, loss_fn: LossFn,
-                  moe_blocks: list[Any] | None = None) -> tuple[Any, int, Any]:
-    """``packed_loss_sum`` plus the router load-balancing loss of a sparse model.
 
     ``moe_blocks`` (model.moe.find_blocks): the routers' logits are recorded by hooks
     while the decoder body runs, and core.train.router turns them into the auxiliary

@@ -162,7 +162,7 @@ class Trainer:
 
         cfg = self.config
         self.moe_blocks = moe.find_blocks(self.model)
-        self.experts_implementation = moe.use_fastest_experts(self.model, self.device.type)
+        self.experts_implementation = moe.use_fastest_experts(self.model, self.device.type, self.moe_blocks)
         if not self.moe_blocks:
             if cfg.router_aux_loss_coef:
                 raise UsageError("--router-aux-loss-coef: this model has no routed experts")
