@@ -118,3 +118,24 @@ def test_models_with_windowed_or_capped_attention_are_scored_padded():
     assert not _packable(model(attn_logit_softcapping=50.0))
     assert not _packable(SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa"),
                                          _supports_attention_backend=False))
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_target_logprobs_equal_full_log_softmax_across_chunks(softcap):
+    """Chunked, in-place log-sum-exp = gather from a full fp32 log-softmax, chunk edges included."""
+    import torch
+
+    from dasd_cli.backends.hf_score import target_logprobs
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(23, 16) * 4
+    targets = torch.randint(0, 50, (23,))
+    logits = head(hidden)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    expected = logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+    with torch.inference_mode():
+        for chunk_elements in (50, 7 * 50, 10 ** 6):  # one row, 7 rows (a ragged last chunk), all
+            got = target_logprobs(hidden, head, targets, softcap=softcap, chunk_elements=chunk_elements)
+            assert torch.allclose(got, expected, atol=1e-5), (chunk_elements, (got - expected).abs().max())
