@@ -253,23 +253,21 @@ def test_duplicate_fractions_never_grow_with_n():
         assert values == sorted(values, reverse=True), name
 
 
-def test_group_order_makes_equal_hashes_contiguous_and_stable():
+def test_grouping_counts_each_hash_and_marks_its_first_occurrence():
     import numpy as np
 
-    from dasd_cli.core.filters.repetition import _RADIX_MIN, _group_order
+    from dasd_cli.core.filters.ngrams import _group
 
     rng = np.random.default_rng(0)
-    for size in (0, 5, _RADIX_MIN - 1, _RADIX_MIN, 3 * _RADIX_MIN):
+    for size in (0, 1, 5, 100, 5000):
         values = rng.integers(0, 2**63, max(1, size // 3), dtype=np.int64).astype(np.uint64)
-        if size >= _RADIX_MIN and size % 2 == 0:  # two hashes equal in their low 32 bits
+        if values.size > 2:  # hashes equal in their low bits share a hash-table slot
             values[1] = values[0] ^ np.uint64(1 << 40)
-        hashes = values[rng.integers(0, values.size, size)]
-        order = _group_order(hashes)
-        assert sorted(order.tolist()) == list(range(size))
-        if size == 0:
-            continue
-        grouped = hashes[order]
-        starts = np.flatnonzero(np.concatenate(([True], grouped[1:] != grouped[:-1])))
-        assert len(set(grouped[starts].tolist())) == starts.size  # each hash in one run
-        runs = np.split(order, starts[1:])
-        assert all((np.diff(run) > 0).all() for run in runs)  # earliest first within a group
+            values[2] = values[0] ^ np.uint64(1 << 63)
+        keys = values[rng.integers(0, values.size, size)]
+        sizes, first = _group(keys)
+        seen = set()
+        for key, got_size, got_first in zip(keys.tolist(), sizes.tolist(), first.tolist()):
+            assert got_size == keys.tolist().count(key)
+            assert got_first == (key not in seen)
+            seen.add(key)
