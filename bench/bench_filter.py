@@ -37,8 +37,8 @@ POOL = 1200  # distinct responses; the corpus cycles through them with fresh ids
 DEGENERATE_SHARE = 0.05  # of the pool: low-temperature samples that loop or repeat
 
 
-def build_corpus(path: Path, target_bytes: int, seed: int = 0) -> tuple[int, int]:
-    """Write a zstd JSONL corpus of about target_bytes (uncompressed); (bytes, records)."""
+def response_pool(seed: int = 0) -> list[str]:
+    """The corpus's distinct responses (tests/test_repetition_equality.py checks them too)."""
     rng = random.Random(seed)
     pool = []
     for i in range(POOL):
@@ -48,6 +48,12 @@ def build_corpus(path: Path, target_bytes: int, seed: int = 0) -> tuple[int, int
         else:
             text = clean_response(rng, words)
         pool.append(text)
+    return pool
+
+
+def build_corpus(path: Path, target_bytes: int, seed: int = 0) -> tuple[int, int]:
+    """Write a zstd JSONL corpus of about target_bytes (uncompressed); (bytes, records)."""
+    pool = response_pool(seed)
     written = records = 0
     with open(path, "wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as out:
         while written < target_bytes:
