@@ -194,6 +194,34 @@ def reference_ngram_stats(text: str) -> dict[str, float]:
     return stats
 
 
+def reference_duplicate_units(text: str, paragraphs: bool) -> tuple[float, float]:
+    """Duplicate line (paragraph) fractions by their definition, on Python strings."""
+    parts = re.split(r"\n[ \t]*\n+", text) if paragraphs else text.split("\n")
+    units = [u for u in (p.strip() for p in parts) if u]
+    total = sum(map(len, units))
+    if not units or not total:
+        return 0.0, 0.0
+    first = dict.fromkeys(units)
+    return (len(units) - len(first)) / len(units), (total - sum(map(len, first))) / total
+
+
+SPACES = [chr(c) for c in range(0x3001) if chr(c).isspace()] + ["\u200b", "\ufeff", "\xa1", "\u3001"]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_duplicate_lines_and_paragraphs_match_their_definition(seed):
+    from dasd_cli.core.filters.repetition import _duplicate_fractions
+
+    rng = random.Random(seed)
+    pieces = ["a", "b", "数学", "\ud800", "x²", "\n", "\n\n", "\n \t\n", "\r\n", " ", "\t"] + SPACES
+    lines = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(1, 8))]
+    text = "".join(rng.choice(lines) for _ in range(rng.randint(0, 60)))
+    data = text.encode("utf-8", "surrogatepass")
+    want = [*reference_duplicate_units(text, False), *reference_duplicate_units(text, True)]
+    assert _duplicate_fractions(data, True) == want, text
+    assert _duplicate_fractions(data, False) == want[:2], text
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_ngram_statistics_match_their_definition(seed):
     rng = random.Random(seed)

@@ -19,12 +19,12 @@ hash table, and each n only groups the positions whose (n-1)-gram was already du
 its verdict: the top 3- and 4-gram fractions are skipped when a bound from the 2-grams
 keeps them under their limits, and the duplicate fractions stop once one is under every
 remaining limit (they never grow with n). Words are maximal runs of ASCII letters/digits
-or non-ASCII bytes, lower-cased; "characters" are UTF-8 bytes.
+or non-ASCII bytes, lower-cased; "characters" are UTF-8 bytes for n-grams and code
+points for lines and paragraphs (:mod:`units`).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -33,8 +33,8 @@ import numpy as np
 from dasd_cli.core.chat import response_text
 from dasd_cli.core.filters import ngrams
 from dasd_cli.core.filters.base import Drop
+from dasd_cli.core.filters.units import duplicate_units
 
-_PARAGRAPH_SPLIT = re.compile(r"\n[ \t]*\n+")
 TAIL_WORDS = 4096  # the looping-tail search looks at this many final words
 TAIL_BYTES = 1024  # and this many final bytes for loops inside a "word"
 
@@ -76,23 +76,14 @@ def word_hashes(data: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 # --------------------------------------------------------------------------- statistics
 
-def _duplicate_units(units: list[str]) -> tuple[float, float]:
-    """(fraction by count, fraction by characters) of units repeating an earlier unit."""
-    total_chars = sum(map(len, units))
-    if not units or not total_chars:
-        return 0.0, 0.0
-    first = dict.fromkeys(units)  # the first occurrence of each unit, in C
-    dup = len(units) - len(first)
-    dup_chars = total_chars - sum(map(len, first))
-    return dup / len(units), dup_chars / total_chars
-
-
-def _nonempty_lines(text: str) -> list[str]:
-    return list(filter(None, map(str.strip, text.split("\n"))))
-
-
-def _paragraphs(text: str) -> list[str]:
-    return list(filter(None, map(str.strip, _PARAGRAPH_SPLIT.split(text))))
+def _duplicate_fractions(data: bytes, paragraphs: bool) -> list[float]:
+    """Duplicate line fractions (by count, by characters), then, with ``paragraphs``, the
+    paragraph ones: of the non-empty lines (paragraphs) repeating an earlier one."""
+    counts = duplicate_units(np.frombuffer(data, dtype=np.uint8), paragraphs).tolist()
+    fractions = []
+    for units, dup, chars, dup_chars in (counts[:4], counts[4:]) if paragraphs else (counts[:4],):
+        fractions += [0.0, 0.0] if not units or not chars else [dup / units, dup_chars / chars]
+    return fractions
 
 
 _NO_LIMITS = np.ones(ngrams.N_STATS)
@@ -147,12 +138,10 @@ def repetition_stats(text: str) -> dict[str, float]:
     """Every statistic of ``text`` (for calibration and ``--rejects`` details)."""
     data = text.encode("utf-8", "surrogatepass")
     hashes, lengths = word_hashes(data)
-    lines = _nonempty_lines(text)
-    paragraphs = _paragraphs(text)
     stats: dict[str, float] = {"words": float(hashes.size)}
-    stats["duplicate_line_fraction"], stats["duplicate_line_char_fraction"] = _duplicate_units(lines)
-    (stats["duplicate_paragraph_fraction"],
-     stats["duplicate_paragraph_char_fraction"]) = _duplicate_units(paragraphs)
+    (stats["duplicate_line_fraction"], stats["duplicate_line_char_fraction"],
+     stats["duplicate_paragraph_fraction"], stats["duplicate_paragraph_char_fraction"]) = \
+        _duplicate_fractions(data, True)
     stats.update(ngram_stats(hashes, lengths))
     return stats
 
@@ -185,12 +174,13 @@ def check_text(text: str, config: RepetitionConfig) -> Drop | None:
     loop = looping_tail(data, hashes, config)
     if loop is not None:
         return Drop("looping_tail", loop)
-    units = [(_paragraphs, _REASONS[:2])] if "\n\n" in text else []
-    for split, reasons in [*units, (_nonempty_lines, _REASONS[2:4])]:
-        for (stat, limit_name, reason), value in zip(reasons, _duplicate_units(split(text))):
-            limit = getattr(config, limit_name)
-            if value > limit:
-                return Drop(reason, f"{stat} {value:.3f} > {limit}")
+    paragraphs = b"\n\n" in data  # else one paragraph: no duplicate
+    values = _duplicate_fractions(data, paragraphs)
+    values = values[2:] + values[:2]  # paragraphs first
+    for (stat, limit_name, reason), value in zip(_REASONS[:4] if paragraphs else _REASONS[2:4], values):
+        limit = getattr(config, limit_name)
+        if value > limit:
+            return Drop(reason, f"{stat} {value:.3f} > {limit}")
     if hashes.size < config.min_words:
         return None
     checks = _REASONS[4:]
