@@ -8,7 +8,6 @@ truncated, structure (tool calls, ``--require-think``), repetition, length
 from __future__ import annotations
 
 from dataclasses import replace
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Optional, Union
 
 import typer
@@ -119,14 +118,14 @@ def filter_command(
             from dasd_cli.sandbox import isolation
 
             io.say(f"dasd filter: {isolation().describe()}")
-        from dasd_cli.workers import default_workers, ordered_thread_map
+        from dasd_cli.workers import batched, default_workers, ordered_thread_map
 
         def judge(chunk: list[io.Line]) -> list[tuple[dict, Verdict]]:
             return [check_record(line.record, filters, normalize) for line in chunk]
 
         # Verification takes milliseconds to seconds a record: one record a task then.
         size = 1 if verifier is not None else CHUNK_RECORDS
-        chunks = _chunked(session.records(), size)
+        chunks = batched(session.records(), size)
         for chunk, results in ordered_thread_map(judge, chunks, workers=workers or default_workers()):
             for line, (record, verdict) in zip(chunk, results):
                 if isinstance(verdict, RecordError):
@@ -155,17 +154,6 @@ def check_record(record: dict, filters: list[Filter], normalize: str) -> tuple[d
         return record, first_drop(filters, record)
     except RecordError as err:
         return record, err
-
-
-def _chunked(lines: Iterator[io.Line], size: int) -> Iterator[list[io.Line]]:
-    chunk: list[io.Line] = []
-    for line in lines:
-        chunk.append(line)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def build_filters(*, truncated: bool, only_truncated: bool, require_think: bool, drop_tool_calls: bool,
