@@ -7,6 +7,7 @@ truncated, structure (tool calls, ``--require-think``), repetition, length
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Optional, Union
 
@@ -125,16 +126,30 @@ def filter_command(
 
         # Verification takes milliseconds to seconds a record: one record a task then.
         size = 1 if verifier is not None else CHUNK_RECORDS
-        chunks = batched(session.records(), size)
-        for chunk, results in ordered_thread_map(judge, chunks, workers=workers or default_workers()):
-            for line, (record, verdict) in zip(chunk, results):
-                if isinstance(verdict, RecordError):
-                    session.bad_record(line, verdict)
-                elif verdict is None:
-                    session.emit(record)
-                else:
-                    by, drop = verdict
-                    session.drop(record, by, drop.reason, drop.detail)
+        handed = decided = 0
+
+        def records() -> Iterator[io.Line]:
+            nonlocal handed
+            for line in session.records():
+                handed += 1
+                yield line
+
+        try:
+            for chunk, results in ordered_thread_map(judge, batched(records(), size),
+                                                     workers=workers or default_workers()):
+                for line, (record, verdict) in zip(chunk, results):
+                    if isinstance(verdict, RecordError):
+                        session.bad_record(line, verdict)
+                    elif verdict is None:
+                        session.emit(record)
+                    else:
+                        by, drop = verdict
+                        session.drop(record, by, drop.reason, drop.detail)
+                    decided += 1
+        finally:
+            # Stopped early (Ctrl-C): records read ahead for the threads were not decided, so
+            # they do not count as read (read = kept + dropped + skipped still holds).
+            session.tally.read -= handed - decided
         if verifier is not None:
             session.tally.extra["verified"] = verifier.verified
             session.tally.extra["unverified"] = verifier.unverified
