@@ -182,3 +182,43 @@ def test_repetition_and_verify_in_the_command(cli) -> None:
     assert code == 0 and len(parse_records(out)) == 1, err
     code, _out, err = cli(["filter", "--repetition-threshold", "nope=1", "-"], stdin=b"")
     assert code == 2 and "max_duplicate_5gram_fraction" in err
+
+
+def test_workers_keep_order_outcomes_and_counts(cli, tmp_path: Path) -> None:
+    """--workers N checks in threads: the same records, rejects and counts, in input order,
+    as --workers 1 (records cross several thread tasks; bad records are skipped in place)."""
+    loop = "Let me recompute the sum of the two numbers once more. " * 40
+    records = []
+    for i in range(70):
+        kind = i % 7
+        if kind == 0:
+            records.append(rec("<think>\n" + loop + "\n</think>\n\n4", id=f"loop{i}"))
+        elif kind == 1:
+            records.append({"id": f"bad{i}"})  # no response: skipped under --on-error skip
+        elif kind == 2:
+            records.append(rec(f"<think>\n2 plus {i} is {i + 2}.\n</think>\n\n\\boxed{{{i + 2}}}",
+                               id=f"right{i}", reference={"answer": str(i + 2)}))
+        elif kind == 3:
+            records.append(rec(f"<think>\nhmm\n</think>\n\n\\boxed{{{i}}}", id=f"wrong{i}",
+                               reference={"answer": str(i + 1)}))
+        elif kind == 4:
+            records.append(rec("x", id=f"cut{i}", finish_reason="length"))
+        else:
+            records.append(rec(f"<think>\nStep {i}: the value is {i * i}.\n</think>\n\nIt is {i * i}.",
+                               id=f"ok{i}"))
+    outputs = {}
+    for workers in ("1", "4"):
+        for verify in ([], ["--verify"]):
+            rejects = tmp_path / f"rej{workers}{len(verify)}.jsonl"
+            code, out, err = cli(["filter", "--on-error", "skip", "--workers", workers, *verify,
+                                  "--rejects", str(rejects), "-"], stdin=to_jsonl(records))
+            assert code == 0, err
+            summary = [line for line in err.splitlines() if line.startswith("dasd filter: read")]
+            outputs[workers, bool(verify)] = (parse_records(out), parse_records(rejects.read_bytes()),
+                                              summary)
+    for verify in (False, True):
+        assert outputs["4", verify] == outputs["1", verify]
+        kept = [r["id"] for r in outputs["1", verify][0]]
+        assert kept == [r["id"] for r in records if r["id"].startswith(
+            ("ok", "right") if verify else ("ok", "right", "wrong"))]
+    assert "verified 20" in outputs["4", True][2][0] and "skipped 10" in outputs["4", True][2][0]

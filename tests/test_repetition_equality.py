@@ -194,6 +194,34 @@ def reference_ngram_stats(text: str) -> dict[str, float]:
     return stats
 
 
+def reference_duplicate_units(text: str, paragraphs: bool) -> tuple[float, float]:
+    """Duplicate line (paragraph) fractions by their definition, on Python strings."""
+    parts = re.split(r"\n[ \t]*\n+", text) if paragraphs else text.split("\n")
+    units = [u for u in (p.strip() for p in parts) if u]
+    total = sum(map(len, units))
+    if not units or not total:
+        return 0.0, 0.0
+    first = dict.fromkeys(units)
+    return (len(units) - len(first)) / len(units), (total - sum(map(len, first))) / total
+
+
+SPACES = [chr(c) for c in range(0x3001) if chr(c).isspace()] + ["\u200b", "\ufeff", "\xa1", "\u3001"]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_duplicate_lines_and_paragraphs_match_their_definition(seed):
+    from dasd_cli.core.filters.repetition import _duplicate_fractions
+
+    rng = random.Random(seed)
+    pieces = ["a", "b", "数学", "\ud800", "x²", "\n", "\n\n", "\n \t\n", "\r\n", " ", "\t"] + SPACES
+    lines = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(1, 8))]
+    text = "".join(rng.choice(lines) for _ in range(rng.randint(0, 60)))
+    data = text.encode("utf-8", "surrogatepass")
+    want = [*reference_duplicate_units(text, False), *reference_duplicate_units(text, True)]
+    assert _duplicate_fractions(data, True) == want, text
+    assert _duplicate_fractions(data, False) == want[:2], text
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_ngram_statistics_match_their_definition(seed):
     rng = random.Random(seed)
@@ -253,23 +281,21 @@ def test_duplicate_fractions_never_grow_with_n():
         assert values == sorted(values, reverse=True), name
 
 
-def test_group_order_makes_equal_hashes_contiguous_and_stable():
+def test_grouping_counts_each_hash_and_marks_its_first_occurrence():
     import numpy as np
 
-    from dasd_cli.core.filters.repetition import _RADIX_MIN, _group_order
+    from dasd_cli.core.filters.ngrams import _group
 
     rng = np.random.default_rng(0)
-    for size in (0, 5, _RADIX_MIN - 1, _RADIX_MIN, 3 * _RADIX_MIN):
+    for size in (0, 1, 5, 100, 5000):
         values = rng.integers(0, 2**63, max(1, size // 3), dtype=np.int64).astype(np.uint64)
-        if size >= _RADIX_MIN and size % 2 == 0:  # two hashes equal in their low 32 bits
+        if values.size > 2:  # hashes equal in their low bits share a hash-table slot
             values[1] = values[0] ^ np.uint64(1 << 40)
-        hashes = values[rng.integers(0, values.size, size)]
-        order = _group_order(hashes)
-        assert sorted(order.tolist()) == list(range(size))
-        if size == 0:
-            continue
-        grouped = hashes[order]
-        starts = np.flatnonzero(np.concatenate(([True], grouped[1:] != grouped[:-1])))
-        assert len(set(grouped[starts].tolist())) == starts.size  # each hash in one run
-        runs = np.split(order, starts[1:])
-        assert all((np.diff(run) > 0).all() for run in runs)  # earliest first within a group
+            values[2] = values[0] ^ np.uint64(1 << 63)
+        keys = values[rng.integers(0, values.size, size)]
+        sizes, first = _group(keys)
+        seen = set()
+        for key, got_size, got_first in zip(keys.tolist(), sizes.tolist(), first.tolist()):
+            assert got_size == keys.tolist().count(key)
+            assert got_first == (key not in seen)
+            seen.add(key)

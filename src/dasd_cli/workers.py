@@ -33,6 +33,18 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter), as ``itertools.batched``."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def ordered_map(fn: Callable[[T], R], chunks: Iterable[T], *, workers: int,
                 initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = (),
                 window: int | None = None) -> Iterator[tuple[T, R]]:

@@ -7,13 +7,15 @@ truncated, structure (tool calls, ``--require-think``), repetition, length
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional, Union
 
 import typer
 
 from dasd_cli import io
 from dasd_cli.commands import common
+from dasd_cli.core.drop import Drop
 from dasd_cli.core.filters import Filter, first_drop
 from dasd_cli.core.filters.harmony import normalize_harmony
 from dasd_cli.core.filters.structure import DEFAULT_TOOL_CALL_PATTERNS, StructureFilter
@@ -78,6 +80,12 @@ def filter_command(
         help="The STUDENT tokenizer for --cutoff-len: a model or tokenizer folder, or a .gguf file "
         "(default: the embedded default model).", show_default=False)] = None,
     system_prompt: common.SystemPrompt = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", metavar="N", min=0,
+        help="Check N records at a time in threads (0: one per core; 1: in the main thread). "
+        "The repetition statistics run outside the interpreter lock, code tests in the "
+        "sandbox and math comparisons in a helper process per thread, so the checks use "
+        "every core. Records keep their input order.")] = 0,
 ) -> None:
     """Keep or drop teacher responses: truncated, structure, length, repetition, correctness.
 
@@ -93,7 +101,7 @@ def filter_command(
                       "tool_call_pattern": tool_call_pattern, "normalize": normalize,
                       "repetition": repetition, "repetition_threshold": repetition_threshold,
                       "verify": verify, "math_timeout": math_timeout, "cutoff_len": limit,
-                      "tokenizer": tokenizer, "system_prompt": system_prompt}
+                      "tokenizer": tokenizer, "system_prompt": system_prompt, "workers": workers}
 
     def body(session: common.Session) -> None:
         if max_tokens is not None and limit != max_tokens:
@@ -111,25 +119,56 @@ def filter_command(
             from dasd_cli.sandbox import isolation
 
             io.say(f"dasd filter: {isolation().describe()}")
-        for line in session.records():
-            record = line.record
-            try:
-                if normalize == "harmony":
-                    record = normalize_harmony(record)
-                verdict = first_drop(filters, record)
-            except RecordError as err:
-                session.bad_record(line, err)
-                continue
-            if verdict is None:
-                session.emit(record)
-            else:
-                by, drop = verdict
-                session.drop(record, by, drop.reason, drop.detail)
+        from dasd_cli.workers import batched, default_workers, ordered_thread_map
+
+        def judge(chunk: list[io.Line]) -> list[tuple[dict, Verdict]]:
+            return [check_record(line.record, filters, normalize) for line in chunk]
+
+        # Verification takes milliseconds to seconds a record: one record a task then.
+        size = 1 if verifier is not None else CHUNK_RECORDS
+        handed = decided = 0
+
+        def records() -> Iterator[io.Line]:
+            nonlocal handed
+            for line in session.records():
+                handed += 1
+                yield line
+
+        try:
+            for chunk, results in ordered_thread_map(judge, batched(records(), size),
+                                                     workers=workers or default_workers()):
+                for line, (record, verdict) in zip(chunk, results):
+                    if isinstance(verdict, RecordError):
+                        session.bad_record(line, verdict)
+                    elif verdict is None:
+                        session.emit(record)
+                    else:
+                        by, drop = verdict
+                        session.drop(record, by, drop.reason, drop.detail)
+                    decided += 1
+        finally:
+            # Stopped early (Ctrl-C): records read ahead for the threads were not decided, so
+            # they do not count as read (read = kept + dropped + skipped still holds).
+            session.tally.read -= handed - decided
         if verifier is not None:
             session.tally.extra["verified"] = verifier.verified
             session.tally.extra["unverified"] = verifier.unverified
 
     common.run_command("filter", shared, body)
+
+
+CHUNK_RECORDS = 16  # records a thread checks per task (fewer tasks, less overhead)
+Verdict = Union[tuple[str, Drop], RecordError, None]
+
+
+def check_record(record: dict, filters: list[Filter], normalize: str) -> tuple[dict, Verdict]:
+    """(the record, normalized if asked; the first drop, None, or the RecordError)."""
+    try:
+        if normalize == "harmony":
+            record = normalize_harmony(record)
+        return record, first_drop(filters, record)
+    except RecordError as err:
+        return record, err
 
 
 def build_filters(*, truncated: bool, only_truncated: bool, require_think: bool, drop_tool_calls: bool,

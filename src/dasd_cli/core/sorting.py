@@ -1,4 +1,4 @@
-"""Sorting helpers shared by packing and the repetition filter."""
+"""Sorting helpers for packing."""
 
 from __future__ import annotations
 

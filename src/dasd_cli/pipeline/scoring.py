@@ -20,6 +20,7 @@ from dasd_cli.core.chat import prompt_messages, response_text
 from dasd_cli.core.das import (DEFAULT_ALPHA, DEFAULT_BETA, TokenLogprobs, analyze, check_logprobs_mode,
                                das_record, teacher_tokens)
 from dasd_cli.errors import RecordError
+from dasd_cli.workers import batched
 
 WINDOW = 128  # records scored together: room to sort by length, output still in input order
 
@@ -94,14 +95,7 @@ def score_stream(session: ScoreSession, settings: ScoreSettings, *, stored_only:
 
 def windows(lines: Iterable[io.Line], stop_after: int | None = None) -> Iterator[list[io.Line]]:
     """``lines`` in lists of WINDOW (the first ``stop_after`` lines only, when given)."""
-    window: list[io.Line] = []
-    for line in itertools.islice(lines, stop_after):
-        window.append(line)
-        if len(window) >= WINDOW:
-            yield window
-            window = []
-    if window:
-        yield window
+    return batched(itertools.islice(lines, stop_after), WINDOW)
 
 
 def stored_scores(sink: BadRecordSink, windows: Iterable[list[io.Line]]) -> Iterator[dict[str, Any]]:

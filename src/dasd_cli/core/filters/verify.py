@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from dasd_cli.core.filters.base import Drop
@@ -14,7 +15,8 @@ class VerifyFilter:
     """Drop responses whose final answer disagrees with the record's ``reference``.
 
     Records without a reference are kept and counted in ``unverified`` (the command
-    reports that number); ``verified`` counts the records that were checked.
+    reports that number); ``verified`` counts the records that were checked. Safe to
+    call from several threads.
     """
 
     name = "verify"
@@ -26,11 +28,16 @@ class VerifyFilter:
         self.math_timeout_s = math_timeout_s  # seconds per math parse / comparison
         self.verified = 0
         self.unverified = 0
+        self._count_lock = threading.Lock()
 
     def check(self, record: dict[str, Any]) -> Drop | None:
-        if reference_kind(record) is None:
-            self.unverified += 1
+        checked = reference_kind(record) is not None
+        with self._count_lock:
+            if checked:
+                self.verified += 1
+            else:
+                self.unverified += 1
+        if not checked:
             return None
-        self.verified += 1
         return verify_record(record, math_timeout_s=self.math_timeout_s, run_program=self.run_program,
                              compare_math=self.compare_math)
