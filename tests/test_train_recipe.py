@@ -157,3 +157,36 @@ def test_checkpoint_state_records_data_position(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == [
         "checkpoint-1", "checkpoint-2", "checkpoint-3"]
     assert not list((tmp_path / "out").glob(".*partial"))
+
+
+@pytest.mark.parametrize("clip", [1.0, 1e-3, 1e6])
+def test_clipping_inside_fused_adamw_equals_clip_grad_norm(tmp_path, clip):
+    """The clip folded into the fused AdamW step gives clip_grad_norm_ + step's weights."""
+    model = make_tiny_model(tmp_path / "model")
+    records = packed_records(make_samples(4), 2)
+    trainer = _trainer(model, tmp_path / "out", records, epochs=1, global_batch_size=2, grad_clip=clip)
+    reference = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    for p in trainer.model.parameters():
+        p.grad = torch.randn_like(p) * 0.1
+    grads = [p.grad.clone() for p in trainer.model.parameters()]
+    assert trainer.optimizer.defaults["fused"]
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    norm = trainer._optimizer_step()
+    got = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+    params = [torch.nn.Parameter(reference[n].clone()) for n, _ in trainer.model.named_parameters()]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    want_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    assert norm == pytest.approx(float(want_norm), rel=1e-6)
+    for (name, mine), p in zip(trainer.model.named_parameters(), params):
+        torch.testing.assert_close(got[name], p.detach(), rtol=1e-6, atol=1e-8, msg=name)
+        # Adam's first step hardly depends on the gradients' scale; its moments do
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(trainer.optimizer.state[mine][key], optimizer.state[p][key],
+                                       rtol=1e-5, atol=1e-12, msg=f"{name} {key}")

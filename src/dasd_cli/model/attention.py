@@ -35,13 +35,21 @@ def segmented_attention(module: Any, query: Any, key: Any, value: Any, attention
         raise ValueError(f"{NAME} attention takes one packed sequence per micro-batch")
     gqa = query.shape[1] != key.shape[1]
     edges = boundaries.tolist()
-    outputs = []
-    for start, end in zip(edges[:-1], edges[1:]):
-        outputs.append(F.scaled_dot_product_attention(
-            query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], is_causal=True,
-            scale=scaling, dropout_p=dropout if module.training else 0.0, enable_gqa=gqa))
-    out = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
-    return out.transpose(1, 2).contiguous(), None
+    sizes = [end - start for start, end in zip(edges[:-1], edges[1:])]
+    if edges[-1] != query.shape[2]:
+        raise ValueError(f"{NAME} attention: sample boundaries end at {edges[-1]}, not at {query.shape[2]}")
+    # split, not slicing: its backward is one concatenation of the samples' gradients, where
+    # each slice's backward would zero-fill a full-length gradient and add it up.
+    parts = zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2))
+    # each output is transposed to [B, Li, H, D] before the concatenation, which then
+    # writes the layout the caller wants in one copy (sdpa's CPU and CUDA kernels lay
+    # their output out that way, so the transposes are free).
+    outputs = [F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
+                                              dropout_p=dropout if module.training else 0.0,
+                                              enable_gqa=gqa).transpose(1, 2)
+               for q, k, v in parts]
+    out = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+    return out.contiguous(), None
 
 
 _SINKS: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()

@@ -365,9 +365,18 @@ class Trainer:
             for p in params:  # plain torchrun data parallel: average gradients
                 dist.all_reduce(p.grad)
                 p.grad /= self.ranks.world_size
-        norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip if self.config.grad_clip > 0
-                                              else float("inf"))
-        self.optimizer.step()
+        clip = self.config.grad_clip
+        if clip > 0 and self.optimizer.defaults.get("fused"):
+            # clip_grad_norm_'s scaling folded into the fused AdamW kernel, which divides each
+            # gradient by grad_scale as it reads it: one pass over the gradients fewer
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            coef = torch.clamp(clip / (norm + 1e-6), max=1.0)
+            self.optimizer.grad_scale = coef.reciprocal()
+            self.optimizer.step()
+            self.optimizer.grad_scale = None
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
