@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from before import before_module
 from dasd_cli.core.pack import best_fit_decreasing, lower_bound, plan_sequences
 
 CAPACITY = 32768  # tokens per sequence
@@ -76,24 +77,10 @@ def quality_rows(n: int) -> list[dict]:
     ]
 
 
-def _before_plan():
-    """plan_sequences of the earlier source named by DASD_BENCH_BEFORE (a src folder), or None."""
-    import importlib.util
-    import os
-
-    before = os.environ.get("DASD_BENCH_BEFORE")
-    if not before:
-        return None
-    spec = importlib.util.spec_from_file_location("before_pack", Path(before) / "dasd_cli" / "core" / "pack.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["before_pack"] = module
-    spec.loader.exec_module(module)
-    return module.plan_sequences
-
-
 def speed_rows(n: int, repeats: int) -> list[dict]:
     lengths = lognormal_lengths(n, seed=2)
-    old_plan = _before_plan()
+    before = before_module("dasd_cli/core/pack.py")
+    old_plan = before.plan_sequences if before else None
     bfd, greedy, old = [], [], []
     for _ in range(repeats):  # alternate the sides: this machine has slow phases
         start = time.perf_counter()

@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from before import before_module
 from dasd_cli.backends.base import ScoreRequest
 
 HERE = Path(__file__).resolve().parent
@@ -56,21 +57,6 @@ def score_ours(model, tokenizer, requests, module=None) -> int:
         from dasd_cli.backends import hf_score as module
 
     return sum(len(s.logprobs) for s in module.score_batches(model, tokenizer, requests, BATCH_TOKENS))
-
-
-def before_scorer():
-    """backends/hf_score.py of the earlier source named by DASD_BENCH_BEFORE, or None."""
-    import importlib.util
-
-    before = os.environ.get("DASD_BENCH_BEFORE")
-    if not before:
-        return None
-    spec = importlib.util.spec_from_file_location("before_hf_score",
-                                                  Path(before) / "dasd_cli" / "backends" / "hf_score.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["before_hf_score"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def score_naive(model, tokenizer, requests) -> int:
@@ -110,7 +96,7 @@ def speed_rows(quick: bool) -> list[dict]:
     score_ours(ours_model, tokenizer, requests[:2])  # warm-up (first-call allocations)
     sides = {"ours": lambda: score_ours(ours_model, tokenizer, requests),
              "naive": lambda: score_naive(naive_model, tokenizer, requests)}
-    before = before_scorer()
+    before = before_module("dasd_cli/backends/hf_score.py")
     if before is not None:
         sides["before"] = lambda: score_ours(ours_model, tokenizer, requests, before)
     best = {side: math.inf for side in sides}

@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 SEQUENCE_TOKENS = 1024  # dasd packing capacity: about TRL's padded tokens per micro-batch
