@@ -209,16 +209,13 @@ def vllm_child(quick: bool, dtype: str) -> None:
 
 def vllm_rows(quick: bool) -> list[dict]:
     """vLLM at ``--dtype auto``, and at dasd's resolved dtype where vLLM's auto differs."""
-    import torch
+    from dasd_cli.model.load import bf16_supported
 
-    from dasd_cli.model.load import pick_dtype
-
-    ours = {torch.float32: "fp32", torch.bfloat16: "bf16"}[pick_dtype("auto")]
     python = HERE.parent / ".venv-vllm" / "bin" / "python"
     if not python.exists():
         return []
-    # vLLM's auto takes the checkpoint's dtype (SmolLM2: bf16)
-    return [vllm_row(python, quick, dtype) for dtype in (["auto"] if ours == "bf16" else ["auto", ours])]
+    # vLLM's auto takes the checkpoint's dtype (SmolLM2: bf16); dasd's is fp32 without fast bf16
+    return [vllm_row(python, quick, dtype) for dtype in (["auto"] if bf16_supported() else ["auto", "fp32"])]
 
 
 def vllm_row(python: Path, quick: bool, dtype: str) -> dict:
