@@ -222,6 +222,21 @@ def test_duplicate_lines_and_paragraphs_match_their_definition(seed):
     assert _duplicate_fractions(data, False) == want[:2], text
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_duplicate_units_alike_at_both_ends_match_their_definition(seed):
+    """Long units that differ only in the middle (table rows, numbered steps): the hash
+    reads every byte, 8 at a time with a tail, so any middle byte separates them."""
+    from dasd_cli.core.filters.repetition import _duplicate_fractions
+
+    rng = random.Random(seed)
+    middles = ["".join(rng.choice("0123456789数²") for _ in range(rng.randint(0, 21))) for _ in range(300)]
+    lines = [f"| step value is {m} so far |" for m in middles]
+    text = "\n".join(rng.choice(lines) for _ in range(600)) + "\n\n" + "\n\n".join(lines[:50] * 2)
+    data = text.encode("utf-8")
+    want = [*reference_duplicate_units(text, False), *reference_duplicate_units(text, True)]
+    assert _duplicate_fractions(data, True) == want
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_ngram_statistics_match_their_definition(seed):
     rng = random.Random(seed)
