@@ -237,6 +237,45 @@ def test_duplicate_units_alike_at_both_ends_match_their_definition(seed):
     assert _duplicate_fractions(data, True) == want
 
 
+def reference_word_loop(tail: list[int], min_repeats: float, min_words: int) -> tuple[int, int]:
+    """(span, period) by the definition: the smallest period whose run back from the end
+    repeats the final 3 words, spans min_words and holds min_repeats copies."""
+    n = len(tail)
+    for period in range(1, n):
+        same = 0
+        while same < n - period and tail[n - 1 - same] == tail[n - 1 - same - period]:
+            same += 1
+        span = period + same
+        if same >= 3 and span >= min_words and span / period >= min_repeats:
+            return span, period
+    return 0, 0
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_word_loop_matches_its_definition(seed):
+    import numpy as np
+
+    from dasd_cli.core.filters.ngrams import word_loop
+
+    rng = random.Random(seed)
+    alphabet = rng.randint(1, 4)  # few distinct words: the final 3 recur everywhere
+    unit = [rng.randrange(alphabet) for _ in range(rng.randint(1, 120))]
+    tail = [rng.randrange(alphabet) for _ in range(rng.randint(0, 200))] + unit * rng.randint(1, 8)
+    tail = tail[:len(tail) - rng.randint(0, len(unit) - 1)] if rng.random() < 0.5 else tail
+    repeats, words = rng.choice([4.0, 2.5, 1.5]), rng.choice([3, 12, 40])
+    assert word_loop(np.array(tail, dtype=np.uint64), repeats, words) == reference_word_loop(tail, repeats, words)
+
+
+def test_a_loop_whose_span_holds_its_final_words_many_times_is_found():
+    """The final 3 words occur 100 times inside each 400-word copy: a search over the
+    nearest occurrences only (64 of them) would not reach the period."""
+    span = " ".join(f"x{i} and so we get" for i in range(100))
+    body = " ".join(_sentence(random.Random(3)) for _ in range(20))
+    drop = check_text(body + " " + " ".join([span] * 5), DEFAULT)
+    assert drop is not None and drop.reason == "looping_tail", drop
+    assert "500-word span" in drop.detail, drop.detail
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_ngram_statistics_match_their_definition(seed):
     rng = random.Random(seed)

@@ -220,30 +220,34 @@ def ngram_stats(hashes, lengths, top_limit, limits, decide):
 
 @njit(cache=True, nogil=True)
 def word_loop(tail, min_repeats, min_words):
-    """(span, period) of the loop ``tail`` ends in, or (0, 0).
+    """(span, period) of the loop ``tail`` ends in, with the smallest period, or (0, 0).
 
-    Candidate periods are the distances back to the 64 nearest earlier occurrences of
-    the final 3 words, smallest first; the loop runs back while each word equals the
-    word one period earlier (span counts the first copy too).
+    For a period p the loop runs back from the end while each word equals the word p
+    earlier; its span (first copy included) is p + z[p], where z is the Z-array of the
+    reversed tail (z[p]: the words the tail's end shares with the tail cut p words short).
+    A loop repeats at least the final 3 words, spans ``min_words`` and holds
+    ``min_repeats`` copies. The Z-array is linear in the tail, so every period is tried.
     """
     n = tail.size
-    if n < 3:
+    if n < 4:  # a period and 3 repeated words
         return 0, 0
-    qq = _Q * _Q
-    last = n - 3
-    final = tail[last] * qq + tail[last + 1] * _Q + tail[last + 2]
-    tried = 0
-    for j in range(last - 1, -1, -1):
-        if tail[j] * qq + tail[j + 1] * _Q + tail[j + 2] != final:
-            continue
-        period = last - j
-        i = n - 1
-        while i >= period and tail[i] == tail[i - period]:
-            i -= 1
-        span = (n - 1 - i) + period
-        if span / period >= min_repeats and span >= min_words:
-            return span, period
-        tried += 1
-        if tried == 64:
-            break
+    last = n - 1  # rev[k] is tail[last - k]
+    end_word = tail[last]
+    z = np.zeros(n, dtype=np.int64)
+    left = right = 0  # the window rev[left:right] that matches rev's start, rightmost end
+    for p in range(1, n):
+        if p >= right:
+            if tail[last - p] != end_word:
+                continue  # z[p] = 0: most periods stop here
+            k = 0
+        else:
+            k = min(right - p, z[p - left])
+        while p + k < n and tail[last - k] == tail[last - p - k]:
+            k += 1
+        z[p] = k
+        if p + k > right:
+            left, right = p, p + k
+        span = p + k
+        if k >= 3 and span >= min_words and span / p >= min_repeats:
+            return span, p
     return 0, 0
