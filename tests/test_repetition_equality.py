@@ -224,8 +224,9 @@ def test_duplicate_lines_and_paragraphs_match_their_definition(seed):
 
 @pytest.mark.parametrize("seed", range(10))
 def test_duplicate_units_alike_at_both_ends_match_their_definition(seed):
-    """Long units that differ only in the middle (table rows, numbered steps): the hash
-    reads every byte, 8 at a time with a tail, so any middle byte separates them."""
+    """Long units that differ only in the middle (table rows, numbered steps) share the
+    cheap hash (length, first and last 8 bytes); all but one of them, and their copies,
+    are then grouped by a hash of every byte."""
     from dasd_cli.core.filters.repetition import _duplicate_fractions
 
     rng = random.Random(seed)

@@ -3,8 +3,10 @@
 The units are those of ``str.split`` and ``str.strip`` in Python: lines split at "\\n",
 paragraphs at the regular expression ``\\n[ \\t]*\\n+``, each stripped of the whitespace
 ``str.strip()`` removes (``str.isspace``: ASCII \\t-\\r, \\x1c-\\x1f and space, and the
-Unicode spaces below), empty ones left out. Units are grouped by a hash of all their bytes
-and compared byte for byte, so equal means equal text; characters are code points (UTF-8 lead bytes).
+Unicode spaces below), empty ones left out. Units are grouped by a hash and compared byte
+for byte, so equal means equal text. The hash is cheap (length, first and last 8 bytes); a
+unit that meets a different one under the same cheap hash takes a hash of all its bytes
+instead, so units alike at both ends (table rows, numbered steps) stay linear to group; characters are code points (UTF-8 lead bytes).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from numba import njit
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
+_CHEAP = np.uint64(0x7FFFFFFFFFFFFFFF)  # cheap hashes have the top bit clear, full ones set
 
 
 @njit(cache=True, nogil=True)
@@ -92,36 +95,36 @@ def _segments(data, paragraphs):
 
 
 @njit(cache=True, nogil=True)
-def _words(data):
-    """The bytes as 8-byte words from each of the 8 offsets: words[r][i] holds the bytes at
-    r + 8 * i onwards, so the word at any position p is words[p % 8][p // 8] (one load)."""
-    words = []
-    for r in range(8):
-        whole = max(0, (data.size - r) // 8)
-        words.append(data[r:r + 8 * whole].view(np.uint64))
-    return words
+def _key(data, s, e):
+    """A cheap hash of the range: its length and its first and last 8 bytes (top bit clear)."""
+    h = _FNV_OFFSET ^ np.uint64(e - s)
+    for p in range(s, min(e, s + 8)):
+        h = (h ^ np.uint64(data[p])) * _FNV_PRIME
+    for p in range(max(s + 8, e - 8), e):
+        h = (h ^ np.uint64(data[p])) * _FNV_PRIME
+    return h & _CHEAP
 
 
 @njit(cache=True, nogil=True)
-def _key(data, words, s, e):
-    """A hash of every byte of the range, a word at a time (equal hashes are then compared
-    byte for byte). Units alike at both ends (table rows, numbered steps) get different
-    hashes, so grouping them stays linear."""
+def _full_key(data, s, e):
+    """A hash of every byte of the range, 8 at a time (top bit set: never a cheap hash)."""
     h = _FNV_OFFSET ^ np.uint64(e - s)
     p = s
     while p + 8 <= e:
-        r = p & 7
-        h = (h ^ words[r][(p - r) >> 3]) * _FNV_PRIME
+        word = np.uint64(0)
+        for q in range(8):
+            word |= np.uint64(data[p + q]) << np.uint64(8 * q)
+        h = (h ^ word) * _FNV_PRIME
         h ^= h >> np.uint64(29)
         p += 8
     while p < e:
         h = (h ^ np.uint64(data[p])) * _FNV_PRIME
         p += 1
-    return h
+    return h | ~_CHEAP
 
 
 @njit(cache=True, nogil=True)
-def _count(data, words, lead, paragraphs, out, at):
+def _count(data, lead, paragraphs, out, at):
     """Units, duplicate units, characters and duplicate characters into out[at:at + 4]."""
     seg_starts, seg_ends = _segments(data, paragraphs)
     m = seg_starts.size
@@ -143,7 +146,8 @@ def _count(data, words, lead, paragraphs, out, at):
         s, e = starts[u], ends[u]
         chars = lead[e] - lead[s]
         total_chars += chars
-        h = _key(data, words, s, e)
+        h = _key(data, s, e)
+        full = False
         slot = np.int64(h & np.uint64(capacity - 1))
         while True:
             other = slots[slot]
@@ -162,6 +166,13 @@ def _count(data, words, lead, paragraphs, out, at):
                     dup += 1
                     dup_chars += chars
                     break
+                if not full:
+                    # The one unit kept under this cheap hash differs: this unit (and any
+                    # copy of it, which meets the same one) goes by its full hash.
+                    h = _full_key(data, s, e)
+                    full = True
+                    slot = np.int64(h & np.uint64(capacity - 1))
+                    continue
             slot = (slot + 1) & (capacity - 1)
     out[at], out[at + 1], out[at + 2], out[at + 3] = units, dup, total_chars, dup_chars
 
@@ -175,9 +186,8 @@ def duplicate_units(data, paragraphs):
     lead[0] = 0
     for p in range(data.size):
         lead[p + 1] = lead[p] + ((data[p] & 0xC0) != 0x80)
-    words = _words(data)
     out = np.zeros(8, dtype=np.int64)
-    _count(data, words, lead, False, out, 0)
+    _count(data, lead, False, out, 0)
     if paragraphs:
-        _count(data, words, lead, True, out, 4)
+        _count(data, lead, True, out, 4)
     return out
