@@ -233,9 +233,11 @@ def word_loop(tail, min_repeats, min_words):
         return 0, 0
     last = n - 1  # rev[k] is tail[last - k]
     end_word = tail[last]
-    z = np.zeros(n, dtype=np.int64)
+    # a span is at most n words, so a period over n / min_repeats cannot repeat enough
+    longest = n - 1 if min_repeats <= 1.0 else min(n - 1, int(n / min_repeats))
+    z = np.zeros(longest + 1, dtype=np.int64)
     left = right = 0  # the window rev[left:right] that matches rev's start, rightmost end
-    for p in range(1, n):
+    for p in range(1, longest + 1):
         if p >= right:
             if tail[last - p] != end_word:
                 continue  # z[p] = 0: most periods stop here
