@@ -3,10 +3,11 @@
 The units are those of ``str.split`` and ``str.strip`` in Python: lines split at "\\n",
 paragraphs at the regular expression ``\\n[ \\t]*\\n+``, each stripped of the whitespace
 ``str.strip()`` removes (``str.isspace``: ASCII \\t-\\r, \\x1c-\\x1f and space, and the
-Unicode spaces below), empty ones left out. Units are grouped by a hash and compared byte
-for byte, so equal means equal text. The hash is cheap (length, first and last 8 bytes); a
-unit that meets a different one under the same cheap hash takes a hash of all its bytes
-instead, so units alike at both ends (table rows, numbered steps) stay linear to group; characters are code points (UTF-8 lead bytes).
+Unicode spaces below), empty ones left out; characters are code points (UTF-8 lead bytes).
+Units are grouped by a hash and compared byte for byte, so equal means equal text. The hash
+is cheap (length, first and last 8 bytes); a unit that meets a different one under the same
+cheap hash takes a hash of all its bytes instead, so units alike at both ends (table rows,
+numbered steps) stay linear to group.
 """
 
 from __future__ import annotations
