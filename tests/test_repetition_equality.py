@@ -268,7 +268,7 @@ def test_word_loop_matches_its_definition(seed):
 
 
 def test_a_loop_whose_span_holds_its_final_words_many_times_is_found():
-    """The final 3 words occur 100 times inside each 400-word copy: a search over the
+    """The final 3 words occur 100 times inside each 500-word copy: a search over the
     nearest occurrences only (64 of them) would not reach the period."""
     span = " ".join(f"x{i} and so we get" for i in range(100))
     body = " ".join(_sentence(random.Random(3)) for _ in range(20))

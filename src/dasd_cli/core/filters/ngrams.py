@@ -226,7 +226,8 @@ def word_loop(tail, min_repeats, min_words):
     earlier; its span (first copy included) is p + z[p], where z is the Z-array of the
     reversed tail (z[p]: the words the tail's end shares with the tail cut p words short).
     A loop repeats at least the final 3 words, spans ``min_words`` and holds
-    ``min_repeats`` copies. The Z-array is linear in the tail, so every period is tried.
+    ``min_repeats`` copies. The Z-array is linear in the tail, so every period that could
+    hold that many copies is tried.
     """
     n = tail.size
     if n < 4:  # a period and 3 repeated words
@@ -234,7 +235,7 @@ def word_loop(tail, min_repeats, min_words):
     last = n - 1  # rev[k] is tail[last - k]
     end_word = tail[last]
     # a span is at most n words, so a period over n / min_repeats cannot repeat enough
-    longest = n - 1 if min_repeats <= 1.0 else min(n - 1, int(n / min_repeats))
+    longest = n - 1 if min_repeats <= 1.0 else int(n / min_repeats)
     z = np.zeros(longest + 1, dtype=np.int64)
     left = right = 0  # the window rev[left:right] that matches rev's start, rightmost end
     for p in range(1, longest + 1):
