@@ -50,6 +50,30 @@ def test_tool_calls_dropped(response: str) -> None:
     assert verdict is not None and verdict.reason == "tool_call"
 
 
+@pytest.mark.parametrize("seed", range(200))
+def test_tool_call_prefilter_passes_every_match(seed: int) -> None:
+    """The substring pre-check never rules out a response a default pattern matches: every
+    kind of marker, after few or many "<", among near misses."""
+    import random
+    import re
+
+    from dasd_cli.core.filters.structure import DEFAULT_TOOL_CALL_PATTERNS, _may_call
+
+    rng = random.Random(seed)
+    markers = ("<|call|>", "to=functions.get", "to=python", "to=browser.open", "<tool_call>",
+               "</tool_call>", "<function=f>", "<|tool_call_begin|>", "<|tool_calls_section_begin|>")
+    near = ("<", "x < y", "to", "=", "to =", "functions.f", "<|call", "tool_call", "<functio", "/",
+            "<tool", "function=f>", " ", "a")
+    parts = [rng.choice(near) for _ in range(rng.randint(0, 40))]
+    if seed % 3:
+        parts.insert(rng.randint(0, len(parts)), markers[seed % len(markers)])
+    text = "x < 1, " * rng.randint(0, 12) + "".join(parts)
+    found = re.search("|".join(f"(?:{p})" for p in DEFAULT_TOOL_CALL_PATTERNS), text)
+    assert _may_call(text) or found is None, text
+    verdict = StructureFilter().check(rec(text))
+    assert (verdict is not None and verdict.reason == "tool_call") == (found is not None), text
+
+
 def test_tool_calls_field_and_custom_pattern() -> None:
     assert StructureFilter().check(rec("fine", tool_calls=[{"id": 1}])).reason == "tool_call"
     assert StructureFilter(tool_call_patterns=[r"CALL\("]).check(rec("x CALL(1)")).reason == "tool_call"

@@ -23,9 +23,27 @@ DEFAULT_TOOL_CALL_PATTERNS: tuple[str, ...] = (
     r"<function=[^>]*>",
     r"<\|tool_call(?:s_section)?_begin\|>",
 )
-# Every default pattern contains one of these literals. A substring test is ~50x faster
-# than the alternation regex on long responses, so the regex only runs on a hit.
-_DEFAULT_LITERALS: tuple[str, ...] = ("<|call|>", "to=", "tool_call", "<function=")
+# Every match of a default pattern contains "to=" or starts with one of these, and each of
+# these contains one of the _FALLBACK literals. Substring and character searches are ~50x
+# faster than the alternation regex on long responses, so the regex only runs on a hit.
+_ANGLE_LITERALS: tuple[str, ...] = ("<|call|>", "<tool_call>", "</tool_call>", "<function=",
+                                    "<|tool_call")
+_FALLBACK: tuple[str, ...] = ("<|call|>", "tool_call", "<function=")
+_ANGLE_SCAN = 8  # "<" characters looked at one by one, before one search per literal
+
+
+def _may_call(response: str) -> bool:
+    """Whether ``response`` may match a default tool-call pattern (False: it cannot)."""
+    if "to=" in response:
+        return True
+    at = response.find("<")
+    for _ in range(_ANGLE_SCAN):
+        if at < 0:
+            return False
+        if response.startswith(_ANGLE_LITERALS, at):
+            return True
+        at = response.find("<", at + 1)
+    return at >= 0 and any(response.find(lit, at) >= 0 for lit in _FALLBACK)
 
 
 def split_think(response: str) -> tuple[str, str] | None:
@@ -50,14 +68,13 @@ class StructureFilter:
                  tool_call_patterns: Sequence[str] = DEFAULT_TOOL_CALL_PATTERNS) -> None:
         self.require_think = require_think
         self.tool_call = re.compile("|".join(f"(?:{p})" for p in tool_call_patterns)) if tool_call_patterns else None
-        self.literals = _DEFAULT_LITERALS if tuple(tool_call_patterns) == DEFAULT_TOOL_CALL_PATTERNS else None
+        self.prefilter = tuple(tool_call_patterns) == DEFAULT_TOOL_CALL_PATTERNS
 
     def check(self, record: dict[str, Any]) -> Drop | None:
         response = response_text(record)
         if record.get("tool_calls"):
             return Drop("tool_call", "record has tool_calls")
-        if self.tool_call is not None and (
-                self.literals is None or any(lit in response for lit in self.literals)):
+        if self.tool_call is not None and (not self.prefilter or _may_call(response)):
             found = self.tool_call.search(response)
             if found:
                 return Drop("tool_call", f"tool-call marker {found.group(0)!r} at char {found.start()}")
