@@ -267,6 +267,41 @@ def test_word_loop_matches_its_definition(seed):
     assert word_loop(np.array(tail, dtype=np.uint64), repeats, words) == reference_word_loop(tail, repeats, words)
 
 
+def reference_byte_loop(data: bytes, tail_bytes: int, min_bytes: int, min_repeats: float):
+    """The byte loop by its definition: the first period 1..32, shorter than the tail,
+    whose run back from the end (within the tail) spans min_bytes and min_repeats copies."""
+    tail = data[-tail_bytes:]
+    if len(data) < min_bytes:
+        return 0, 0
+    for period in range(1, 33):
+        if len(tail) <= period:
+            break
+        same = 0
+        while same + period < len(tail) and tail[-1 - same] == tail[-1 - same - period]:
+            same += 1
+        span = same + period
+        if span >= min_bytes and span / period >= min_repeats:
+            return span, period
+    return 0, 0
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_byte_loop_matches_its_definition(seed):
+    import numpy as np
+
+    from dasd_cli.core.filters.ngrams import byte_loop
+
+    rng = random.Random(seed)
+    alphabet = b"ab!0"[:rng.randint(1, 4)]
+    unit = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+    data = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 300))) + unit * rng.randint(1, 60)
+    data = data[:len(data) - rng.randint(0, len(unit) - 1)] if rng.random() < 0.5 else data
+    tail_bytes, min_bytes = rng.choice([64, 1024]), rng.choice([0, 5, 20, 128])
+    repeats = rng.choice([4.0, 2.5, 1.0])
+    found = byte_loop(np.frombuffer(data, dtype=np.uint8), tail_bytes, min_bytes, repeats)
+    assert found == reference_byte_loop(data, tail_bytes, min_bytes, repeats), (data, tail_bytes, min_bytes)
+
+
 def test_a_loop_whose_span_holds_its_final_words_many_times_is_found():
     """The final 3 words occur 100 times inside each 500-word copy: a search over the
     nearest occurrences only (64 of them) would not reach the period."""

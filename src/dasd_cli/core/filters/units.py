@@ -125,7 +125,7 @@ def _full_key(data, s, e):
 
 
 @njit(cache=True, nogil=True)
-def _count(data, lead, paragraphs, out, at):
+def _count(data, paragraphs, out, at):
     """Units, duplicate units, characters and duplicate characters into out[at:at + 4]."""
     seg_starts, seg_ends = _segments(data, paragraphs)
     m = seg_starts.size
@@ -145,7 +145,9 @@ def _count(data, lead, paragraphs, out, at):
     total_chars = dup = dup_chars = 0
     for u in range(units):
         s, e = starts[u], ends[u]
-        chars = lead[e] - lead[s]
+        chars = 0
+        for p in range(s, e):  # code points: the bytes that are not UTF-8 continuations
+            chars += (data[p] & 0xC0) != 0x80
         total_chars += chars
         h = _key(data, s, e)
         full = False
@@ -183,12 +185,8 @@ def duplicate_units(data, paragraphs):
     """[units, duplicates, characters, duplicate characters] of the non-empty lines, then
     the same of the paragraphs when ``paragraphs`` (else zeros); a duplicate repeats an
     earlier unit."""
-    lead = np.empty(data.size + 1, dtype=np.int64)  # code points before each byte
-    lead[0] = 0
-    for p in range(data.size):
-        lead[p + 1] = lead[p] + ((data[p] & 0xC0) != 0x80)
     out = np.zeros(8, dtype=np.int64)
-    _count(data, lead, False, out, 0)
+    _count(data, False, out, 0)
     if paragraphs:
-        _count(data, lead, True, out, 4)
+        _count(data, True, out, 4)
     return out
