@@ -206,6 +206,9 @@ def test_repetition_and_verify_in_the_command(cli) -> None:
     assert code == 0 and len(parse_records(out)) == 1, err
     code, _out, err = cli(["filter", "--repetition-threshold", "nope=1", "-"], stdin=b"")
     assert code == 2 and "max_duplicate_5gram_fraction" in err
+    for bad in ("loop_min_bytes=-1", "max_top_2gram_fraction=nan", "loop_min_repeats=0.5"):
+        code, _out, err = cli(["filter", "--repetition-threshold", bad, "-"], stdin=b"")
+        assert code == 2 and "must be at least" in err, (bad, err)
 
 
 def test_workers_keep_order_outcomes_and_counts(cli, tmp_path: Path) -> None:
