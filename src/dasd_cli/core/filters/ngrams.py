@@ -263,21 +263,13 @@ def byte_loop(data, tail_bytes, min_bytes, min_repeats):
     Periods 1 to 32 in turn (shorter than the tail), the first that qualifies: the loop,
     run back from the end over the final ``tail_bytes`` bytes while each byte equals the
     one a period earlier (first copy included), spans ``min_bytes`` and holds
-    ``min_repeats`` copies. Most periods fail at once: a span of ``min_bytes`` needs the
-    last ``min_bytes`` bytes to repeat with the period, which is checked first.
+    ``min_repeats`` copies. Most periods stop at the first byte or two.
     """
     n = data.size
     tail = min(n, tail_bytes)
     for period in range(1, 33):
         if tail <= period or n < min_bytes:
             break
-        periodic = True
-        for j in range(n - min_bytes + period, n):
-            if data[j] != data[j - period]:
-                periodic = False
-                break
-        if not periodic:
-            continue
         j = n - 1
         while j - period >= n - tail and data[j] == data[j - period]:
             j -= 1
