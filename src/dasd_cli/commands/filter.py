@@ -220,10 +220,10 @@ def repetition_config(overrides: list[str]) -> "RepetitionConfig":
                              + ", ".join(known))
         default = getattr(RepetitionConfig, name)
         try:
-            value = values[name] = type(default)(text)
+            values[name] = type(default)(text)
         except ValueError:
             raise UsageError(f"--repetition-threshold {item!r}: {text!r} is not a number") from None
-        least = 1 if name == "loop_min_repeats" else 0  # a loop is at least one copy
-        if not value >= least:  # NaN too
-            raise UsageError(f"--repetition-threshold {item!r}: {name} must be at least {least}")
-    return replace(RepetitionConfig(), **values)
+    try:
+        return replace(RepetitionConfig(), **values)
+    except ValueError as err:
+        raise UsageError(f"--repetition-threshold: {err}") from None
