@@ -81,6 +81,7 @@ def test_stats_hold_every_number(cli, tmp_path: Path) -> None:
     # maj@2: p1 "4" x2 right, p2 "7" (no-answer abstains) wrong; maj@4: p1 right, p2 "7" x2 wrong
     assert math_row["maj_at"] == pytest.approx({"1": 0.5, "2": 0.5, "4": 0.5})
     assert math_row["truncation"] == pytest.approx(1 / 8)
+    assert math_row["avg_ci95"] == pytest.approx([0.25, 0.75]) and math_row["truncation_ci95"] == pytest.approx([0, 0.25])
     assert math_row["mean_tokens"] == pytest.approx(25)  # only p1's samples carry logprobs
     science = g["science"]
     # B, C (tie at 2: mean of right and wrong) then C, B (tie again)
@@ -94,11 +95,14 @@ def test_stats_hold_every_number(cli, tmp_path: Path) -> None:
 def test_table_on_stderr_plain_and_markdown(cli, tmp_path: Path) -> None:
     _stats, err, _out = stats_of(cli, tmp_path, [], run_set())
     header = next(line for line in err.splitlines() if line.startswith("domain"))
-    assert header.split() == ["domain", "prompts", "n", "avg@4", "±", "se", "pass@1", "pass@2",
-                              "pass@4", "maj@2", "maj@4", "trunc", "%", "tokens"]
+    assert header.split() == ["domain", "prompts", "n", "avg@4", "±", "se", "95%", "CI", "pass@1", "pass@2",
+                              "pass@4", "maj@2", "maj@4", "trunc", "%", "trunc", "95%", "CI", "tokens"]
     rows = {line.split()[0]: line.split() for line in err.splitlines()
             if line.split() and line.split()[0] in ("math", "science", "all")}
-    assert rows["math"][1:] == ["2", "4", "50.0", "25.0", "50.0", "75.0", "100.0", "50.0", "50.0", "12.5", "25"]
+    # math: per-prompt accuracies 0.75 and 0.25, truncation 0/4 and 1/4: a bootstrap over
+    # two prompts gives the extremes as its 2.5th and 97.5th percentiles
+    assert rows["math"][1:] == ["2", "4", "50.0", "25.0", "[25.0,", "75.0]", "50.0", "75.0", "100.0", "50.0",
+                                "50.0", "12.5", "[0.0,", "25.0]", "25"]
     assert rows["all"][1:4] == ["3", "4", "50.0"]
     assert err.rstrip().splitlines()[-1].startswith("dasd eval: read 12")  # the summary ends it
     report = tmp_path / "report.md"

@@ -8,8 +8,9 @@ import statistics
 
 import pytest
 
-from dasd_cli.core.evaluate import (NO_ANSWER, Evaluation, PromptTally, compare, ks_up_to,
-                                    majority_at_k, paired_bootstrap, pass_at_k, standard_error)
+from dasd_cli.core.evaluate import (NO_ANSWER, Evaluation, PromptTally, bootstrap_standard_error,
+                                    compare, ks_up_to, majority_at_k, minimum_detectable_difference,
+                                    paired_bootstrap, pass_at_k, ratio_bootstrap, standard_error)
 
 
 # --------------------------------------------------------------------------- pass@k
@@ -138,6 +139,48 @@ def test_seeded_interval_is_reproducible_and_near_the_normal_one() -> None:
     se = statistics.stdev(diffs) / math.sqrt(len(diffs))
     assert low == pytest.approx(mean - 1.96 * se, abs=0.25 * se)
     assert high == pytest.approx(mean + 1.96 * se, abs=0.25 * se)
+
+
+def test_ratio_interval_resamples_whole_prompts() -> None:
+    # Equal sample counts: the ratio's interval is paired_bootstrap's over per-prompt shares.
+    truncated, samples = [0, 1, 4, 2, 0, 3, 0, 0, 1, 4] * 8, [4] * 80
+    _mean, low, high = paired_bootstrap([t / 4 for t in truncated], seed=5, resamples=3000)
+    assert ratio_bootstrap(truncated, samples, seed=5, resamples=3000) == pytest.approx((low, high))
+    # Unequal counts weight prompts by their samples: one prompt of 96 samples, all
+    # truncated, beside 4 of 1 sample, none truncated: the ratio is 96/100, not 1/5.
+    low, high = ratio_bootstrap([96, 0, 0, 0, 0], [96, 1, 1, 1, 1], seed=1, resamples=2000)
+    assert 0.9 < high <= 1.0 and low < 0.96
+    with pytest.raises(ValueError):
+        ratio_bootstrap([1, 2], [3], seed=0)
+
+
+def test_summary_intervals_bracket_the_estimates_and_follow_the_seed() -> None:
+    ev = Evaluation()
+    for p in range(40):
+        for i in range(4):
+            ev.add("math", f"p{p}", (p + i) % 3 == 0, str(i), truncated=(p * i) % 5 == 1)
+    row = ev.summaries(seed=3, resamples=2000)[-1]
+    assert row.avg_ci95[0] < row.avg < row.avg_ci95[1]
+    assert row.truncation_ci95[0] < row.truncation < row.truncation_ci95[1]
+    assert row.avg_ci95 == pytest.approx(paired_bootstrap(
+        [u.accuracy for u in ev.units().values()], seed=3, resamples=2000)[1:])
+    assert ev.summaries(seed=3, resamples=2000)[-1].as_dict() == row.as_dict()
+    other = ev.summaries(seed=4, resamples=2000)[-1]
+    assert (other.avg_ci95, other.truncation_ci95) != (row.avg_ci95, row.truncation_ci95)
+    assert row.as_dict()["truncation_ci95"] == list(row.truncation_ci95)
+
+
+def test_minimum_detectable_difference_is_2_8_bootstrap_standard_errors() -> None:
+    diffs = [((i * 37) % 11 - 5) / 10 for i in range(400)]
+    se = bootstrap_standard_error(diffs, seed=42, resamples=5000)
+    assert se == pytest.approx(statistics.stdev(diffs) / math.sqrt(len(diffs)), rel=0.05)
+    mdd = minimum_detectable_difference(diffs, seed=42, resamples=5000)
+    assert mdd == pytest.approx((1.959964 + 0.841621) * se, rel=1e-6)
+    # A quarter of the prompts at the same spread: twice the detectable difference.
+    assert minimum_detectable_difference(diffs[:100], seed=42, resamples=5000) == pytest.approx(2 * mdd, rel=0.15)
+    assert minimum_detectable_difference(diffs, seed=42, resamples=5000, power=0.5) == pytest.approx(1.959964 * se)
+    with pytest.raises(ValueError):
+        bootstrap_standard_error([0.5], seed=0)
 
 
 def test_compare_pairs_prompts_per_group() -> None:

@@ -2,8 +2,8 @@
 
 Checks every response record with the verifiers of ``dasd filter --verify``, writes it
 with an ``eval`` object (DESIGN.md), and ends with a table per group (``domain`` or
-``--by FIELD``) and overall: avg@n, its standard error across prompts, unbiased pass@k,
-maj@k, truncation rate and mean response tokens (definitions: :mod:`dasd_cli.core.evaluate`).
+``--by FIELD``) and overall: avg@n, its standard error and 95% interval across prompts,
+unbiased pass@k, maj@k, truncation rate (cap hits) with its 95% interval and mean response tokens (definitions: :mod:`dasd_cli.core.evaluate`).
 ``--compare OTHER`` adds the paired difference in avg@n with a bootstrap interval.
 """
 
@@ -36,7 +36,8 @@ def eval_command(
         "verify): report this run's avg@n minus OTHER's, paired by prompt, with a "
         "bootstrap 95 percent interval.", show_default=False)] = None,
     resamples: Annotated[int, typer.Option(
-        "--resamples", metavar="B", min=1, help="Bootstrap resamples for --compare.")] = DEFAULT_RESAMPLES,
+        "--resamples", metavar="B", min=1,
+        help="Bootstrap resamples of the 95 percent intervals (avg@n, truncation, --compare).")] = DEFAULT_RESAMPLES,
     report: Annotated[common.choice(*FORMATS), typer.Option(
         "--report", metavar="table|md|none",
         help="The metrics table: 'table' (rich on a terminal, plain text otherwise), "
@@ -86,7 +87,7 @@ def eval_command(
             record["eval"] = {"correct": verdict.correct, "reason": verdict.reason,
                               "answer": verdict.answer}
             session.emit(record)
-        summaries = evaluation.summaries()
+        summaries = evaluation.summaries(seed=seed, resamples=resamples)
         tally = session.tally.extra
         tally["verified"] = verified
         tally["unverified"] = unverified

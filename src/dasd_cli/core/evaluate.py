@@ -16,7 +16,12 @@ into the usual accuracy metrics (METHOD.md, "Evaluation"):
 - the standard error of avg@n across prompts: the sample standard deviation (ddof 1) of
   the per-prompt accuracies over sqrt(prompts). NeMo-Skills reports it across runs
   instead (the spread of the k run averages); across prompts is the usual error bar of a
-  benchmark mean and the unit the paired bootstrap of :func:`paired_bootstrap` resamples.
+  benchmark mean and the unit the paired bootstrap of :func:`paired_bootstrap` resamples;
+- 95% intervals on avg@n and on the truncation rate (cap hits): percentile bootstrap over
+  prompts (a prompt's samples stay together), seeded, as :func:`paired_bootstrap`;
+- the minimum detectable difference of a paired comparison: the difference a two-sided
+  test at level alpha finds with the given power, ``(z(1 - alpha/2) + z(power))`` times
+  the paired bootstrap's standard error (:func:`minimum_detectable_difference`).
 
 Memory per prompt is a few counters plus one small integer per sample (which answer it
 gave, for maj@k) and one 8-byte digest per distinct answer; never a record body.
@@ -150,10 +155,12 @@ class Evaluation:
         names = self.groups() if group is None else [group]
         return {(name, pid): unit for name in names for pid, unit in self.by_group.get(name, {}).items()}
 
-    def summaries(self) -> list["Summary"]:
-        """One summary per group (sorted by name), then the overall one (every prompt)."""
-        rows = [summarize(group, list(self.by_group[group].values())) for group in self.groups()]
-        rows.append(summarize(OVERALL, list(self.units().values())))
+    def summaries(self, *, seed: int = 0, resamples: int = 10000) -> list["Summary"]:
+        """One summary per group (sorted by name), then the overall one (every prompt).
+        Each row's intervals use their own generator seeded with ``seed``."""
+        rows = [summarize(group, list(self.by_group[group].values()), seed=seed, resamples=resamples)
+                for group in self.groups()]
+        rows.append(summarize(OVERALL, list(self.units().values()), seed=seed, resamples=resamples))
         return rows
 
 
@@ -172,21 +179,28 @@ class Summary:
     maj_at: dict[int, float] | None  # None when some prompt has no votable answers (code)
     truncation: float | None  # share of samples with finish_reason "length"
     mean_tokens: float | None  # mean len(teacher.logprobs) over samples that have them
+    avg_ci95: tuple[float, float] | None = None  # bootstrap over prompts
+    truncation_ci95: tuple[float, float] | None = None  # bootstrap over prompts
 
     def as_dict(self) -> dict[str, Any]:
         return {"group": self.group, "prompts": self.prompts, "samples": self.samples,
                 "samples_per_prompt": {"min": self.min_samples, "max": self.max_samples},
                 "avg": self.avg, "stderr": self.stderr,
+                "avg_ci95": None if self.avg_ci95 is None else list(self.avg_ci95),
                 "pass_at": {str(k): v for k, v in self.pass_at.items()},
                 "maj_at": None if self.maj_at is None else {str(k): v for k, v in self.maj_at.items()},
-                "truncation": self.truncation, "mean_tokens": self.mean_tokens}
+                "truncation": self.truncation,
+                "truncation_ci95": None if self.truncation_ci95 is None else list(self.truncation_ci95),
+                "mean_tokens": self.mean_tokens}
 
 
-def summarize(group: str, units: Sequence[PromptTally]) -> Summary:
+def summarize(group: str, units: Sequence[PromptTally], *, seed: int = 0,
+              resamples: int = 10000) -> Summary:
     """The metrics of one group of prompts (module docstring for the definitions).
 
     pass@k and maj@k are given for k in :func:`ks_up_to` of the smallest sample count
-    of the group, so that every prompt counts in every k.
+    of the group, so that every prompt counts in every k. The 95% intervals resample the
+    group's prompts ``resamples`` times with a generator seeded with ``seed``.
     """
     if not units:
         return Summary(group, 0, 0, 0, 0, None, None, {}, None, None, None)
@@ -199,12 +213,16 @@ def summarize(group: str, units: Sequence[PromptTally]) -> Summary:
     if all(u.votable for u in units):
         maj_at = {k: _mean(majority_at_k(u.votes, u.verdicts, k) for u in units) for k in ks}
     with_tokens = sum(u.with_tokens for u in units)
+    _, avg_low, avg_high = paired_bootstrap(accuracies, seed=seed, resamples=resamples)
+    truncation_low, truncation_high = ratio_bootstrap(
+        [u.truncated for u in units], [u.samples for u in units], seed=seed, resamples=resamples)
     return Summary(
         group=group, prompts=len(units), samples=samples, min_samples=least,
         max_samples=max(u.samples for u in units), avg=_mean(accuracies),
         stderr=standard_error(accuracies), pass_at=pass_at, maj_at=maj_at,
         truncation=sum(u.truncated for u in units) / samples,
-        mean_tokens=sum(u.tokens for u in units) / with_tokens if with_tokens else None)
+        mean_tokens=sum(u.tokens for u in units) / with_tokens if with_tokens else None,
+        avg_ci95=(avg_low, avg_high), truncation_ci95=(truncation_low, truncation_high))
 
 
 def standard_error(values: Sequence[float]) -> float | None:
@@ -280,16 +298,71 @@ def paired_bootstrap(differences: Sequence[float], *, seed: int, resamples: int 
 
     if not differences:
         raise ValueError("paired_bootstrap needs at least one difference")
-    if resamples < 1:
-        raise ValueError("resamples must be at least 1")
-    values = np.asarray(differences, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    per_chunk = max(1, 4_000_000 // len(values))  # bound memory: at most ~32 MB of indices
-    for start in range(0, resamples, per_chunk):
-        stop = min(resamples, start + per_chunk)
-        picks = rng.integers(0, len(values), size=(stop - start, len(values)))
-        means[start:stop] = values[picks].mean(axis=1)
+    means = _resampled_means(differences, None, seed=seed, resamples=resamples)
     tail = (1.0 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
-    return float(values.mean()), float(low), float(high)
+    return float(np.mean(differences)), float(low), float(high)
+
+
+def ratio_bootstrap(numerators: Sequence[float], denominators: Sequence[float], *, seed: int,
+                    resamples: int = 10000, confidence: float = 0.95) -> tuple[float, float]:
+    """(low, high): the percentile bootstrap interval of sum(numerators) / sum(denominators)
+    when whole prompts are resampled (a prompt's samples stay together), drawn as in
+    :func:`paired_bootstrap`. With equal denominators it is paired_bootstrap's interval
+    of the per-prompt shares."""
+    import numpy as np
+
+    if not numerators or len(numerators) != len(denominators):
+        raise ValueError("ratio_bootstrap needs one denominator per numerator, at least one")
+    ratios = _resampled_means(numerators, denominators, seed=seed, resamples=resamples)
+    tail = (1.0 - confidence) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_standard_error(differences: Sequence[float], *, seed: int, resamples: int = 10000) -> float:
+    """The standard deviation (ddof 1) of the resampled means that :func:`paired_bootstrap`
+    draws with the same seed: the paired bootstrap's standard error of the mean."""
+    import numpy as np
+
+    if len(differences) < 2:
+        raise ValueError("a standard error needs at least two differences")
+    return float(np.std(_resampled_means(differences, None, seed=seed, resamples=resamples), ddof=1))
+
+
+def minimum_detectable_difference(differences: Sequence[float], *, seed: int, resamples: int = 10000,
+                                  alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true paired difference that a two-sided test at level ``alpha`` detects
+    with probability ``power``: (z(1 - alpha/2) + z(power)) times the paired bootstrap's
+    standard error (2.80 standard errors at the usual 5% and 80%)."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf
+    return (z(1 - alpha / 2) + z(power)) * bootstrap_standard_error(differences, seed=seed,
+                                                                    resamples=resamples)
+
+
+def _resampled_means(values: Sequence[float], weights: Sequence[float] | None, *, seed: int,
+                     resamples: int) -> Any:
+    """``resamples`` bootstrap means of ``values`` (a float64 array): each draws len(values)
+    indices with replacement from numpy's default generator seeded with ``seed``. With
+    ``weights``, each resample's sum(values) / sum(weights) instead (NaN where the weights
+    drawn sum to 0)."""
+    import numpy as np
+
+    if resamples < 1:
+        raise ValueError("resamples must be at least 1")
+    data = np.asarray(values, dtype=np.float64)
+    denominators = None if weights is None else np.asarray(weights, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    per_chunk = max(1, 4_000_000 // len(data))  # bound memory: at most ~32 MB of indices
+    for start in range(0, resamples, per_chunk):
+        stop = min(resamples, start + per_chunk)
+        picks = rng.integers(0, len(data), size=(stop - start, len(data)))
+        if denominators is None:
+            means[start:stop] = data[picks].mean(axis=1)
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                means[start:stop] = data[picks].sum(axis=1) / denominators[picks].sum(axis=1)
+    return means

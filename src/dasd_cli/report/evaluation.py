@@ -24,22 +24,28 @@ def _signed(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:+.1f}"
 
 
+def _interval(bounds: tuple[float, float] | None) -> str:
+    """A 95% interval in percent, "[12.1, 17.4]"; ``-`` when there is none."""
+    return "-" if bounds is None else f"[{_pct(bounds[0])}, {_pct(bounds[1])}]"
+
+
 def metric_rows(summaries: Sequence[Summary], by: str) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of the metrics table."""
     ks = sorted({k for s in summaries for k in s.pass_at})
     maj_ks = sorted({k for s in summaries if s.maj_at for k in s.maj_at if k > 1})
     per_prompt = {count for s in summaries if s.prompts for count in (s.min_samples, s.max_samples)}
     n = per_prompt.pop() if len(per_prompt) == 1 else "n"  # avg@64 when every prompt has 64
-    headers = [by, "prompts", "n", f"avg@{n}", "± se", *(f"pass@{k}" for k in ks),
-               *(f"maj@{k}" for k in maj_ks), "trunc %", "tokens"]
+    headers = [by, "prompts", "n", f"avg@{n}", "± se", "95% CI", *(f"pass@{k}" for k in ks),
+               *(f"maj@{k}" for k in maj_ks), "trunc %", "trunc 95% CI", "tokens"]
     rows = []
     for s in summaries:
         per_prompt = (str(s.min_samples) if s.min_samples == s.max_samples
                       else f"{s.min_samples}-{s.max_samples}")
         rows.append([s.group, str(s.prompts), per_prompt, _pct(s.avg), _pct(s.stderr),
-                     *(_pct(s.pass_at.get(k)) for k in ks),
+                     _interval(s.avg_ci95), *(_pct(s.pass_at.get(k)) for k in ks),
                      *(_pct(s.maj_at.get(k) if s.maj_at else None) for k in maj_ks),
-                     _pct(s.truncation), "-" if s.mean_tokens is None else f"{s.mean_tokens:.0f}"])
+                     _pct(s.truncation), _interval(s.truncation_ci95),
+                     "-" if s.mean_tokens is None else f"{s.mean_tokens:.0f}"])
     return headers, rows
 
 
