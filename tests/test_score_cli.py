@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -16,6 +17,7 @@ import pytest
 
 from conftest import dasd_bin, parse_records, run_dasd, to_jsonl, zstd_bytes
 from dasd_cli.core.segment import sentence_spans
+from dasd_cli.report.explain import ANSI
 
 
 def scored_record(i: int) -> dict:
@@ -33,6 +35,63 @@ def scored_record(i: int) -> dict:
                                   {"start": b, "end": c, "p_teacher": 0.8, "p_student": 0.75, "type": "shared"},
                                   {"start": c, "end": d, "p_teacher": 0.2, "p_student": 0.6,
                                    "type": "student"}]}}
+
+
+# (type, p_T, p_S, p_D) of each sentence: counts 2 teacher, 1 shared, 3 student, 1 boosted,
+# so a tag that stood for the wrong type would miscount.
+FOUR_TYPES = [("teacher", 0.9, 0.5, 0.88), ("shared", 0.7, 0.72, 0.75), ("student", 0.2, 0.6, 0.4),
+              ("boosted", 0.5, 0.45, 0.9), ("student", 0.21, 0.42, 0.3), ("teacher", 0.8, 0.3, 0.7),
+              ("student", 0.1, 0.5, 0.2)]
+
+
+def four_type_record() -> dict:
+    """A record scored with a distilled student (--distilled): every sentence type."""
+    response = ("The sum is 5. Check: 2 plus 3 is 5. Maybe it is 6.\nNo, it is 5.\n"
+                "The answer is 5. Both add to 5. So it is 5.")
+    spans = sentence_spans(response)
+    assert len(spans) == len(FOUR_TYPES)
+    sentences = [{"start": a, "end": b, "p_teacher": pt, "p_student": ps, "p_distilled": pd, "type": kind}
+                 for (a, b), (kind, pt, ps, pd) in zip(spans, FOUR_TYPES)]
+    counts = {kind: sum(s["type"] == kind for s in sentences) for kind in ("teacher", "shared", "student", "boosted")}
+    record = scored_record(0)
+    record["response"] = response
+    record["das"].update({"distilled": "stage2", "alpha": 0.1, "counts": counts, "score": counts["teacher"],
+                          "p_teacher": 0.5, "p_student": 0.48, "p_distilled": 0.55, "sentences": sentences})
+    return record
+
+
+def test_explain_gives_every_sentence_type_its_own_tag(cli, tmp_path):
+    """--color never: a legend names one tag per type, and each sentence's tag (with its
+    p_T/p_S/p_D) counts up to the record's das.counts, type by type. The colored view and
+    the HTML page use the same tags, and their legends show each type's color."""
+    record = four_type_record()
+    code, out, err = cli(["score", "--explain", "--color", "never", "-"], stdin=to_jsonl([record]))
+    assert code == 0, err
+    view = out.decode()
+    legend, header = view.splitlines()[:2]
+    named = dict(re.findall(r"\b(\w+) (teacher|shared|student|boosted)\b", legend))
+    assert set(named.values()) == set(record["das"]["counts"]) and len(set(named)) == 4, legend
+    assert "[TAG p_T/p_S/p_D]" in legend and header.startswith("== p0@0.6#0")
+    tags = re.findall(r"\[(\w+) (\d\.\d\d)/(\d\.\d\d)/(\d\.\d\d)\]", view)
+    assert Counter(named[tag] for tag, *_ in tags) == Counter(record["das"]["counts"])
+    assert [(named[tag], float(pt), float(ps), float(pd)) for tag, pt, ps, pd in tags] == FOUR_TYPES
+    assert "p_D 0.55" in header
+
+    code, out, _ = cli(["score", "--explain", "--color", "always", "-"], stdin=to_jsonl([record]))
+    colored = out.decode()
+    assert code == 0 and re.sub(r"\x1b\[[0-9;]*m", "", colored) == view  # the same text, colored
+    legend = colored.splitlines()[0]
+    for tag, kind in named.items():
+        assert f"{ANSI[kind]}{tag} {kind}" in legend  # each type's name in its color
+
+    page = tmp_path / "view.html"
+    code, _, err = cli(["score", "--explain", "-o", str(page), "-"], stdin=to_jsonl([record]))
+    text = page.read_text()
+    assert code == 0, err
+    for tag, kind in named.items():
+        assert f'<span class="{kind}">{tag} {kind}</span>' in text
+    found = re.findall(r'<span class="s (\w+)"[^>]*>[^<]*</span><span class="tag">\[(\w+) ', text)
+    assert [(kind, named[tag]) for kind, tag in found] == [(kind, kind) for kind, *_ in FOUR_TYPES]
 
 
 def test_missing_teacher_logprobs_is_an_error_naming_the_record(cli):
@@ -69,7 +128,8 @@ def test_explain_without_a_model_shows_the_stored_das_on_stdout(cli, tmp_path):
     assert code == 0, err
     view = out.decode()
     assert not out.startswith(b"\x28\xb5\x2f\xfd") and "\x1b[" not in view
-    assert "[T 0.90/0.50]" in view and "[S 0.20/0.60]" in view and "Then step two." in view
+    assert view.startswith("T teacher, Sh shared, St student; each sentence ends in [TAG p_T/p_S]\n")
+    assert "[T 0.90/0.50]" in view and "[St 0.20/0.60]" in view and "Then step two." in view
     assert view.count("== p") == 2 and "p_T 0.12" in view and "teacher          2     0.900     0.500" in view
     assert '"das"' not in view and "scoring with" not in err
     assert "dasd score: read 2, kept 2" in err  # the view reads only what it shows
@@ -116,10 +176,13 @@ def test_explain_in_a_real_pipe_is_text(tmp_path):
     path.write_bytes(zstd_bytes(to_jsonl([scored_record(i) for i in range(200)])))
     proc = run_dasd(["score", "--explain", "--limit", "200", str(path)])
     assert proc.returncode == 0, proc.stderr.decode()
-    assert proc.stdout.startswith(b"== p0@0.6#0") and proc.stdout.count(b"\n== p") == 199
-    shell = subprocess.run(" ".join(dasd_bin()) + f" score --explain --limit 200 {path} | head -n 1",
+    legend, first = proc.stdout.split(b"\n")[:2]
+    assert legend.startswith(b"T teacher") and first.startswith(b"== p0@0.6#0")
+    assert proc.stdout.count(b"\n== p") == 200
+    shell = subprocess.run(" ".join(dasd_bin()) + f" score --explain --limit 200 {path} | head -n 2",
                            shell=True, capture_output=True, timeout=120)
-    assert shell.returncode == 0 and shell.stdout.startswith(b"== p0@0.6#0") and shell.stdout.count(b"\n") == 1
+    assert shell.returncode == 0 and shell.stdout.split(b"\n")[:2] == [legend, first]
+    assert shell.stdout.count(b"\n") == 2
     assert b"Traceback" not in shell.stderr and b"error" not in shell.stderr
 
 

@@ -149,8 +149,8 @@ def _use_color(color: str) -> bool:
 
 
 class ExplainView:
-    """--explain's view of the first ``limit`` records: each as it comes, on stdout, then
-    the summary table; or, for an HTML page, kept for :meth:`html`."""
+    """--explain's view of the first ``limit`` records: a legend, each record as it comes,
+    on stdout, then the summary table; or, for an HTML page, kept for :meth:`html`."""
 
     def __init__(self, limit: int, *, color: bool) -> None:
         self.limit = limit
@@ -162,8 +162,10 @@ class ExplainView:
             return
         self.shown.append(record)
         if show:
-            from dasd_cli.report.explain import terminal_view
+            from dasd_cli.report.explain import legend, terminal_view
 
+            if len(self.shown) == 1:
+                io.show(legend(record, color=self.color))
             io.show(terminal_view(record, len(self.shown) - 1, color=self.color))
 
     def finish(self) -> None:

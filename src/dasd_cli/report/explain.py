@@ -1,9 +1,11 @@
 """Human views of scored responses: colored sentences on a terminal, or one HTML page.
 
-Both take scored records (with a ``das`` object, DESIGN.md) and show every sentence of
-the scored part colored by its type with its p_T and p_S, then a summary of counts and
-means. The HTML page is self-contained (inline CSS and SVG, no script, nothing fetched),
-so it reads the same without a network.
+Both take scored records (with a ``das`` object, DESIGN.md) and show a legend, then every
+sentence of the scored part tagged by its type (``T``, ``Sh``, ``St``, ``B``: the tag alone
+tells the types apart without color) with its p_T and p_S (and p_D when the record was
+scored with a distilled student), colored by type where color is on, then a summary of
+counts and means. The HTML page is self-contained (inline CSS and SVG, no script, nothing
+fetched), so it reads the same without a network.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ ANSI = {"teacher": "\x1b[32m", "shared": "\x1b[37m", "student": "\x1b[34m", "boo
 FILL = {"teacher": "#c8f0c8", "shared": "#e8e8e8", "student": "#c8d8f8", "boosted": "#f8e8a8"}
 _DIM, _RESET, _BOLD = "\x1b[2m", "\x1b[0m", "\x1b[1m"
 TYPE_ORDER = ("teacher", "shared", "student", "boosted")
+# One tag per type, distinct without color (shared and student share a first letter).
+TAG = {"teacher": "T", "shared": "Sh", "student": "St", "boosted": "B"}
 
 
 def _p(value: float | None) -> str:
@@ -28,14 +32,39 @@ def _label(record: dict[str, Any], index: int) -> str:
     return str(record.get("id", f"record {index + 1}"))
 
 
+def _distilled(record: dict[str, Any]) -> bool:
+    return "p_distilled" in record["das"]
+
+
+def _tag(s: dict[str, Any]) -> str:
+    """``[St 0.21/0.42]``: the type's tag, then p_T/p_S (and /p_D when scored with one)."""
+    numbers = "/".join(_p(s[key]) for key in ("p_teacher", "p_student", "p_distilled") if key in s)
+    return f"[{TAG.get(s['type'], s['type'])} {numbers}]"
+
+
+def _types(record: dict[str, Any]) -> tuple[str, ...]:
+    return TYPE_ORDER if _distilled(record) else TYPE_ORDER[:3]
+
+
+def legend(record: dict[str, Any], *, color: bool) -> str:
+    """The view's first line: each type's tag and name (in its color), and what a tag holds.
+    Boosted is listed, and p_D shown, when ``record`` was scored with a distilled student."""
+    names = [f"{TAG[kind]} {kind}" for kind in _types(record)]
+    if color:
+        names = [f"{ANSI[kind]}{name}{_RESET}" for kind, name in zip(_types(record), names)]
+    numbers = "p_T/p_S/p_D" if _distilled(record) else "p_T/p_S"
+    return ", ".join(names) + f"; each sentence ends in [TAG {numbers}]\n"
+
+
 def terminal_view(record: dict[str, Any], index: int = 0, *, color: bool = True) -> str:
-    """One record: a header, then each sentence (colored by type) tagged [p_T/p_S]."""
+    """One record: a header, then each sentence (colored by type) tagged [TAG p_T/p_S]."""
     das = record["das"]
     response = record.get("response", "")
     counts = das.get("counts", {})
     head = (f"== {_label(record, index)}  score {das.get('score')}  "
             + "  ".join(f"{k} {v}" for k, v in counts.items())
-            + f"  p_T {_p(das.get('p_teacher'))}  p_S {_p(das.get('p_student'))}")
+            + f"  p_T {_p(das.get('p_teacher'))}  p_S {_p(das.get('p_student'))}"
+            + (f"  p_D {_p(das['p_distilled'])}" if "p_distilled" in das else ""))
     parts = [(_BOLD + head + _RESET) if color else head, "\n"]
     sentences = das.get("sentences", [])
     if sentences and sentences[0]["start"] > 0:
@@ -43,7 +72,7 @@ def terminal_view(record: dict[str, Any], index: int = 0, *, color: bool = True)
         parts.append((_DIM + prefix + _RESET) if color else f"[student prefix]{prefix}")
     for s in sentences:
         text = response[s["start"]:s["end"]]
-        tag = f"[{s['type'][0].upper()} {_p(s['p_teacher'])}/{_p(s['p_student'])}]"
+        tag = _tag(s)
         if color:
             parts.append(f"{ANSI.get(s['type'], '')}{text}{_RESET}{_DIM}{tag}{_RESET}")
         else:
@@ -117,13 +146,14 @@ def _chart(das: dict[str, Any], width: int = 900, height: int = 160) -> str:
         out.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="1.5"{dash}/>')
     out.append(f'<text x="2" y="{pad / 2 + 4}" font-size="10">1</text>'
                f'<text x="2" y="{height - pad + 4}" font-size="10">0</text>'
-               f'<text x="{pad}" y="{height - 4}" font-size="10">sentence 1..{n}; solid p_T, dashed p_S</text>')
+               f'<text x="{pad}" y="{height - 4}" font-size="10">sentence 1..{n}; solid p_T, dashed p_S'
+               + (", dotted p_D" if "p_distilled" in sentences[0] else "") + "</text>")
     out.append("</svg>")
     return "".join(out)
 
 
 def html_record(record: dict[str, Any], index: int) -> str:
-    """One record's section: header, chart, colored text with p_T/p_S tags."""
+    """One record's section: header, chart, colored text with [TAG p_T/p_S] tags."""
     das = record["das"]
     response = record.get("response", "")
     counts = ", ".join(f"{k} {v}" for k, v in das.get("counts", {}).items())
@@ -131,6 +161,7 @@ def html_record(record: dict[str, Any], index: int) -> str:
     parts = [f'<section><h2>{html.escape(_label(record, index))}</h2>',
              f'<p>score {das.get("score")} ({html.escape(counts)}); p_T {_p(das.get("p_teacher"))}, '
              f'p_S {_p(das.get("p_student"))}'
+             + (f', p_D {_p(das["p_distilled"])}' if "p_distilled" in das else "")
              + (f"; teacher temperature {temperature}" if temperature is not None else "") + "</p>",
              _chart(das), '<div class="text">']
     sentences = das.get("sentences", [])
@@ -138,10 +169,11 @@ def html_record(record: dict[str, Any], index: int) -> str:
         parts.append(f'<span class="prefix" title="student prefix, not scored">'
                      f'{html.escape(response[:sentences[0]["start"]])}</span>')
     for i, s in enumerate(sentences):
-        title = f"{s['type']}: p_T {_p(s['p_teacher'])}, p_S {_p(s['p_student'])}"
+        title = f"{s['type']}: p_T {_p(s['p_teacher'])}, p_S {_p(s['p_student'])}" + (
+            f", p_D {_p(s['p_distilled'])}" if "p_distilled" in s else "")
         parts.append(f'<span class="s {s["type"]}" id="r{index}s{i}" title="{title}">'
                      f'{html.escape(response[s["start"]:s["end"]])}</span>'
-                     f'<span class="tag">[{_p(s["p_teacher"])}/{_p(s["p_student"])}]</span>')
+                     f'<span class="tag">{_tag(s)}</span>')
     parts.append("</div></section>")
     return "".join(parts)
 
@@ -150,10 +182,12 @@ def html_page(records: Sequence[dict[str, Any]], title: str = "dasd score --expl
     """The whole self-contained page for a run."""
     rows = "".join(f"<tr><th>{k}</th><td>{n}</td><td>{pt}</td><td>{ps}</td></tr>"
                    for k, n, pt, ps in summary_rows(records))
-    legend = "".join(f'<span class="{k}">{k}</span>' for k in TYPE_ORDER)
+    first = records[0] if records else {"das": {}}
+    legend = "".join(f'<span class="{k}">{TAG[k]} {k}</span>' for k in _types(first))
+    numbers = "p_T/p_S/p_D" if _distilled(first) else "p_T/p_S"
     body = "".join(html_record(r, i) for i, r in enumerate(records))
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-            f'<p class="legend">{legend}; each sentence is tagged [p_T/p_S]</p>'
+            f'<p class="legend">{legend}: each sentence on its type\'s color, then [TAG {numbers}]</p>'
             f"<table><tr><th>type</th><th>sentences</th><th>mean p_T</th><th>mean p_S</th></tr>{rows}</table>"
             f"{body}</body></html>\n")
