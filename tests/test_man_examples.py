@@ -4,12 +4,14 @@ Each block runs under bash in a fresh folder that holds small fixture files name
 examples name them (prompts.jsonl, samples.jsonl.zst, scored.jsonl.zst, ...), with
 ``./student`` and ``./teacher`` (README: STUDENT and TEACHER) as folders of the embedded
 default model. A block must exit 0, and where the page says what it produces, a check
-below reads it back. Blocks that run a model are marked slow. Blocks that cannot run on
+below reads it back; a block whose lines after its command start with `#` shows its
+output there, and stdout must equal it. Blocks that run a model are marked slow. Blocks that cannot run on
 one CPU machine are listed in CANNOT_RUN with the reason; nothing else is skipped.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -26,6 +28,7 @@ import pytest
 from conftest import ROOT, parse_records, run_dasd, write_file
 from dasd_cli.model.load import DEFAULT_MODEL_NAME
 from dasd_cli.core.das import DEFAULT_BETA
+from dasd_cli.core.segment import sentence_spans
 
 MAN_SOURCES = ROOT / "man" / "src"
 
@@ -60,6 +63,12 @@ def literal_blocks(text: str) -> list[str]:
             blocks[-1].append(line[4:])
         inside = line.startswith("    ") and bool(line.strip())
     return ["\n".join(block) for block in blocks]
+
+
+def shown_output(block: str) -> str | None:
+    """The output a block shows as `#` lines after its command (`# ` cut off), or None."""
+    shown = [line for line in block.splitlines()[1:] if line.startswith("#")]
+    return "".join(line[2:] + "\n" for line in shown) if shown else None
 
 
 def section(text: str, name: str) -> str:
@@ -155,9 +164,18 @@ BEST = [{**r, "das": {"student": "other-student", "beta": 0.0, "counts": {"teach
         for r in SAMPLES if r["id"] in ("sum@0.6#0", "add@0.6#0", "capital@0.6#0")]
 
 
+def response_mean(sentences: list[dict[str, Any]], record: dict[str, Any], key: str) -> float:
+    """The response's geometric-mean probability: its sentences' weighted by their tokens."""
+    offsets = record["teacher"]["offsets"]
+    tokens = [sum(s["start"] <= o < s["end"] for o in offsets) for s in sentences]
+    log_sum = sum(n * math.log(s[key]) for n, s in zip(tokens, sentences))
+    return round(math.exp(log_sum / sum(tokens)), 6)
+
+
 def scored_records() -> list[dict[str, Any]]:
     """Records as `dasd score` (default student and beta) writes them: more than the pages'
-    quotas in every domain."""
+    quotas in every domain. Sample 0 of a prompt ends in a student sentence, sample 1 in a
+    teacher sentence (its das.score is 1); the others are shared."""
     records = []
     for domain, count in QUOTA_DOMAINS.items():
         for i in range(count + 50):
@@ -165,14 +183,16 @@ def scored_records() -> list[dict[str, Any]]:
                 response = f"<think>\nStep one for {domain} {i}.\n</think>\n\nAnswer {i}-{k}."
                 record = response_record(f"{domain}{i}@{temperature:g}#{k}", f"Question {domain} {i}?",
                                          response, domain=domain, temperature=temperature)
-                cut = response.index("</think>")
+                *shared, last = sentence_spans(response)
+                sentences = [{"start": a, "end": b, "p_teacher": 0.8, "p_student": 0.75, "type": "shared"}
+                             for a, b in shared]
+                sentences.append({"start": last[0], "end": last[1], "p_teacher": 0.9 if k else 0.3,
+                                  "p_student": 0.5 if k else 0.6, "type": "teacher" if k else "student"})
                 record["das"] = {"student": DEFAULT_MODEL_NAME, "beta": DEFAULT_BETA,
-                                 "counts": {"teacher": k, "shared": 1, "student": 1 - k}, "score": k,
-                                 "p_teacher": 0.7 + 0.1 * k, "p_student": 0.6,
-                                 "sentences": [{"start": 0, "end": cut, "p_teacher": 0.8, "p_student": 0.7,
-                                                "type": "shared"},
-                                               {"start": cut, "end": len(response), "p_teacher": 0.6 + 0.3 * k,
-                                                "p_student": 0.5, "type": "teacher" if k else "student"}]}
+                                 "counts": {"teacher": k, "shared": len(shared), "student": 1 - k}, "score": k,
+                                 "p_teacher": response_mean(sentences, record, "p_teacher"),
+                                 "p_student": response_mean(sentences, record, "p_student"),
+                                 "sentences": sentences}
                 records.append(record)
     return records
 
@@ -355,7 +375,7 @@ def check_score_best(folder: Path, out: bytes, err: str) -> None:
     assert Counter(r["prompt_id"] for r in best) == Counter({"sum": 1, "add": 1, "capital": 1})
 
 
-def check_explain_one(folder: Path, out: bytes, err: str) -> None:
+def check_explain_stored(folder: Path, out: bytes, err: str) -> None:
     view = out.decode()
     assert "mean p_T" in view and "\x1b[" not in view  # the view, on stdout, plain in a pipe
     assert "Step one for math 0" in view and "scoring with" not in err  # the stored das, no model
@@ -446,7 +466,7 @@ CHECKS: dict[str, Callable[[Path, bytes, str], None]] = {
     "-o samples.jsonl.zst": check_sample,
     "--continue": check_mixed_policy,
     "-o best.jsonl.zst": check_score_best,
-    "--explain --limit 1 scored": check_explain_one,
+    "--explain --limit 2 scored": check_explain_stored,
     "--color always scored.jsonl.zst | less -R": check_explain_pager,
     "--report-file table.md": check_eval_table,
     "--compare stage1.eval.jsonl.zst": check_eval_compare,
@@ -478,6 +498,9 @@ def test_example_runs(name: str, block: str, workdir: Path) -> None:
     done = run_block(block, workdir)
     err = done.stderr.decode(errors="replace")
     assert done.returncode == 0, f"{block}\n{err[-3000:]}"
+    shown = shown_output(block)
+    if shown is not None:
+        assert done.stdout.decode() == shown
     for key, check in CHECKS.items():
         if key in block:
             check(workdir, done.stdout, err)
