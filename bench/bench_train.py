@@ -124,7 +124,7 @@ def make_samples(tokenizer, n: int, seed: int = 0) -> list[dict]:
 
 
 def pack_first_fit(samples: list[dict]) -> list[dict]:
-    """Packed records (DESIGN.md), samples in order, first fit into SEQUENCE_TOKENS."""
+    """Packed records (DESIGN.md "Packed sequence"), samples in order, first fit into SEQUENCE_TOKENS."""
     bins: list[dict] = []
     for s in samples:
         ids = s["input_ids"]

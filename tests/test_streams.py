@@ -1,4 +1,4 @@
-"""The stream contract every streaming command must keep (DESIGN.md "Streams", "Errors").
+"""The stream contract every streaming command must keep (DESIGN.md "Streams", "Errors and exit codes").
 
 A command joins by adding one StreamCase to STREAMING_COMMANDS: its extra flags and a
 function making the i-th valid input record (one the command keeps).

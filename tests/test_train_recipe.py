@@ -42,7 +42,7 @@ def make_samples(n: int, seed: int = 0, vocab: int = 97) -> list[tuple[list[int]
 
 
 def pack(samples: list[tuple[list[int], int]], prefix: str = "s") -> dict:
-    """One packed record (DESIGN.md) holding ``samples`` back to back."""
+    """One packed record (DESIGN.md "Packed sequence") holding ``samples`` back to back."""
     record = {"input_ids": [], "labels": [], "position_ids": [], "ids": []}
     for i, (tokens, prompt_len) in enumerate(samples):
         record["input_ids"] += tokens

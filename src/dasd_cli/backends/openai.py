@@ -275,7 +275,8 @@ def drop_end_of_turn(raw: str, text: str, offsets: list[int], logprobs: list[flo
     """Servers (vLLM) list the end-of-turn token of a stopped sample: drop it.
 
     Such a token adds no text, or text that the response does not end with
-    (``<|im_end|>``); it is not a response token (DESIGN.md: one entry per response token).
+    (``<|im_end|>``); it is not a response token (DESIGN.md "Response": one
+    entry per generated token).
     """
     while finish == "stop" and offsets:
         last = raw[offsets[-1]:]

@@ -1,9 +1,10 @@
 """``dasd eval``: accuracy of sampled responses against their references.
 
 Checks every response record with the verifiers of ``dasd filter --verify``, writes it
-with an ``eval`` object (DESIGN.md), and ends with a table per group (``domain`` or
+with an ``eval`` object (DESIGN.md "Eval"), and ends with a table per group (``domain`` or
 ``--by FIELD``) and overall: avg@n, its standard error and 95% interval across prompts,
-unbiased pass@k, maj@k, truncation rate (cap hits) with its 95% interval and mean response tokens (definitions: :mod:`dasd_cli.core.evaluate`).
+unbiased pass@k, maj@k, truncation rate (cap hits) with its 95% interval and mean
+response tokens (definitions: :mod:`dasd_cli.core.evaluate`).
 ``--compare OTHER`` adds the paired difference in avg@n with a bootstrap interval.
 """
 

@@ -2,7 +2,7 @@
 
 Reads response records, tokenizes each as the student sees it in training (chat
 template prompt + raw response + end of turn, core/chat.py), drops samples over
-``--cutoff-len`` (never truncates) and writes DESIGN.md packed records.
+``--cutoff-len`` (never truncates) and writes packed records (DESIGN.md "Packed sequence").
 
 Scale: records are tokenized in batches on every core (the fast tokenizer's own
 threads; ``--workers N`` instead parses and tokenizes in N processes, in input order);

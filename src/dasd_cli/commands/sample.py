@@ -2,7 +2,7 @@
 
 Reads prompt records (or, with --continue / --max-tokens-ratio, response records),
 plans one request per (prompt, temperature, sample index), hands chunks of requests to
-a backend and writes each result as a response record (DESIGN.md "Records").
+a backend and writes each result as a response record (DESIGN.md "Response").
 Records keep input order; with --resume they are written as they complete instead.
 """
 

@@ -11,7 +11,7 @@ probability under that model. It is merged into the sentence before it (into the
 one when it is the first), so every reported sentence has tokens under every model;
 :attr:`Analysis.merged` counts how many sentences were merged away.
 
-Classification with margin beta (METHOD.md): teacher if p_T - p_S > beta, student if
+Classification with margin beta (METHOD.md section 2): teacher if p_T - p_S > beta, student if
 p_T - p_S < -beta, else shared. With a distilled student p_D, a shared sentence whose
 p_D exceeds both p_T and p_S by more than alpha is boosted.
 """
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 from dasd_cli.core.segment import sentence_spans
 
 TYPES = ("teacher", "shared", "student")
-# teacher.logprobs_mode: "raw" is what METHOD.md asks for (the unscaled, temperature-1
+# teacher.logprobs_mode: "raw" is what METHOD.md section 2 asks for (the unscaled, temperature-1
 # distribution); "processed" is after temperature / top-p; "unknown" is a sample whose
 # server did not say (a record without the field, from before it existed, counts so).
 LOGPROBS_MODES = ("raw", "processed", "unknown")
@@ -178,7 +178,7 @@ def _r(value: float) -> float | None:
 def das_record(analysis: Analysis, *, student: str, beta: float, distilled: str | None = None,
                alpha: float | None = None, student_key: str | None = None,
                distilled_key: str | None = None) -> dict[str, Any]:
-    """The ``das`` object of a scored record, exactly as DESIGN.md specifies.
+    """The ``das`` object of a scored record, exactly as DESIGN.md "Score" specifies.
 
     ``student`` is the model's name for people; ``student_key`` (when given) the
     fingerprint of its content, on which a later run decides whether it may reuse the

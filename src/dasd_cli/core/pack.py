@@ -8,7 +8,8 @@ Three pieces, all pure:
 - :func:`best_fit_decreasing` assigns samples to sequences: global best-fit decreasing,
   deterministic, O(n log L) through a 64-ary bitmap tree over remaining capacities.
 - :func:`plan_sequences` turns the sample lengths into sequences (lists of sample
-  indices), and :func:`packed_record` builds one DESIGN.md packed record from its
+  indices), and :func:`packed_record` builds one packed record (DESIGN.md "Packed
+  sequence") from its
   samples' token arrays: ``input_ids``, ``labels``, ``position_ids`` restarting at 0
   per sample, ``ids``, ``tokenizer``. Where the token arrays live (on disk, for
   ``dasd pack``) is the caller's business.

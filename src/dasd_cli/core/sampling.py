@@ -21,7 +21,7 @@ import orjson
 from dasd_cli.core.chat import prompt_messages, response_text
 from dasd_cli.core.continuation import DEFAULT_CUT_MIN, choose_cut, cut_rng
 
-DEFAULT_TEMPERATURE = 0.6  # METHOD.md: the low temperature of stage 1
+DEFAULT_TEMPERATURE = 0.6  # METHOD.md section 1: the low temperature of stage 1
 DEFAULT_MAX_TOKENS = 1024  # new tokens per sample unless --max-tokens says otherwise
 STALE_FIELDS = ("das", "prefix_chars", "rejected")  # described the response being replaced
 
@@ -123,7 +123,7 @@ def request_seed(seed: int, key: str) -> int:
 
 
 def build_record(job: Job, generation: Generation, model_name: str) -> dict[str, Any]:
-    """The response record of one sample (DESIGN.md "Records")."""
+    """The response record of one sample (DESIGN.md "Response")."""
     record = {k: v for k, v in job.record.items() if k not in STALE_FIELDS}
     shift = len(job.prefix)  # teacher offsets index the full response
     request = job.request

@@ -240,7 +240,7 @@ class SkipSink:
 
 
 def with_rejection(record: dict[str, Any], by: str, reason: str, detail: str = "") -> dict[str, Any]:
-    """A copy of ``record`` carrying the DESIGN.md ``rejected`` object."""
+    """A copy of ``record`` carrying the ``rejected`` object (DESIGN.md "Rejected")."""
     out = dict(record)
     out["rejected"] = {"by": by, "reason": reason, "detail": detail}
     return out

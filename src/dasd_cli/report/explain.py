@@ -1,9 +1,9 @@
 """Human views of scored responses: colored sentences on a terminal, or one HTML page.
 
-Both take scored records (with a ``das`` object, DESIGN.md) and show a legend, then every
-sentence of the scored part tagged by its type (``T``, ``Sh``, ``St``, ``B``: the tag alone
-tells the types apart without color) with its p_T and p_S (and p_D when the record was
-scored with a distilled student), colored by type where color is on, then a summary of
+Both take scored records (with a ``das`` object, DESIGN.md "Score") and show a legend, then
+every sentence of the scored part tagged by its type (``T``, ``Sh``, ``St``, ``B``: the tag
+alone tells the types apart without color) with its p_T and p_S (and p_D when the record
+was scored with a distilled student), colored by type where color is on, then a summary of
 counts and means. The HTML page is self-contained (inline CSS and SVG, no script, nothing
 fetched), so it reads the same without a network.
 """

@@ -4,7 +4,8 @@ Superior-Reasoning-SFT-gpt-oss-120b rows hold ``uuid``, ``input`` (the prompt, a
 string), ``output`` (the gpt-oss-120b response, ``<think>REASONING</think>ANSWER``),
 ``domain`` and ``meta`` (a string). Its companion ...-Logprob rows hold ``sample_uuid``,
 ``token_ids`` and ``logprobs``: gpt-oss's own tokens of the response and their
-log-probabilities. This module turns one row into a DESIGN.md response record and lays
+log-probabilities. This module turns one row into a response record (DESIGN.md "Released
+data") and lays
 the log-probs over the record's ``response``: the tokens' text (decoded by the caller)
 is brought to the same canonical form as ``output``, and each token moves with its text
 (the ``--normalize harmony`` logic); tokens of channel delimiters are dropped.
@@ -22,7 +23,8 @@ from dasd_cli.core.sampling import derived_id
 from dasd_cli.errors import RecordError
 
 TEACHER_MODEL = "gpt-oss-120b"
-# The released domain labels and dasd's (DESIGN.md: math | code | science | instruction | other).
+# The released domain labels and dasd's (DESIGN.md "Prompt": math | code | science |
+# instruction | other).
 DOMAINS = {"math": "math", "code": "code", "coding": "code", "science": "science",
            "instruction_following": "instruction", "instruction-following": "instruction",
            "instruction": "instruction", "if": "instruction"}

@@ -70,8 +70,8 @@ class SequenceList:
 
 
 def check_packed(record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Check one packed record (DESIGN.md) without a model; its int32 input_ids, labels and
-    position_ids.
+    """Check one packed record (DESIGN.md "Packed sequence") without a model; its int32
+    input_ids, labels and position_ids.
 
     Raises :class:`RecordError` naming the problem: a missing field, lists of unequal
     length, an empty sequence, a negative token id, label or position.

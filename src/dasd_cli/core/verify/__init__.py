@@ -1,4 +1,4 @@
-"""Correctness against a record's ``reference`` (DESIGN.md, Prompt record).
+"""Correctness against a record's ``reference`` (DESIGN.md "Prompt").
 
 :func:`judge_record` (a verdict with the extracted answer) and :func:`verify_record` (a
 drop for filters) are the entry points: stateless and safe to call from several

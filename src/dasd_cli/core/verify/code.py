@@ -1,6 +1,6 @@
 """Code answers: take the last Python block of the final answer and run the reference tests.
 
-Reference forms (DESIGN.md): ``{"tests": str}`` (MBPP-style asserts that must run clean
+Reference forms (DESIGN.md "Prompt"): ``{"tests": str}`` (MBPP-style asserts that must run clean
 after the candidate code) or ``{"tests": str, "entry_point": str}`` (HumanEval-style:
 the tests define ``check(candidate)``, called as ``check(<entry_point>)``).
 The program runs through a :data:`ProgramRunner` the caller passes (``dasd filter``: the
