@@ -82,10 +82,19 @@ class _ErrorsOnly:
         return record.levelno >= logging.ERROR
 
 
+def quiet_math_verify() -> None:
+    """math-verify logs a warning per disabled timeout and at ERROR per timed-out parse;
+    stderr belongs to dasd's summary, and timeouts are reported as verdicts. (Also called
+    in the helper processes that compare math answers.)"""
+    import logging
+
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+
+
 def quiet_libraries() -> None:
     """Keep library chatter off stderr (what --debug lets through): DeepSpeed's logger
     (its "Setting accelerator to CPU" warning, logged while it is imported), transformers'
-    warnings, and the tqdm bars of transformers, huggingface_hub and GGUF conversion.
+    warnings, math-verify's timeout logs, and the tqdm bars of transformers, huggingface_hub and GGUF conversion.
     Errors still show. Call before the libraries are imported; a variable the user set
     is left alone."""
     import logging
@@ -94,6 +103,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")  # every tqdm bar; dasd draws its own with rich
     # DeepSpeed resets its logger's level and handlers when imported; a filter survives that.
+    quiet_math_verify()
     deepspeed_logger = logging.getLogger("DeepSpeed")
     if not any(isinstance(f, _ErrorsOnly) for f in deepspeed_logger.filters):
         deepspeed_logger.addFilter(_ErrorsOnly())

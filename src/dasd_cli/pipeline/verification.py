@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from dasd_cli.core.verify.answers import ComparisonTimeout, compare, quiet_math_verify
+from dasd_cli.core.verify.answers import ComparisonTimeout, compare
+from dasd_cli.io.terminal import quiet_math_verify
 from dasd_cli.sandbox import run_python as run_program
 
 __all__ = ["compare_in_helper", "run_program"]

@@ -101,7 +101,6 @@ def answers_match(gold: str, predicted: str, timeout_s: int = DEFAULT_TIMEOUT_S,
     elsewhere the comparison goes to ``compare_elsewhere``, which the caller supplies
     (a thread has no SIGALRM, and core starts no processes).
     """
-    quiet_math_verify()
     if threading.current_thread() is threading.main_thread():
         from math_verify.errors import TimeoutException
 
@@ -113,11 +112,3 @@ def answers_match(gold: str, predicted: str, timeout_s: int = DEFAULT_TIMEOUT_S,
         raise ValueError("comparing math answers off the main thread needs compare_elsewhere "
                          "(e.g. dasd_cli.pipeline.verification.compare_in_helper)")
     return compare_elsewhere(gold, predicted, timeout_s)
-
-
-def quiet_math_verify() -> None:
-    import logging
-
-    # math-verify logs a warning per disabled timeout and at ERROR per timed-out parse;
-    # stderr belongs to dasd's summary, and timeouts are reported as verdicts.
-    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
