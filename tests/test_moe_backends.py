@@ -38,7 +38,7 @@ def test_packed_scoring_rows_stay_isolated_on_moe(tmp_path, family, monkeypatch)
     folder = _moe_folder(family, tmp_path / family)
     model = load_causal_lm(str(folder), dtype="fp32", device="cpu")
     tokenizer = load_tokenizer(str(folder))
-    assert model.config._experts_implementation == "eager"  # the kernel measured fastest on CPU
+    assert model.config._experts_implementation == "eager"  # model/moe.py's FASTEST_EXPERTS on CPU
     assert hf_score._packable(model)
     rows = []
     real = hf_score._score_packed

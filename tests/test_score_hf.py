@@ -67,9 +67,9 @@ def tokenizer():
 @pytest.mark.slow
 # bf16 keeps 8 mantissa bits: a logit near 30 rounds by up to ~0.12, and padded batches
 # run other kernels than one unpadded sequence, so per-token differences of ~0.1 are bf16
-# noise (measured: max 0.14, mean 0.01); the mean bound catches real misalignment.
-# fp32 differs only in summation order (GEMM blocking follows the row count; on an AVX2
-# CPU, measured mean 2.0e-05), far below any misalignment (differences of whole nats).
+# noise; the mean bound catches real misalignment.
+# fp32 differs only in summation order (GEMM blocking follows the row count), far below
+# any misalignment (differences of whole nats).
 @pytest.mark.parametrize("dtype,max_tolerance,mean_tolerance", [("fp32", 1e-4, 5e-5), ("bf16", 0.25, 0.02)])
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
 def test_scores_equal_reference_forward(tokenizer, monkeypatch, packed, dtype, max_tolerance, mean_tolerance):

@@ -34,4 +34,4 @@ def test_vllm_prompt_logprobs_equal_hf_scores():
     for ref in score_batches(model, engine.tokenizer, REQUESTS, 4096):
         mine = got[ref.key]
         assert mine.offsets == ref.offsets and len(mine.logprobs) == len(ref.logprobs)
-        assert mine.logprobs == pytest.approx(ref.logprobs, abs=1e-4)  # measured: 4e-5
+        assert mine.logprobs == pytest.approx(ref.logprobs, abs=1e-4)  # fp32: summation order only

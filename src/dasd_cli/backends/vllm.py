@@ -29,8 +29,8 @@ VLLM_DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "f
 
 def vllm_dtype(dtype: str, cpu: bool) -> str:
     """vLLM's ``dtype`` for ``--dtype``. ``auto`` on a CPU follows dasd's rule (bf16 only
-    with AVX-512 BF16 or AMX, else fp32): vLLM's own auto takes the checkpoint's bf16 on
-    every x86 CPU, and without bf16 instructions that is emulated, several times slower."""
+    with AVX-512 BF16 or AMX, where bf16 runs natively; else fp32, since bf16 without those
+    instructions is emulated), the same as the hf backend's, instead of vLLM's own auto."""
     if dtype == "auto" and cpu and not models.bf16_supported():
         return "float32"
     return VLLM_DTYPES[dtype]

@@ -9,8 +9,8 @@ def stable_argsort(keys: np.ndarray) -> np.ndarray:
     """``np.argsort(keys, kind="stable")`` for non-negative integer keys, in linear time.
 
     NumPy's stable sort is a radix sort for 16-bit keys: keys below 2**32 are sorted by
-    their low 16 bits, then stably by their high 16 bits (LSD radix), ~5x faster than a
-    comparison sort on a million keys.
+    their low 16 bits, then stably by their high 16 bits (LSD radix): two linear passes
+    instead of a comparison sort.
     """
     keys = np.asarray(keys)
     if keys.size == 0:

@@ -31,8 +31,8 @@ from dasd_cli.io.read import GZIP_MAGIC, ZSTD_MAGIC
 
 FLUSH_BYTES = 1 << 20  # buffered output bytes that trigger a write
 FLUSH_SECONDS = 0.5  # a slow producer's records reach the pipe at least this often
-# zstd levels: a pipe between two dasd commands is transient, so speed wins (level 1
-# compresses ~2x faster than 3); a file is kept, so it gets the usual default.
+# zstd levels: a pipe between two dasd commands is transient, so speed wins over ratio
+# (level 1); a file is kept, so it gets the usual default.
 ZSTD_LEVEL_PIPE = 1
 ZSTD_LEVEL_FILE = 3
 COMPRESS_CHOICES = ("auto", "zstd", "gzip", "none")

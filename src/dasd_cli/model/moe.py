@@ -182,14 +182,14 @@ def router_logits(model: Any, blocks: list[MoeBlock]) -> Iterator[list[Any]]:
             handle.remove()
 
 
-# Measured (bench/bench_moe.py, forward+backward of a packed row, 2 CPU threads): on CPU
-# the per-expert loop ("eager") ran 2.1x faster than transformers' default "grouped_mm"
-# and 12x faster than "batched_mm". On CUDA the library default (grouped_mm) is kept.
+# The experts kernel per device type where transformers' default is not the fastest: on
+# CPU the per-expert loop ("eager") beats "grouped_mm" (the default) and "batched_mm"
+# (bench/bench_moe.py compares the three). On CUDA the library default is kept.
 FASTEST_EXPERTS = {"cpu": "eager"}
 
 
 def use_fastest_experts(model: Any, device_type: str, blocks: list[MoeBlock] | None = None) -> str | None:
-    """Switch a fused-experts model to the experts kernel measured fastest on this device.
+    """Switch a fused-experts model to the experts kernel of ``FASTEST_EXPERTS`` for this device.
 
     ``blocks``: the model's :func:`find_blocks`, when the caller has them. Returns the
     implementation now in use (None: not a model with selectable experts).

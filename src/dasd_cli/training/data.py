@@ -98,7 +98,7 @@ def content_key(paths: list[str], on_error: str) -> str:
 def remembered_key(paths: list[str], on_error: str, store_root: Path) -> str:
     """:func:`content_key`, hashed once per file version: the key is remembered under the
     files' identity (path, device, inode, size, modification time in ns), so a later run on
-    unchanged files skips reading them (seconds per 10 GB at the paper's scale), while a
+    unchanged files skips reading them again (gigabytes at the paper's scale), while a
     rewritten file, whose modification time changes, is hashed again."""
     identity = hashlib.blake2b(digest_size=16)
     identity.update(f"{STORE_VERSION}/{on_error}".encode())

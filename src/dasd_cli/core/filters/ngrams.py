@@ -2,9 +2,10 @@
 
 One pass over the bytes hashes the words; one hash-table pass per n groups the n-grams
 that can still repeat. Compiled by numba (``cache=True``: once per installation, then
-loaded from its cache). The definitions are those of :mod:`repetition`; the arithmetic
-(64-bit wrap-around hashes, integer character counts, one float division per
-statistic) is the one the earlier vectorized version did, so every value is the same.
+loaded from its cache). The definitions are those of :mod:`repetition`. The arithmetic
+is exact (64-bit wrap-around hashes, integer character counts, one float division per
+statistic), so every value is reproducible bit for bit; tests/test_repetition_equality.py
+holds the values the filter must give.
 """
 
 from __future__ import annotations
