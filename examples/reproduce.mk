@@ -51,6 +51,8 @@ GLOBAL_BATCH := 1                      # packed sequences per optimizer step (th
 LR           := 1e-4                   # peak lr (the paper: 5e-5; toy data is tiny)
 MIN_LR       := 2e-5                   # end of the cosine (the paper: 1e-5)
 SEED         := 42
+TRAIN_SEED   := $(SEED)                # training's data order; vary it alone to repeat the
+                                       # training stages over seeds on the same data
 SYSTEM       := You are a helpful assistant.
 
 # ---- sampling backend: vLLM where built (eager: no compilation, so each call starts sooner)
@@ -68,7 +70,7 @@ STUDENT := $(RUN)/student
 COMMON  = --quiet
 SAMPLE  = $(SAMPLER) --system-prompt "$(SYSTEM)" --seed $(SEED) $(COMMON)
 TRAIN   = $(DASD) train --epochs $(EPOCHS) --global-batch-size $(GLOBAL_BATCH) --lr $(LR) --min-lr $(MIN_LR) \
-          --dtype fp32 --save-every 0 --keep-checkpoints 1 --delete-checkpoints --compress none --seed $(SEED)
+          --dtype fp32 --save-every 0 --keep-checkpoints 1 --delete-checkpoints --compress none --seed $(TRAIN_SEED)
 STAGE_TEMPS := 0.6 1.0
 ARMS := das random
 TRAINED := $(if $(QUICK),das-s1 das-s2,$(foreach a,$(ARMS),$(a)-s1 $(a)-s2) das-t1) das-mp
