@@ -9,7 +9,6 @@ alignment code path (decode, harmony normalization, remap) is the same.
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 from pathlib import Path

@@ -12,7 +12,6 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-import orjson
 import pytest
 
 from conftest import dasd_bin, parse_records, run_dasd, to_jsonl, zstd_bytes
