@@ -35,7 +35,7 @@ def test_pass_at_k_closed_form_and_edges() -> None:
     assert pass_at_k(10, 0, 5) == 0.0 and pass_at_k(10, 10, 1) == 1.0
     assert pass_at_k(10, 6, 5) == 1.0  # fewer than k wrong samples: every subset has a right one
     for bad in ((4, 5, 1), (4, 2, 0), (4, 2, 5)):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"pass@k needs 0 <= c <= n and 1 <= k <= n"):
             pass_at_k(*bad)
 
 
@@ -72,7 +72,7 @@ def test_majority_groups_answers_written_alike() -> None:
     # "1/2" and "1 / 2" are one vote (2), "3" has 2, "\frac{1}{2}" 1: a tie of 1/2 and 3
     assert list(unit.votes) == [0, 0, 1, 2, 1]
     assert majority_at_k(unit.votes, unit.verdicts, 5) == pytest.approx(0.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"maj@k needs 1 <= k <= samples \(5\), not 6"):
         majority_at_k(unit.votes, unit.verdicts, 6)
 
 

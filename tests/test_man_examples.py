@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import pytest
 
-from conftest import ROOT, parse_records, run_dasd, write_file
+from helpers import ROOT, parse_records, run_dasd, write_file
 from dasd_cli.model.load import DEFAULT_MODEL_NAME
 from dasd_cli.core.das import DEFAULT_BETA
 from dasd_cli.core.segment import sentence_spans
