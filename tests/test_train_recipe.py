@@ -118,7 +118,7 @@ def test_clipping_inside_fused_adamw_equals_clip_grad_norm(tmp_path, clip):
     for p in trainer.model.parameters():
         p.grad = torch.randn_like(p) * 0.1
     grads = [p.grad.clone() for p in trainer.model.parameters()]
-    assert trainer.optimizer.defaults["fused"]
+    assert trainer.optimizer.defaults["fused"] is True
     lr = trainer.optimizer.param_groups[0]["lr"]
     norm = trainer._optimizer_step()
     got = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
