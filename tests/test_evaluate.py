@@ -150,7 +150,7 @@ def test_ratio_interval_resamples_whole_prompts() -> None:
     # truncated, beside 4 of 1 sample, none truncated: the ratio is 96/100, not 1/5.
     low, high = ratio_bootstrap([96, 0, 0, 0, 0], [96, 1, 1, 1, 1], seed=1, resamples=2000)
     assert 0.9 < high <= 1.0 and low < 0.96
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="ratio_bootstrap needs one denominator per numerator"):
         ratio_bootstrap([1, 2], [3], seed=0)
 
 
@@ -179,7 +179,7 @@ def test_minimum_detectable_difference_is_2_8_bootstrap_standard_errors() -> Non
     # A quarter of the prompts at the same spread: twice the detectable difference.
     assert minimum_detectable_difference(diffs[:100], seed=42, resamples=5000) == pytest.approx(2 * mdd, rel=0.15)
     assert minimum_detectable_difference(diffs, seed=42, resamples=5000, power=0.5) == pytest.approx(1.959964 * se)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a standard error needs at least two differences"):
         bootstrap_standard_error([0.5], seed=0)
 
 
