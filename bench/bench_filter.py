@@ -42,7 +42,7 @@ def response_pool(seed: int = 0) -> list[str]:
     """The corpus's distinct responses (tests/test_repetition_equality.py checks them too)."""
     rng = random.Random(seed)
     pool = []
-    for i in range(POOL):
+    for _ in range(POOL):
         words = rng.choice((800, 2000, 4000, 8000))  # long CoT: ~5-50 KB per response
         if rng.random() < DEGENERATE_SHARE:
             text = degenerate_response(rng, rng.choice(DEGENERATE_KINDS), words)

@@ -353,7 +353,7 @@ print(tokenizer_fingerprint(load_tokenizer(sys.argv[1])))
 """
 
 
-def model_fingerprint(bench: "Bench", model: Path) -> tuple[str | None, int]:
+def model_fingerprint(bench: Bench, model: Path) -> tuple[str | None, int]:
     """The tokenizer fingerprint (new code) and vocabulary size of the tiny model."""
     proc = bench.python(bench.sides["new"], ["-c", FINGERPRINT, str(model)])
     config = orjson.loads((model / "config.json").read_bytes())
@@ -601,16 +601,17 @@ def measure(tmp: Path, sides: dict[str, Side], sizes: tuple[int, int], baseline:
                      "note": f"{data.records} records, {data.prompts} prompts, "
                              f"{data.compressed_bytes / MIB:.0f} MiB zstd, generated in {made:.1f} s"})
 
-        def out(side: Side, step: str) -> Path:
+        def out(side: Side, step: str, work: Path = work) -> Path:
             return work / f"{step}-{side.name}.jsonl.zst"
 
-        bench.alternate("mix-all", index, order, lambda s: [
+        # alternate() calls each argv builder at once; the defaults bind this size's data.
+        bench.alternate("mix-all", index, order, lambda s, data=data: [
             "mix", "--seed", "1", "-o", str(out(s, "mix-all")), str(data.path)])
-        bench.alternate("mix-das", index, order, lambda s: [
+        bench.alternate("mix-das", index, order, lambda s, data=data: [
             "mix", "--select", "das", "--per-prompt", "1", "-o", str(out(s, "mix-das")), str(data.path)])
-        bench.alternate("filter", index, order, lambda s: [
+        bench.alternate("filter", index, order, lambda s, data=data: [
             "filter", "-o", str(out(s, "filter")), str(data.path)])
-        bench.alternate("pack", index, order, lambda s: [
+        bench.alternate("pack", index, order, lambda s, data=data: [
             "pack", "--cutoff-len", str(CUTOFF_LEN), "-o", str(out(s, "pack")), str(data.path)])
 
         for step in ("mix-all", "mix-das"):
@@ -626,10 +627,10 @@ def measure(tmp: Path, sides: dict[str, Side], sizes: tuple[int, int], baseline:
             train_tokens.append(write_packed(packed_data, size, TRAIN_SEQ_LEN, vocab, fingerprint,
                                              seed=index))
         for step in ("train", "train-restart"):
-            def args(side: Side, step: str = step) -> list[str] | None:
+            def args(side: Side, step: str = step, data: Path = packed_data, work: Path = work) -> list[str] | None:
                 if model_error:
                     return None
-                return train_args(model, packed_data, work / f"{step}-{side.name}-out")
+                return train_args(model, data, work / f"{step}-{side.name}-out")
             bench.alternate(step, index, order, args)
         for path in work.glob("train*-out"):  # checkpoints: not needed any more
             shutil.rmtree(path, ignore_errors=True)

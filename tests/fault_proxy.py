@@ -31,7 +31,7 @@ WORDS = ["The", " answer", " is", " four", ".", " We", " add", " two", " and", "
 class _Server:
     handler: type[BaseHTTPRequestHandler]
 
-    def __enter__(self) -> "_Server":
+    def __enter__(self) -> _Server:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self.handler)
         self.httpd.daemon_threads = True
         self.httpd.owner = self  # type: ignore[attr-defined]

@@ -1,4 +1,5 @@
-"""Tiny random Mixture-of-Experts models for the tests, and a per-expert-module layout.
+"""Tiny random Mixture-of-Experts models for the tests, a per-expert-module layout, and
+their two-rank ZeRO-3 runs (tests/test_moe_zero3.py on CPU, tests/test_gpu.py on GPUs).
 
 transformers 5 stores every shipped family's experts as 3D parameters of one module;
 ``PerExpertMoe`` is the older layout (one ``nn.Module`` per expert in a ``ModuleList``,
@@ -8,10 +9,18 @@ a Qwen3-MoE block with the same weights, so the two layouts compute the same fun
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
+
+from helpers import ROOT, routed_records, write_file
 
 FAMILIES = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "gpt_oss", "granitemoe")
 VOCAB = 97
@@ -127,3 +136,92 @@ def save_with_tokenizer(model: nn.Module, folder: Path) -> Path:
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="t0", eos_token="t1").save_pretrained(folder)
     return folder
+
+
+# ---------------------------------------------------------------- ZeRO-3 on two ranks
+GROUPS = {0: (0, 1), 1: (2, 3), 2: (4, 5), 3: (6, 7)}  # token % 4 -> the experts it picks
+RANK_TOKENS = ((0,), (2, 3))  # rank 0's records use experts 0-1; rank 1's, experts 4-7
+ZERO3_ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}  # ranks on CPU over gloo
+
+
+def zero3_config(folder: Path) -> Path:
+    """configs/zero3.json, with every parameter partitioned (the shipped threshold keeps
+    parameters under 1M elements whole on every rank, which is all of a tiny model)."""
+    config = json.loads((ROOT / "configs" / "zero3.json").read_text())
+    config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    path = folder / "zero3-all-partitioned.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def zero3_setup(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny Qwen3-MoE whose tokens route by residue, and packed data whose records for
+    rank 0 and rank 1 use different experts: (model folder, data file)."""
+    model = tiny_model("qwen3_moe")
+    route_by_token(model, GROUPS)
+    folder = save_with_tokenizer(model, tmp_path / "model")
+    records = routed_records(4, seed=5, token_groups=RANK_TOKENS)
+    data = write_file(tmp_path / "packed.jsonl", records)
+    _check_ranks_route_apart(model, records)
+    return folder, data
+
+
+def _check_ranks_route_apart(model, records) -> None:
+    """With --no-shuffle and 2 sequences a step, rank r trains records r, r + 2, ...: the
+    experts their tokens pick (every layer, initial weights) must not overlap."""
+    from dasd_cli.model import moe
+
+    blocks = moe.find_blocks(model)
+    used = {0: set(), 1: set()}
+    for i, record in enumerate(records):
+        with torch.no_grad(), moe.router_logits(model, blocks) as logits:
+            model(input_ids=torch.tensor(record["input_ids"])[None])
+        for layer in logits:
+            used[i % 2] |= set(layer.topk(2, dim=-1).indices.flatten().tolist())
+    assert used[0] == {0, 1} and used[1] == {4, 5, 6, 7}, used
+
+
+def launch_two_ranks(args: list[str], port: int, timeout: float, env: dict[str, str] = ZERO3_ENV,
+                     deepspeed: bool = False) -> subprocess.CompletedProcess | None:
+    """torchrun with 2 ranks, or the deepspeed launcher on 2 GPUs (LOCAL_RANK from the
+    environment, ``-m`` as its ``--module``); None when it runs past ``timeout`` (then its
+    group is killed)."""
+    if deepspeed:
+        launcher = ["deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(port),
+                    "--no_local_rank", "--quiet"]
+        args = ["--module", *args[1:]] if args[0] == "-m" else args
+    else:
+        launcher = ["torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
+    proc = subprocess.Popen([sys.executable, "-m", *launcher, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def zero3_train_args(model: Path, data: Path) -> list[str]:
+    return ["train", "--model", str(model), "--epochs", "1", "--global-batch-size", "2", "--no-shuffle",
+            "--dtype", "fp32", "--compress", "none", "--router-aux-loss-coef", "0.5", "--data", str(data)]
+
+
+def compare_steps(want: list[dict], got: list[dict]) -> None:
+    assert [m["step"] for m in got] == [m["step"] for m in want] == [1, 2]
+    for a, b in zip(want, got):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["aux_loss"] == pytest.approx(a["aux_loss"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+
+
+def metrics_lines(stdout: bytes) -> list[dict]:
+    return [json.loads(line[len("METRICS "):]) for line in stdout.decode().splitlines()
+            if line.startswith("METRICS ")]
+
+
+def rank_script(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    """The arguments that run tests/moe_zero3_run.py (per-expert layout) as one rank."""
+    script = Path(__file__).resolve().parent / "moe_zero3_run.py"
+    return [str(script), str(model), str(data), str(out), "--per-expert", *extra]

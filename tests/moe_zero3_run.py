@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from moe_models import to_per_expert  # noqa: E402
+from moe_models import to_per_expert
 
-from dasd_cli.core.train.batching import packed_from_record  # noqa: E402
-from dasd_cli.training import distributed, recipe  # noqa: E402
+from dasd_cli.core.train.batching import packed_from_record
+from dasd_cli.training import distributed, recipe
 
 
 def main() -> None:

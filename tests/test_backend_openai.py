@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import dasd_bin, parse_records, run_dasd, to_jsonl
+from helpers import dasd_bin, parse_records, run_dasd, to_jsonl
 from dasd_cli.model.tokens import byte_offsets
 from dasd_cli.backends.openai import backoff_delay, map_offsets, parse_retry_after
 from fault_proxy import FakeOpenAI, FaultProxy, random_plan

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, parse_records, run_dasd, to_jsonl
+from helpers import ROOT, SAMPLE_PROMPTS, contract, parse_records, run_dasd, teacher_forced_gap, to_jsonl
 
 VENV = ROOT / ".venv-vllm"
 VLLM_PYTHON = VENV / "bin" / "python"
@@ -28,10 +28,6 @@ pytestmark = [pytest.mark.slow,
                                  reason=".venv-vllm is absent or incomplete (build it with `make setup-vllm`)")]
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
        "VLLM_LOGGING_STREAM": "ext://sys.stderr"}
-PROMPTS = [{"id": "a", "prompt": "What is 2+2?"}, {"id": "b", "prompt": "Name a color."},
-           {"id": "c", "prompt": "¿Cuál es la capital de Francia?"}]
-
-
 @pytest.fixture(scope="module")
 def model_path() -> str:
     from dasd_cli.model.load import resolve_model
@@ -39,52 +35,14 @@ def model_path() -> str:
     return str(resolve_model(None))
 
 
-def contract(records: list[dict[str, Any]]) -> int:
-    """Offsets non-decreasing, one per log-prob; returns how many re-tokenize exactly."""
-    from dasd_cli.model.load import load_tokenizer
-    from dasd_cli.core.chat import tokenize_with_offsets
-
-    tokenizer = load_tokenizer(None)
-    canonical = 0
-    for record in records:
-        offsets, logprobs = record["teacher"]["offsets"], record["teacher"]["logprobs"]
-        assert len(offsets) == len(logprobs) > 0 and record["teacher"]["logprobs_mode"] == "raw"
-        assert all(a <= b for a, b in zip(offsets, offsets[1:])) and offsets[-1] < len(record["response"])
-        canonical += tokenize_with_offsets(tokenizer, record["response"])[1] == offsets
-    return canonical
-
-
-def teacher_forced_gap(records: list[dict[str, Any]]) -> float:
-    """Largest |stored - log_softmax(raw logits)| over every token, with transformers fp32."""
-    import torch
-
-    from dasd_cli.backends.hf import HFBackend
-    from dasd_cli.core.chat import encode_ids, prompt_messages, render_prompt
-
-    engine = HFBackend(dtype="fp32")
-    worst = 0.0
-    for record in records:
-        prompt_ids = encode_ids(engine.tokenizer, render_prompt(engine.tokenizer, prompt_messages(record)))
-        response_ids = encode_ids(engine.tokenizer, record["response"])
-        if len(response_ids) != len(record["teacher"]["logprobs"]):
-            continue  # not the canonical tokenization: the sampled ids are not recoverable
-        with torch.inference_mode():  # on the model's device (a GPU where there is one)
-            ids = torch.tensor([prompt_ids + response_ids], device=engine.model.device)
-            logits = engine.model(ids).logits[0].float().cpu()
-        forced = torch.log_softmax(logits[len(prompt_ids) - 1:-1], -1).gather(
-            1, torch.tensor(response_ids)[:, None])[:, 0]
-        worst = max(worst, (forced - torch.tensor(record["teacher"]["logprobs"])).abs().max().item())
-    return worst
-
-
 def test_offline_engine_records(tmp_path: Path, model_path: str) -> None:
     out = tmp_path / "out.jsonl"
     proc = subprocess.run([str(VENV / "bin" / "dasd"), "sample", "--backend", "vllm", "--model", model_path,
                            "--dtype", "fp32", "-n", "2", "-t", "0.6", "--max-tokens", "16", "-o", str(out), "-"],
-                          input=to_jsonl(PROMPTS), capture_output=True, env={**os.environ, **ENV}, timeout=900)
+                          input=to_jsonl(SAMPLE_PROMPTS), capture_output=True, env={**os.environ, **ENV}, timeout=900)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     records = parse_records(out.read_bytes())
-    assert [r["id"] for r in records] == [f"{p['id']}@0.6#{k}" for p in PROMPTS for k in range(2)]
+    assert [r["id"] for r in records] == [f"{p['id']}@0.6#{k}" for p in SAMPLE_PROMPTS for k in range(2)]
     canonical = contract(records)
     print(f"vllm: canonical re-tokenization {canonical}/{len(records)}")
     assert canonical >= len(records) - 1  # a sampled sequence may be non-canonical, rarely
@@ -154,10 +112,10 @@ def test_openai_backend_against_vllm_server(vllm_server: str, endpoint: str) -> 
     # The server runs with --logprobs-mode raw_logprobs; a reply does not say so, the user does.
     proc = run_dasd(["sample", "--backend", "openai", "--base-url", vllm_server, "--endpoint", endpoint,
                      "--server-logprobs", "raw", "-n", "2", "--max-tokens", "16", "--compress", "none", "-"],
-                    stdin=to_jsonl(PROMPTS), timeout=600)
+                    stdin=to_jsonl(SAMPLE_PROMPTS), timeout=600)
     assert proc.returncode == 0, proc.stderr.decode()
     records = parse_records(proc.stdout)
-    assert [r["id"] for r in records] == [f"{p['id']}@0.6#{k}" for p in PROMPTS for k in range(2)]
+    assert [r["id"] for r in records] == [f"{p['id']}@0.6#{k}" for p in SAMPLE_PROMPTS for k in range(2)]
     assert all(r["teacher"]["model"] == "smol" for r in records)
     canonical = contract(records)
     print(f"openai/{endpoint}: canonical re-tokenization {canonical}/{len(records)}")

@@ -79,7 +79,7 @@ TYPOS = [
 def test_a_typo_in_a_choice_is_a_usage_error_naming_the_flag(args: list[str], flag: str) -> None:
     """Exit 2 at parse time, before any input is read or model loaded (stdin holds a
     record that would otherwise load the default model)."""
-    from conftest import run_dasd, to_jsonl
+    from helpers import run_dasd, to_jsonl
 
     record = {"id": "a", "prompt": "p", "response": "r", "finish_reason": "stop"}
     proc = run_dasd([*args, "-"], stdin=to_jsonl([record]), timeout=60)

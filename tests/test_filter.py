@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import parse_records, to_jsonl
+from helpers import parse_records, to_jsonl
 from dasd_cli.core.filters.harmony import normalize_harmony, normalize_harmony_text
 from dasd_cli.core.filters.structure import StructureFilter
 from dasd_cli.core.filters.truncated import TruncatedFilter
@@ -150,8 +150,8 @@ def test_max_tokens_is_a_hidden_deprecated_alias_of_cutoff_len(cli) -> None:
     code, _out, err = cli(["filter", "--cutoff-len", "10", "--max-tokens", "20", "-"], stdin=b"")
     assert code == 2 and "--cutoff-len 10 and --max-tokens 20 disagree" in err
     assert [line for line in err.splitlines() if "deprecated" in line] == [
-        "dasd filter: warning: --max-tokens is deprecated; use --cutoff-len (the same training-sequence "
-        "cap as dasd pack's)"]
+        ("dasd filter: warning: --max-tokens is deprecated; use --cutoff-len (the same training-sequence "
+         "cap as dasd pack's)")]
 
 
 @pytest.mark.slow

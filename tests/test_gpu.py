@@ -38,10 +38,10 @@ import orjson
 import pytest
 import torch
 
-from conftest import parse_records, run_dasd, to_jsonl, write_file
-from test_backend_vllm import PROMPTS, contract, teacher_forced_gap
-from test_moe import _records
-import test_moe_zero3 as zero3
+from helpers import parse_records, run_dasd, to_jsonl, write_file
+from helpers import SAMPLE_PROMPTS, contract, routed_records, teacher_forced_gap
+from moe_models import (compare_steps, launch_two_ranks, metrics_lines, rank_script, zero3_config, zero3_setup,
+                        zero3_train_args)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 NO_CUDA = None if torch.cuda.is_available() else \
@@ -75,19 +75,19 @@ def test_flash_attention_varlen_packed_samples_equal_alone():
     samples = [torch.randint(3, vocab, (n,), generator=gen).cuda() for n in LENGTHS]
     neighbour = torch.randint(3, vocab, (50,), generator=gen).cuda()
 
-    def in_row(parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    def in_row(lm: torch.nn.Module, parts: list[torch.Tensor]) -> list[torch.Tensor]:
         ids = torch.cat(parts)[None]
         positions = torch.cat([torch.arange(len(p), device="cuda") for p in parts])[None]
-        logits, start, out = packed.packed_logits(model, ids, positions)[0], 0, []
+        logits, start, out = packed.packed_logits(lm, ids, positions)[0], 0, []
         for part in parts:
             out.append(_token_logprobs(logits[start:start + len(part)], part))
             start += len(part)
         return out
 
     with torch.no_grad():
-        packed_lp = in_row(samples)
+        packed_lp = in_row(model, samples)
         alone = [_token_logprobs(model(input_ids=s[None]).logits[0], s) for s in samples]
-        other = in_row([neighbour, samples[1]])[1]  # sample 1 after another, longer sample
+        other = in_row(model, [neighbour, samples[1]])[1]  # sample 1 after another, longer sample
         row = model(input_ids=torch.cat(samples[:2])[None]).logits[0]  # control: one causal row
         leaky = _token_logprobs(row[LENGTHS[0]:], samples[1])
     del model
@@ -100,7 +100,7 @@ def test_flash_attention_varlen_packed_samples_equal_alone():
 
 @_needs("liger_kernel", "pip install liger-kernel")
 def test_liger_loss_equals_the_default_loss(tmp_path):
-    data = write_file(tmp_path / "packed.jsonl", _records(4, seed=3))
+    data = write_file(tmp_path / "packed.jsonl", routed_records(4, seed=3))
     args = ["train", "--data", str(data), "--epochs", "1", "--global-batch-size", "2", "--no-shuffle",
             "--dtype", "fp32", "--attn", "sdpa", "--compress", "none"]
     runs = {}
@@ -120,10 +120,10 @@ def test_vllm_gpu_records_hold_raw_logprobs(tmp_path):
     out = tmp_path / "out.jsonl"
     proc = run_dasd(["sample", "--backend", "vllm", "--dtype", "fp32", "--enforce-eager",
                      "--gpu-memory-utilization", "0.5", "-n", "2", "-t", "0.6", "--max-tokens", "16",
-                     "-o", str(out), "-"], stdin=to_jsonl(PROMPTS), timeout=900)
+                     "-o", str(out), "-"], stdin=to_jsonl(SAMPLE_PROMPTS), timeout=900)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     records = parse_records(out.read_bytes())
-    assert [r["id"] for r in records] == [f"{p['id']}@0.6#{k}" for p in PROMPTS for k in range(2)]
+    assert [r["id"] for r in records] == [f"{p['id']}@0.6#{k}" for p in SAMPLE_PROMPTS for k in range(2)]
     assert contract(records) >= len(records) - 1
     gap = teacher_forced_gap(records)
     print(f"vllm (GPU): max |stored - teacher-forced raw| = {gap:.2e}")
@@ -138,22 +138,22 @@ def _json_lines(stdout: bytes) -> list[dict]:
 @_needs("deepspeed", "DS_BUILD_OPS=0 pip install deepspeed", gpus=2)  # ZeRO-3 over NCCL, 2 ranks
 @pytest.mark.parametrize("layout", ["fused", "per-expert"])
 def test_moe_zero3_on_two_gpus_matches_one_process(tmp_path, layout):
-    model, data = zero3._setup(tmp_path)
-    config = str(zero3._zero3_config(tmp_path))
+    model, data = zero3_setup(tmp_path)
+    config = str(zero3_config(tmp_path))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("DS_ACCELERATOR", None)  # the launcher finds the GPUs
     if layout == "fused":
-        args = zero3._train_args(model, data)
+        args = zero3_train_args(model, data)
         single = run_dasd(args + ["--out", str(tmp_path / "single")], timeout=300)
         ranks = ["-m", "dasd_cli.cli", *args, "--out", str(tmp_path / "zero3"), "--deepspeed", config]
         read = _json_lines
     else:
-        single = subprocess.run([sys.executable, *zero3._script(model, data, tmp_path / "single")],
+        single = subprocess.run([sys.executable, *rank_script(model, data, tmp_path / "single")],
                                 capture_output=True, env=env, timeout=300)
-        ranks = zero3._script(model, data, tmp_path / "zero3", "--deepspeed", config)
-        read = zero3._metrics
+        ranks = rank_script(model, data, tmp_path / "zero3", "--deepspeed", config)
+        read = metrics_lines
     assert single.returncode == 0, single.stderr.decode()[-3000:]
-    launched = zero3._launch(ranks, port=29591 + (layout == "fused"), timeout=300, env=env, deepspeed=True)
+    launched = launch_two_ranks(ranks, port=29591 + (layout == "fused"), timeout=300, env=env, deepspeed=True)
     assert launched is not None, f"ZeRO-3 on {layout} experts hung over NCCL"
     assert launched.returncode == 0, launched.stderr.decode()[-3000:]
-    zero3._compare(read(single.stdout), read(launched.stdout))
+    compare_steps(read(single.stdout), read(launched.stdout))

@@ -9,7 +9,6 @@ alignment code path (decode, harmony normalization, remap) is the same.
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from conftest import dasd_bin, parse_records, to_jsonl
+from helpers import dasd_bin, parse_records, to_jsonl
 
 ROWS = [
     ("3f1c0000-0000-4000-8000-000000000001", "math", "Find x if 2x = 10.",
@@ -96,7 +95,7 @@ def write_parquet(path: Path, rows: list[dict[str, Any]], row_group_size: int = 
 def check_slice(tokenizer, records: list[dict[str, Any]], err: str) -> None:
     assert "read 4, kept 2, dropped 2 (missing_logprobs 1, tokens_mismatch 1)" in err
     assert [r["id"] for r in records] == [ROWS[0][0], ROWS[1][0]]
-    for record, (uuid, _domain, question, reasoning, answer) in zip(records, ROWS):
+    for record, (_uuid, _domain, question, reasoning, answer) in zip(records, ROWS):
         assert record["messages"] == [{"role": "user", "content": question}]
         assert record["response"] == f"<think>\n{reasoning}\n</think>\n\n{answer}"
         teacher = record["teacher"]
@@ -197,7 +196,7 @@ def test_logprobs_need_the_gpt_oss_tokenizer(cli, tmp_path: Path) -> None:
 
 
 def test_compressed_logprob_file_is_refused(cli, tmp_path: Path, tokenizer_folder: Path) -> None:
-    from conftest import zstd_bytes
+    from helpers import zstd_bytes
 
     lp = tmp_path / "lp.jsonl.zst"
     lp.write_bytes(zstd_bytes(b'{"sample_uuid": "a", "token_ids": [], "logprobs": []}\n'))

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import pytest
 
-from conftest import ROOT, parse_records, run_dasd, write_file
+from helpers import ROOT, parse_records, run_dasd, write_file
 from dasd_cli.model.load import DEFAULT_MODEL_NAME
 from dasd_cli.core.das import DEFAULT_BETA
 from dasd_cli.core.segment import sentence_spans
@@ -345,7 +345,8 @@ def check_pack(folder: Path, out: bytes, err: str) -> None:
     assert sorted(i for r in packed for i in r["ids"]) == sorted(r["id"] for r in stage_records("s1-"))
     for record in packed:
         assert len(record["input_ids"]) == len(record["labels"]) == len(record["position_ids"]) <= 65536
-        assert record["tokenizer"]
+    fingerprints = {record["tokenizer"] for record in packed}  # one tokenizer packed them all
+    assert len(fingerprints) == 1 and re.fullmatch(r"sha256:[0-9a-f]{16}", fingerprints.pop())
 
 
 def check_no_pack(folder: Path, out: bytes, err: str) -> None:

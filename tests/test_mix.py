@@ -177,7 +177,7 @@ def test_parse_input_reads_count_only_from_an_integer_suffix(tmp_path) -> None:
 
 
 def test_cli_blend_with_counts_dedupe_and_seed(cli, tmp_path) -> None:
-    from conftest import parse_records, write_file
+    from helpers import parse_records, write_file
 
     mixed = write_file(tmp_path / "mixed:policy.jsonl", [rec(p, 0, response=f"m{p}") for p in range(30)])
     off = write_file(tmp_path / "off.jsonl.zst",
@@ -196,7 +196,7 @@ def test_cli_blend_with_counts_dedupe_and_seed(cli, tmp_path) -> None:
 
 
 def test_cli_short_quota_and_missing_das(cli, tmp_path) -> None:
-    from conftest import parse_records, to_jsonl
+    from helpers import parse_records, to_jsonl
 
     data = to_jsonl([rec(p, 0) for p in range(5)])
     code, _out, err = cli(["mix", "--quota", "math=8", "-"], stdin=data)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import random
-from pathlib import Path
 
 import pytest
 import torch
 
 from moe_models import FAMILIES, PerExpertMoe, save_with_tokenizer, tiny_model, to_per_expert
-from test_train_recipe import pack
+from helpers import make_samples, make_tiny_model, make_trainer, pack, packed_records, routed_records, tiny_llama
 from dasd_cli.core.train import router
 from dasd_cli.model import moe
 from dasd_cli.model import packed as packed_forward
@@ -63,8 +61,6 @@ def test_per_expert_modules_become_leaf_modules():
 
 
 def test_dense_models_have_no_blocks():
-    from test_train_isolation import tiny_llama
-
     assert moe.find_blocks(tiny_llama("sdpa")) == []
 
 
@@ -91,8 +87,6 @@ def test_cpu_runs_the_eager_experts_kernel(family):
 
 
 def test_dense_and_per_expert_models_have_no_experts_kernel():
-    from test_train_isolation import tiny_llama
-
     assert moe.use_fastest_experts(tiny_llama("sdpa"), "cpu") is None
     assert moe.use_fastest_experts(to_per_expert(tiny_model("qwen3_moe")), "cpu") is None
 
@@ -158,38 +152,12 @@ def test_packed_routing_and_logits_are_isolated(family, attn):
 
 
 # ---------------------------------------------------------------- training
-def _records(n: int, seed: int, token_groups=None, per_record: int = 2) -> list[dict]:
-    """Packed records of ``per_record`` samples each; ``token_groups[i % 2]`` lists the token residues
-    (mod 4) record ``i`` draws from (None: any token)."""
-    rng = random.Random(seed)
-    records = []
-    for i in range(n):
-        samples = []
-        for _ in range(per_record):
-            pool = [t for t in range(2, 97) if token_groups is None or t % 4 in token_groups[i % 2]]
-            tokens = [rng.choice(pool) for _ in range(rng.randint(5, 10))]
-            samples.append((tokens, rng.randint(1, 3)))
-        records.append(pack(samples, prefix=f"r{i}-"))
-    return records
-
-
-def _trainer(model_dir: Path, out: Path, records: list[dict], **kwargs):
-    from dasd_cli.core.train.batching import packed_from_record
-    from dasd_cli.training import recipe
-    from dasd_cli.training.distributed import Ranks
-
-    trainer = recipe.Trainer(recipe.TrainConfig(out=out, model=str(model_dir), dtype="fp32", **kwargs), Ranks())
-    trainer.setup_model()
-    trainer.setup_data([packed_from_record(r, trainer.vocab_size) for r in records])
-    return trainer
-
-
 def test_train_logs_the_models_aux_loss_and_applies_the_coefficient(tmp_path):
     model_dir = save_with_tokenizer(tiny_model("qwen3_moe"), tmp_path / "model")
-    records = _records(1, seed=3, per_record=1)  # one sample: the model's own forward sees the same row
+    records = routed_records(1, seed=3, per_record=1)  # one sample: the model's own forward sees the same row
     runs = {}
     for coef in (None, 0.0, 5.0):
-        trainer = _trainer(model_dir, tmp_path / f"out-{coef}", records, epochs=1, global_batch_size=1,
+        trainer = make_trainer(model_dir, tmp_path / f"out-{coef}", records, epochs=1, global_batch_size=1,
                            router_aux_loss_coef=coef)
         runs[coef] = list(trainer.train())[0]
     reference = tiny_model("qwen3_moe")
@@ -207,23 +175,19 @@ def test_train_logs_the_models_aux_loss_and_applies_the_coefficient(tmp_path):
 
 
 def test_aux_coef_on_a_dense_model_is_refused(tmp_path):
-    from test_train_recipe import make_samples, make_tiny_model, packed_records
-
     from dasd_cli.errors import UsageError
 
     model = make_tiny_model(tmp_path / "model")
     with pytest.raises(UsageError, match="no routed experts"):
-        _trainer(model, tmp_path / "out", packed_records(make_samples(2), 1), router_aux_loss_coef=0.01)
+        make_trainer(model, tmp_path / "out", packed_records(make_samples(2), 1), router_aux_loss_coef=0.01)
 
 
 def test_packed_equals_unpacked_lm_loss_on_moe(tmp_path):
-    from test_train_recipe import make_samples, packed_records
-
     model_dir = save_with_tokenizer(tiny_model("qwen3_moe"), tmp_path / "model")
     samples = make_samples(4)
     losses = {}
     for name, records in (("packed", [pack(samples)]), ("unpacked", packed_records(samples, 1))):
-        trainer = _trainer(model_dir, tmp_path / name, records, epochs=1, global_batch_size=len(records),
+        trainer = make_trainer(model_dir, tmp_path / name, records, epochs=1, global_batch_size=len(records),
                            shuffle=False, router_aux_loss_coef=0.0)
         losses[name] = list(trainer.train())[0]
     assert losses["packed"]["target_tokens"] == losses["unpacked"]["target_tokens"]
@@ -234,10 +198,10 @@ def test_packed_equals_unpacked_lm_loss_on_moe(tmp_path):
 def test_gradient_checkpointing_keeps_loss_aux_and_gradients(tmp_path):
     """Router hooks fire once per forward; the recompute in backward records nothing."""
     model_dir = save_with_tokenizer(tiny_model("qwen3_moe"), tmp_path / "model")
-    records = _records(2, seed=4)
+    records = routed_records(2, seed=4)
     runs = []
     for checkpointing in (False, True):
-        trainer = _trainer(model_dir, tmp_path / f"out-{checkpointing}", records, epochs=1, global_batch_size=2,
+        trainer = make_trainer(model_dir, tmp_path / f"out-{checkpointing}", records, epochs=1, global_batch_size=2,
                            shuffle=False, router_aux_loss_coef=0.1, gradient_checkpointing=checkpointing)
         runs.append(list(trainer.train())[0])
     for key in ("loss", "aux_loss", "grad_norm"):
@@ -246,7 +210,7 @@ def test_gradient_checkpointing_keeps_loss_aux_and_gradients(tmp_path):
 
 def test_debug_says_what_was_found(tmp_path, capfd):
     model_dir = save_with_tokenizer(tiny_model("qwen3_moe"), tmp_path / "model")
-    _trainer(model_dir, tmp_path / "out", _records(1, seed=1), debug=True)
+    make_trainer(model_dir, tmp_path / "out", routed_records(1, seed=1), debug=True)
     err = capfd.readouterr().err
     assert ("dasd train: 2 sparse blocks of 8 experts, top-2; router aux loss coefficient 0.001 "
             "(the model config); experts kernel eager") in err
@@ -276,5 +240,5 @@ def test_gpt_oss_attention_sinks_are_not_dropped(tmp_path):
     assert not _packable(model)  # scoring takes padded batches instead of segmented rows
     assert _packable(tiny_model("qwen3_moe", attn="sdpa"))
     folder = save_with_tokenizer(model, tmp_path / "gpt-oss")
-    trainer = _trainer(folder, tmp_path / "out", _records(1, seed=2), attn="auto")
+    trainer = make_trainer(folder, tmp_path / "out", routed_records(1, seed=2), attn="auto")
     assert trainer.model.config._attn_implementation == "eager"

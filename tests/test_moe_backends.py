@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from moe_models import tiny_config
-from test_score_hf import REQUESTS, _reference
+from helpers import REQUESTS, reference_logprobs
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def test_packed_scoring_rows_stay_isolated_on_moe(tmp_path, family, monkeypatch)
     got = {s.key: s for s in hf_score.score_batches(model, tokenizer, REQUESTS, batch_tokens=160)}
     assert max(rows) > 1  # several samples shared a row
     for request in REQUESTS:
-        expected, offsets = _reference(model, tokenizer, request)
+        expected, offsets = reference_logprobs(model, tokenizer, request)
         assert got[request.key].offsets == offsets
         assert got[request.key].logprobs == pytest.approx(expected, abs=1e-4)
 

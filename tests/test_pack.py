@@ -76,9 +76,9 @@ def test_bfd_is_deterministic_and_near_lower_bound() -> None:
 
 
 def test_bfd_rejects_items_over_capacity() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"every length must be in 1\.\.10"):
         best_fit_decreasing([5, 11], 10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"every length must be in 1\.\.10"):
         best_fit_decreasing([0, 3], 10)
     assert len(best_fit_decreasing([], 10)) == 0
 
@@ -309,7 +309,7 @@ def test_cli_packs_drops_over_cutoff_and_writes_the_packed_record(cli, tmp_path:
                                                                   smollm2_tokenizer) -> None:
     import orjson
 
-    from conftest import parse_records, to_jsonl
+    from helpers import parse_records, to_jsonl
 
     records = [response(i, w) for i, w in enumerate([5, 40, 3, 400, 20, 8, 60, 1])]
     stats = tmp_path / "stats.json"
@@ -354,7 +354,7 @@ def test_cli_packs_drops_over_cutoff_and_writes_the_packed_record(cli, tmp_path:
 
 @pytest.mark.slow
 def test_cli_record_without_response_names_file_and_line(cli, tmp_path: Path) -> None:
-    from conftest import to_jsonl
+    from helpers import to_jsonl
 
     path = tmp_path / "prompts.jsonl"
     path.write_bytes(to_jsonl([response(0, 3), {"id": "x", "prompt": "no response here"}]))
@@ -367,7 +367,7 @@ def test_pipe_mix_das_into_pack(tmp_path: Path) -> None:
     """`dasd mix --select das | dasd pack` as real processes: the DAS winners get packed."""
     import subprocess
 
-    from conftest import dasd_bin, parse_records, write_file
+    from helpers import dasd_bin, parse_records, write_file
 
     records = []
     for q in range(4):
@@ -393,7 +393,7 @@ def test_pipe_mix_das_into_pack(tmp_path: Path) -> None:
 def test_filter_and_pack_build_the_prompt_sample_sent(cli, smollm2_tokenizer) -> None:
     """`dasd sample --system-prompt X`, then filter and pack without the flag: the token
     count and the packed prompt tokens hold X."""
-    from conftest import parse_records, to_jsonl
+    from helpers import parse_records, to_jsonl
     from dasd_cli.core.chat import count_training_tokens
     from fault_proxy import FakeOpenAI
 

@@ -31,7 +31,7 @@ def _prose(rng: random.Random, words: int) -> str:
 
 
 def test_word_hashes_ignore_case_and_punctuation():
-    hashes, lengths = word_hashes("Hello, world! HELLO world".encode())
+    hashes, lengths = word_hashes(b"Hello, world! HELLO world")
     assert hashes[0] == hashes[2] and hashes[1] == hashes[3] and hashes[0] != hashes[1]
     assert lengths.tolist() == [5, 5, 5, 5]
     assert word_hashes(b"").__len__() == 2 and word_hashes(b" ,. ")[0].size == 0

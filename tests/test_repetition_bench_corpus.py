@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 
 from dasd_cli.core.filters.repetition import check_text, repetition_stats
+from helpers import repetition_configs
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_repetition_equality import CONFIGS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = ROOT / "tests" / "data" / "repetition_bench_expected.json"
@@ -47,7 +46,7 @@ def _digest(value) -> str:
 
 
 def _verdict(text: str, label: str):
-    drop = check_text(text, CONFIGS[label])
+    drop = check_text(text, repetition_configs()[label])
     return None if drop is None else [drop.reason, drop.detail]
 
 
@@ -70,7 +69,7 @@ def test_the_corpus_is_the_frozen_one(expected):
 
 def test_same_verdicts_as_the_numpy_version(expected):
     texts = pool()
-    for label in CONFIGS:
+    for label in repetition_configs():
         got = [_verdict(t, label) for t in texts]
         if label != "default":
             got = [_digest(v) for v in got]

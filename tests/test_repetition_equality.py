@@ -20,18 +20,10 @@ from pathlib import Path
 import pytest
 
 from dasd_cli.core.filters.repetition import RepetitionConfig, check_text, repetition_stats
+from helpers import repetition_configs
 
 EXPECTED = Path(__file__).resolve().parent / "data" / "repetition_expected.json"
 DEFAULT = RepetitionConfig()
-# A strict setting makes every statistic and the looping-tail search decide more often.
-STRICT = replace(DEFAULT, min_words=5, loop_min_repeats=2.5, loop_min_words=6, loop_min_bytes=16,
-                 max_duplicate_line_fraction=0.9, max_duplicate_line_char_fraction=0.9,
-                 max_duplicate_paragraph_fraction=0.9, max_duplicate_paragraph_char_fraction=0.9,
-                 max_top_2gram_fraction=0.05, max_top_3gram_fraction=0.04, max_top_4gram_fraction=0.03,
-                 max_duplicate_5gram_fraction=0.2, max_duplicate_6gram_fraction=0.15,
-                 max_duplicate_7gram_fraction=0.1, max_duplicate_8gram_fraction=0.08,
-                 max_duplicate_9gram_fraction=0.06, max_duplicate_10gram_fraction=0.05)
-CONFIGS = {"default": DEFAULT, "strict": STRICT}
 
 WORDS = ("so", "the", "value", "of", "x", "is", "then", "we", "check", "wait", "let", "me", "sum",
          "term", "equals", "and", "therefore", "root", "Case", "CASE", "case", "n", "2", "12",
@@ -129,7 +121,7 @@ def compute() -> dict[str, dict]:
     out = {}
     for name, text in corpus():
         verdicts = {}
-        for label, config in CONFIGS.items():
+        for label, config in repetition_configs().items():
             drop = check_text(text, config)
             verdicts[label] = None if drop is None else [drop.reason, drop.detail]
         out[name] = {"sha": _digest(text), "stats": repetition_stats(text), "verdicts": verdicts}
@@ -146,13 +138,13 @@ def test_same_statistics_and_verdicts_as_frozen(name, text, expected):
     want = expected[name]
     assert _digest(text) == want["sha"], "the corpus changed, not the filter"
     assert repetition_stats(text) == want["stats"]
-    for label, config in CONFIGS.items():
+    for label, config in repetition_configs().items():
         drop = check_text(text, config)
         assert (None if drop is None else [drop.reason, drop.detail]) == want["verdicts"][label], label
 
 
 def test_every_verdict_kind_is_exercised(expected):
-    reasons = Counter(v["verdicts"][label][0] for v in expected.values() for label in CONFIGS
+    reasons = Counter(v["verdicts"][label][0] for v in expected.values() for label in repetition_configs()
                       if v["verdicts"][label] is not None)
     assert {"looping_tail", "repeated_lines", "repeated_paragraphs", "top_ngram",
             "duplicate_ngrams"} <= set(reasons), reasons
@@ -190,7 +182,7 @@ def reference_ngram_stats(text: str) -> dict[str, float]:
                 if g in seen:
                     covered[i:i + n] = [True] * n
                 seen.add(g)
-            stats[f"duplicate_{n}gram_fraction"] = float(sum(l for l, c in zip(lengths, covered) if c)) / total
+            stats[f"duplicate_{n}gram_fraction"] = float(sum(length for length, c in zip(lengths, covered) if c)) / total
     return stats
 
 

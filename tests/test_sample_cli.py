@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import parse_records, to_jsonl
+from helpers import parse_records, to_jsonl
 from fault_proxy import FakeOpenAI
 
 
@@ -170,7 +170,7 @@ def test_concurrent_resume_runs_never_duplicate_ids(tmp_path: Path) -> None:
     retried job): one writes, the others refuse; every id is in the file once."""
     import subprocess
 
-    from conftest import dasd_bin
+    from helpers import dasd_bin
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_bytes(to_jsonl([{"id": f"q{i}", "prompt": f"What is {i} + {i}?"} for i in range(12)]))

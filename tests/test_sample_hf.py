@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conftest import parse_records, to_jsonl
+from helpers import parse_records, to_jsonl
 from dasd_cli.backends.base import GenerationRequest
 from dasd_cli.core.chat import render_prompt, tokenize_with_offsets
 

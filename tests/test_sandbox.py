@@ -55,7 +55,7 @@ def test_cannot_connect_to_a_listener_on_loopback():
             try:
                 accepted.append(listener.accept())
                 return
-            except socket.timeout:
+            except TimeoutError:
                 continue
 
     thread = threading.Thread(target=accept)

@@ -14,10 +14,9 @@ import numpy as np
 import orjson
 import pytest
 
-from conftest import parse_records, run_dasd, to_jsonl, write_file
+from helpers import make_samples, make_tiny_model, packed_records, parse_records, run_dasd, to_jsonl, write_file
 from dasd_cli.core.mix import Mixer
 from dasd_cli.store import RecordSpill, TokenStore, TokenStoreWriter
-from test_train_recipe import make_samples, make_tiny_model, packed_records
 
 # --------------------------------------------------------------------------- stores
 

@@ -12,29 +12,11 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-import orjson
 import pytest
 
-from conftest import dasd_bin, parse_records, run_dasd, to_jsonl, zstd_bytes
+from helpers import dasd_bin, parse_records, run_dasd, scored_record, to_jsonl, zstd_bytes
 from dasd_cli.core.segment import sentence_spans
 from dasd_cli.report.explain import ANSI
-
-
-def scored_record(i: int) -> dict:
-    """A response record already scored by the default student (score reuses its das)."""
-    response = f"Step one for {i}. Then step two.\nThe answer is {i}."
-    (a, b), (_, c), (_, d) = sentence_spans(response)
-    return {"id": f"p{i}@0.6#0", "prompt_id": f"p{i}", "prompt": f"Question {i}?", "response": response,
-            "finish_reason": "stop", "teacher": {"model": "T", "temperature": 0.6, "top_p": 1.0, "seed": 0,
-                                                 "logprobs": [-0.1, -0.2], "offsets": [0, 17],
-                                                 "logprobs_mode": "raw"},
-            "das": {"student": "SmolLM2-135M-Instruct", "beta": 0.1,
-                    "counts": {"teacher": 1, "shared": 1, "student": 1}, "score": 1,
-                    "p_teacher": 0.86, "p_student": 0.5,
-                    "sentences": [{"start": a, "end": b, "p_teacher": 0.9, "p_student": 0.5, "type": "teacher"},
-                                  {"start": b, "end": c, "p_teacher": 0.8, "p_student": 0.75, "type": "shared"},
-                                  {"start": c, "end": d, "p_teacher": 0.2, "p_student": 0.6,
-                                   "type": "student"}]}}
 
 
 # (type, p_T, p_S, p_D) of each sentence: counts 2 teacher, 1 shared, 3 student, 1 boosted,

@@ -7,19 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from dasd_cli.backends.base import ScoreRequest
 from dasd_cli.backends.hf_score import plan_batches, plan_rows
-
-REQUESTS = [
-    ScoreRequest("a", [{"role": "user", "content": "What is 2+3?"}],
-                 "<think>\nAdd them. 2 + 3 = 5.\n</think>\n\nThe answer is $5$."),
-    ScoreRequest("b", [{"role": "system", "content": "You are a helpful assistant."},
-                       {"role": "user", "content": "Name a prime."}], "7 is prime."),
-    ScoreRequest("c", [{"role": "user", "content": "Count to five, with a note on each number."}],
-                 "One is first. Two is even. Three is odd! Four is a square. Five, done."),
-    ScoreRequest("empty", [{"role": "user", "content": "Say nothing."}], ""),
-]
-
+from helpers import REQUESTS, reference_logprobs
 
 def test_plan_batches_respects_budget_and_sorts_longest_first():
     lengths = [5, 50, 20, 20, 100, 7]
@@ -41,20 +30,6 @@ def test_plan_rows_fills_best_fit_within_budget():
     # dasd pack's best-fit decreasing: each into the row with the least room that fits it
     # (the 7 into 30 + 20, which has 10 left like 50's row but reached it last; the 5 beside 50)
     assert [sorted((lengths[i] for i in r), reverse=True) for r in rows[1:]] == [[50, 5], [30, 20, 7], [20]]
-
-
-def _reference(model, tokenizer, request):
-    import torch
-
-    from dasd_cli.core.chat import encode_example
-
-    enc = encode_example(tokenizer, request.messages, request.response, add_end_of_turn=False)
-    ids = torch.tensor([enc.input_ids])
-    with torch.inference_mode():
-        logprobs = model(input_ids=ids).logits.float().log_softmax(-1)[0]
-    targets = ids[0, enc.prompt_len:]
-    rows = logprobs[enc.prompt_len - 1:len(enc.input_ids) - 1]
-    return rows.gather(1, targets[:, None]).squeeze(1).tolist(), enc.response_offsets
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +65,7 @@ def test_scores_equal_reference_forward(tokenizer, monkeypatch, packed, dtype, m
     assert set(got) == {r.key for r in REQUESTS}
     worst, total, count = 0.0, 0.0, 0
     for request in REQUESTS:
-        expected, offsets = _reference(model, tokenizer, request)
+        expected, offsets = reference_logprobs(model, tokenizer, request)
         scored = got[request.key]
         assert scored.offsets == offsets
         assert len(scored.logprobs) == len(expected) == len(offsets)

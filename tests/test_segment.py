@@ -19,7 +19,7 @@ def _check_partition(text: str) -> None:
         assert spans == []
         return
     assert spans[0][0] == 0 and spans[-1][1] == len(text)
-    for (a, b), (c, _) in zip(spans, spans[1:]):
+    for (_, b), (c, _) in zip(spans, spans[1:]):
         assert b == c  # contiguous: nothing lost, nothing counted twice
     assert all(b > a for a, b in spans)
     assert "".join(text[a:b] for a, b in spans) == text

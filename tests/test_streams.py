@@ -7,6 +7,7 @@ function making the i-th valid input record (one the command keeps).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,9 +20,8 @@ from typing import Any
 import orjson
 import pytest
 
-from conftest import (dasd_bin, decode, gzip_bytes, parse_records, run_dasd, to_jsonl,
-                      write_file, zstd_bytes)
-from test_score_cli import scored_record
+from dasd_cli.errors import UsageError
+from helpers import dasd_bin, decode, parse_records, run_dasd, scored_record, to_jsonl, write_file, zstd_bytes
 
 
 def response_record(i: int) -> dict[str, Any]:
@@ -340,8 +340,9 @@ def test_shard_splits_records_between_machines(tmp_path: Path) -> None:
         seen += got
     assert sorted(seen) == sorted(r["id"] for r in records)
     assert common.parse_shard("2/3") == (2, 3)
-    for bad in ("3/3", "x", "1/0"):
-        with pytest.raises(Exception):
+    for bad, message in (("3/3", "--shard 3/3: need 0 <= K < N"), ("x", "--shard must look like K/N"),
+                         ("1/0", "--shard 1/0: need 0 <= K < N")):
+        with pytest.raises(UsageError, match=re.escape(message)):
             common.parse_shard(bad)
 
 

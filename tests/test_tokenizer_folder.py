@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import parse_records, run_dasd, to_jsonl
+from helpers import parse_records, run_dasd, to_jsonl
 from fault_proxy import FakeOpenAI
 
 RECORDS = [{"id": f"r{i}", "prompt_id": f"p{i}", "messages": [{"role": "user", "content": f"What is {i}+{i}?"}],

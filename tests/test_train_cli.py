@@ -5,8 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from conftest import parse_records, run_dasd, to_jsonl, write_file
-from test_train_recipe import make_samples, make_tiny_model, pack, packed_records
+from helpers import make_samples, make_tiny_model, pack, packed_records, parse_records, run_dasd, to_jsonl, write_file
 
 
 @pytest.fixture(scope="module")

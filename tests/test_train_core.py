@@ -131,11 +131,11 @@ def test_schedule_matches_formula_at_every_step():
 
 def test_schedule_rejects_bad_steps():
     sched = Schedule(total_steps=3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"step 0 outside 1\.\.3"):
         sched.lr(0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"step 4 outside 1\.\.3"):
         sched.lr(4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="total_steps must be at least 1"):
         Schedule(total_steps=0)
 
 

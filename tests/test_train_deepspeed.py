@@ -10,8 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, parse_records, run_dasd, write_file
-from test_train_recipe import make_samples, make_tiny_model, packed_records
+from helpers import ROOT, make_samples, make_tiny_model, packed_records, parse_records, run_dasd, write_file
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,

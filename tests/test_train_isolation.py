@@ -6,18 +6,9 @@ import pytest
 import torch
 
 from dasd_cli.model import packed as forward
+from helpers import tiny_llama
 
 LENGTHS = (7, 12, 5)  # three samples packed into one sequence of 24 tokens
-
-
-def tiny_llama(attn: str, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         attn_implementation=attn)
-    return LlamaForCausalLM(config).eval()
 
 
 def _packed(vocab: int, seed: int = 0):

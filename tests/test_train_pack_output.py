@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import parse_records, run_dasd, write_file
-from test_train_recipe import make_samples, make_tiny_model, packed_records
+from helpers import make_samples, make_tiny_model, packed_records, parse_records, run_dasd, write_file
 
 RESPONSES = [{"id": f"r{i}", "prompt": f"What is {i}+{i}?", "response": f"It is {2 * i}.",
               "finish_reason": "stop"} for i in range(4)]

@@ -3,65 +3,14 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import parse_records, run_dasd, write_file
-from dasd_cli.core.train.batching import packed_from_record
+from helpers import (make_samples, make_tiny_model, make_trainer, pack, packed_records, parse_records, run_dasd,
+                     write_file)
 from dasd_cli.core.train.schedule import Schedule
-from dasd_cli.training import recipe
-from dasd_cli.training.distributed import Ranks
-
-
-def make_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """A random 2-layer Llama with a word-level tokenizer, saved as a transformers folder."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(97)}, unk_token="t0"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="t0", eos_token="t1").save_pretrained(folder)
-    return folder
-
-
-def make_samples(n: int, seed: int = 0, vocab: int = 97) -> list[tuple[list[int], int]]:
-    """(tokens, prompt length) pairs."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        length = rng.randint(5, 14)
-        out.append(([rng.randint(2, vocab - 1) for _ in range(length)], rng.randint(1, 3)))
-    return out
-
-
-def pack(samples: list[tuple[list[int], int]], prefix: str = "s") -> dict:
-    """One packed record (DESIGN.md "Packed sequence") holding ``samples`` back to back."""
-    record = {"input_ids": [], "labels": [], "position_ids": [], "ids": []}
-    for i, (tokens, prompt_len) in enumerate(samples):
-        record["input_ids"] += tokens
-        record["labels"] += [-100] * prompt_len + tokens[prompt_len:]
-        record["position_ids"] += list(range(len(tokens)))
-        record["ids"].append(f"{prefix}{i}")
-    return record
-
-
-def packed_records(samples, per_record: int) -> list[dict]:
-    return [pack(samples[i:i + per_record], prefix=f"r{i}-") for i in range(0, len(samples), per_record)]
-
-
-def _trainer(model: Path, out: Path, records: list[dict], **kwargs) -> recipe.Trainer:
-    config = recipe.TrainConfig(out=out, model=str(model), dtype="fp32", **kwargs)
-    trainer = recipe.Trainer(config, Ranks())
-    trainer.setup_model()
-    trainer.setup_data([packed_from_record(r, trainer.vocab_size) for r in records])
-    return trainer
 
 
 @pytest.mark.parametrize("attn", ["segmented", "sdpa", "eager"])
@@ -70,7 +19,7 @@ def test_one_step_packed_equals_unpacked(tmp_path, attn):
     samples = make_samples(5)
     runs = {}
     for name, records in (("packed", [pack(samples)]), ("unpacked", packed_records(samples, 1))):
-        trainer = _trainer(model, tmp_path / name, records, epochs=1, global_batch_size=len(records),
+        trainer = make_trainer(model, tmp_path / name, records, epochs=1, global_batch_size=len(records),
                            shuffle=False, attn=attn)
         grads = {}
         step_optimizer = trainer._optimizer_step
@@ -97,7 +46,7 @@ def test_one_step_packed_equals_unpacked(tmp_path, attn):
 def test_metrics_follow_the_schedule_exactly(tmp_path):
     model = make_tiny_model(tmp_path / "model")
     records = packed_records(make_samples(12), 1)
-    trainer = _trainer(model, tmp_path / "out", records, epochs=2, global_batch_size=1, lr=3e-4, min_lr=2e-5)
+    trainer = make_trainer(model, tmp_path / "out", records, epochs=2, global_batch_size=1, lr=3e-4, min_lr=2e-5)
     metrics = list(trainer.train())
     want = Schedule(24, 3e-4, 2e-5, 0.1).curve()
     assert [m["step"] for m in metrics] == list(range(1, 25))
@@ -149,7 +98,7 @@ def test_resume_refuses_different_data(tmp_path):
 
 def test_checkpoint_state_records_data_position(tmp_path):
     model = make_tiny_model(tmp_path / "model")
-    trainer = _trainer(model, tmp_path / "out", packed_records(make_samples(6), 1), epochs=1,
+    trainer = make_trainer(model, tmp_path / "out", packed_records(make_samples(6), 1), epochs=1,
                        global_batch_size=2, save_every=1)
     list(trainer.train())
     state = json.loads((tmp_path / "out" / "checkpoint-2" / "trainer_state.json").read_text())
@@ -164,12 +113,12 @@ def test_clipping_inside_fused_adamw_equals_clip_grad_norm(tmp_path, clip):
     """The clip folded into the fused AdamW step gives clip_grad_norm_ + step's weights."""
     model = make_tiny_model(tmp_path / "model")
     records = packed_records(make_samples(4), 2)
-    trainer = _trainer(model, tmp_path / "out", records, epochs=1, global_batch_size=2, grad_clip=clip)
+    trainer = make_trainer(model, tmp_path / "out", records, epochs=1, global_batch_size=2, grad_clip=clip)
     reference = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     for p in trainer.model.parameters():
         p.grad = torch.randn_like(p) * 0.1
     grads = [p.grad.clone() for p in trainer.model.parameters()]
-    assert trainer.optimizer.defaults["fused"]
+    assert trainer.optimizer.defaults["fused"] is True
     lr = trainer.optimizer.param_groups[0]["lr"]
     norm = trainer._optimizer_step()
     got = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}

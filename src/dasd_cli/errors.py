@@ -27,7 +27,7 @@ class DasdError(Exception):
         self.source = source
         self.line = line
 
-    def located(self, source: str | None, line: int | None) -> "DasdError":
+    def located(self, source: str | None, line: int | None) -> DasdError:
         """Fill in the location if the raiser did not know it."""
         if self.source is None:
             self.source = source

@@ -90,7 +90,7 @@ class RecordSpill:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "RecordSpill":
+    def __enter__(self) -> RecordSpill:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -226,7 +226,7 @@ class TokenStore:
             os.close(fd)
         self._fds = {}
 
-    def __enter__(self) -> "TokenStore":
+    def __enter__(self) -> TokenStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:

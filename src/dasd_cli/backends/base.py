@@ -56,10 +56,10 @@ class Backend(ABC):
         """Tokens of ``text`` under this model's tokenizer (no special tokens)."""
         raise NotImplementedError(f"backend {self.name} cannot count tokens")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op default: not every backend holds anything
         """Release the model or connections."""
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -206,7 +206,7 @@ def build_filters(*, truncated: bool, only_truncated: bool, require_think: bool,
     return filters
 
 
-def repetition_config(overrides: list[str]) -> "RepetitionConfig":
+def repetition_config(overrides: list[str]) -> RepetitionConfig:
     """RepetitionConfig with NAME=VALUE overrides from the command line."""
     from dasd_cli.core.filters.repetition import RepetitionConfig, config_fields
 

@@ -9,20 +9,36 @@ would strip it from the training target too.
 Prompt, response and end-of-turn are tokenized separately and concatenated, so every
 response token has a character offset into the response text and the token counts
 match what training sees. ``tokenizer`` is any object with the transformers tokenizer
-API (``apply_chat_template``, ``__call__`` with ``return_offsets_mapping``).
+API that :class:`Tokenizer` lists.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from dasd_cli.errors import RecordError
 
 IGNORE_INDEX = -100  # label of a token that carries no loss (prompt tokens, padding)
 _SENTINEL = "\x00DASD-END-OF-TURN-PROBE\x00"
+
+
+class Tokenizer(Protocol):
+    """What dasd uses of a transformers tokenizer (``PreTrainedTokenizerBase``)."""
+
+    @property
+    def eos_token(self) -> str | None: ...
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], *, tokenize: bool,
+                            add_generation_prompt: bool = False) -> str: ...
+
+    def __call__(self, text: str | list[str], *, add_special_tokens: bool,
+                 return_offsets_mapping: bool = False) -> Mapping[str, Any]: ...
+
+    def get_vocab(self) -> dict[str, int]: ...
 
 
 def prompt_messages(record: dict[str, Any], system_prompt: str | None = None) -> list[dict[str, str]]:
@@ -60,12 +76,12 @@ def response_text(record: dict[str, Any]) -> str:
     return response
 
 
-def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+def render_prompt(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> str:
     """The prompt text up to where the assistant's answer starts."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def end_of_turn(tokenizer: Any) -> str:
+def end_of_turn(tokenizer: Tokenizer) -> str:
     """The text the template writes after an assistant message (e.g. ``<|im_end|>\\n``).
 
     Found by rendering a probe conversation; cached on the tokenizer object.
@@ -78,13 +94,13 @@ def end_of_turn(tokenizer: Any) -> str:
     at = text.rfind(_SENTINEL)
     eot = text[at + len(_SENTINEL):] if at >= 0 else (tokenizer.eos_token or "")
     try:
-        tokenizer._dasd_end_of_turn = eot
+        tokenizer._dasd_end_of_turn = eot  # type: ignore[attr-defined]  # a cache the class does not declare
     except AttributeError:  # pragma: no cover - slotted tokenizer objects
         pass
     return eot
 
 
-def tokenize_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[int]]:
+def tokenize_with_offsets(tokenizer: Tokenizer, text: str) -> tuple[list[int], list[int]]:
     """Token ids of ``text`` (no special tokens added) and each token's start character."""
     if not text:
         return [], []
@@ -94,7 +110,7 @@ def tokenize_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[in
     return ids, offsets
 
 
-def encode_ids(tokenizer: Any, text: str) -> list[int]:
+def encode_ids(tokenizer: Tokenizer, text: str) -> list[int]:
     if not text:
         return []
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -113,7 +129,7 @@ class Encoded:
         return len(self.input_ids)
 
 
-def encode_example(tokenizer: Any, messages: list[dict[str, str]], response: str, *,
+def encode_example(tokenizer: Tokenizer, messages: list[dict[str, str]], response: str, *,
                    add_end_of_turn: bool = True) -> Encoded:
     """Tokenize prompt + response (+ end of turn) the way dasd scores and trains."""
     prompt_text = render_prompt(tokenizer, messages)
@@ -124,12 +140,12 @@ def encode_example(tokenizer: Any, messages: list[dict[str, str]], response: str
     return Encoded(prompt_ids + response_ids + end_ids, len(prompt_ids), len(response_ids), offsets)
 
 
-def count_training_tokens(tokenizer: Any, messages: list[dict[str, str]], response: str) -> int:
+def count_training_tokens(tokenizer: Tokenizer, messages: list[dict[str, str]], response: str) -> int:
     """Length of the full training sequence for one sample (what --max-tokens limits)."""
     return len(encode_example(tokenizer, messages, response))
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
     """A short hash of the vocabulary (token -> id, added tokens included) and chat template.
 
     Two tokenizers with the same fingerprint turn the same conversation into the same ids,
@@ -145,7 +161,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     digest.update(json.dumps(template, sort_keys=True).encode("utf-8"))
     fingerprint = "sha256:" + digest.hexdigest()[:16]
     try:
-        tokenizer._dasd_fingerprint = fingerprint
+        tokenizer._dasd_fingerprint = fingerprint  # type: ignore[attr-defined]  # a cache the class does not declare
     except AttributeError:  # pragma: no cover - slotted tokenizer objects
         pass
     return fingerprint

@@ -44,8 +44,8 @@ DEFAULT_ALPHA = 0.1
 class TokenLogprobs:
     """One model's view of the text: a log-prob and a start character per token."""
 
-    logprobs: Sequence[float]
-    offsets: Sequence[int]
+    logprobs: Sequence[float] | np.ndarray
+    offsets: Sequence[int] | np.ndarray
 
     def __post_init__(self) -> None:
         if len(self.logprobs) != len(self.offsets):
@@ -69,7 +69,7 @@ class Analysis:
         return self.counts.get("teacher", 0)
 
 
-def geometric_mean(logprobs: Sequence[float]) -> float:
+def geometric_mean(logprobs: Sequence[float] | np.ndarray) -> float:
     """exp(mean log-prob): the geometric mean of token probabilities (NaN if no tokens)."""
     import numpy as np  # imported on use: `dasd` starts without numpy
     if len(logprobs) == 0:

@@ -57,11 +57,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - miss
 
 
-def majority_at_k(votes: Sequence[int], correct: Sequence[bool], k: int) -> float:
+def majority_at_k(votes: Sequence[int], correct: Sequence[int], k: int) -> float:
     """maj@k for one prompt: the vote of its first ``k`` samples.
 
     ``votes[i]`` identifies the answer of sample i (equal answers, equal ids) or is
-    :data:`NO_ANSWER`; ``correct[i]`` is its verdict. Samples without an answer do not
+    :data:`NO_ANSWER`; ``correct[i]`` is its verdict (True or 1: correct). Samples without an answer do not
     vote; if none has one the score is 0. An answer's correctness is the share of its
     samples judged correct (0 or 1 unless the verifier disagreed with itself); when
     several answers tie for the most votes the score is the mean of theirs.
@@ -109,7 +109,7 @@ class PromptTally:
     tokens: int = 0
     with_tokens: int = 0
     votable: bool = True  # False once a sample has no votable answer kind (code)
-    votes: array = field(default_factory=lambda: array("i"))
+    votes: array[int] = field(default_factory=lambda: array("i"))
     verdicts: bytearray = field(default_factory=bytearray)
     answers: dict[bytes, int] = field(default_factory=dict)
 
@@ -155,7 +155,7 @@ class Evaluation:
         names = self.groups() if group is None else [group]
         return {(name, pid): unit for name in names for pid, unit in self.by_group.get(name, {}).items()}
 
-    def summaries(self, *, seed: int = 0, resamples: int = 10000) -> list["Summary"]:
+    def summaries(self, *, seed: int = 0, resamples: int = 10000) -> list[Summary]:
         """One summary per group (sorted by name), then the overall one (every prompt).
         Each row's intervals use their own generator seeded with ``seed``."""
         rows = [summarize(group, list(self.by_group[group].values()), seed=seed, resamples=resamples)

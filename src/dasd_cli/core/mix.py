@@ -37,7 +37,7 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from dasd_cli.core.chat import prompt_messages
 from dasd_cli.errors import DasdError, RecordError
@@ -45,12 +45,15 @@ from dasd_cli.errors import DasdError, RecordError
 SELECT_CHOICES = ("random", "das")
 _SPACE = re.compile(r"\s+")
 
+Item = TypeVar("Item")  # what the caller hands the mixer for each record (the record itself by default)
+Rank = tuple[float | str, ...]  # a candidate's sort key under --select, best (smallest) first
+
 
 @dataclass(slots=True)
-class Drop:
+class Drop(Generic[Item]):
     """A record the mix leaves out (its ``item``, see :meth:`Mixer.add`), with its reason code."""
 
-    record: Any
+    record: Item
     reason: str
     detail: str = ""
 
@@ -96,16 +99,20 @@ def das_rank(record: dict[str, Any]) -> tuple[float, float, str]:
     if not isinstance(das, dict):
         raise RecordError("record has no 'das' object", reason="missing_das",
                           hint="--select das needs records scored by `dasd score`")
-    score, p_teacher = das.get("score"), das.get("p_teacher")
-    for name, value in (("score", score), ("p_teacher", p_teacher)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise RecordError(f"'das.{name}' is missing or not a number", reason="bad_das",
-                              hint="--select das needs records scored by `dasd score`")
-    return (-float(score), -float(p_teacher), str(record.get("id", "")))
+    score, p_teacher = (_das_number(das, name) for name in ("score", "p_teacher"))
+    return (-score, -p_teacher, str(record.get("id", "")))
+
+
+def _das_number(das: dict[str, Any], name: str) -> float:
+    value = das.get(name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise RecordError(f"'das.{name}' is missing or not a number", reason="bad_das",
+                          hint="--select das needs records scored by `dasd score`")
+    return float(value)
 
 
 @dataclass
-class _Pool:
+class _Pool(Generic[Item]):
     """The records of one pool while they arrive (see the module docstring)."""
 
     quota: Quota
@@ -113,13 +120,13 @@ class _Pool:
     per_prompt: int
     rng: random.Random
     # with selection: prompt -> sorted [(rank, seq, item)], best first, at most K long
-    groups: dict[str, list[tuple[Any, int, Any]]] = field(default_factory=dict)
+    groups: dict[str, list[tuple[Rank, int, Item]]] = field(default_factory=dict)
     # without selection, with a count: a max-heap on the random key (negated)
-    reservoir: list[tuple[float, int, Any]] = field(default_factory=list)
+    reservoir: list[tuple[float, int, Item]] = field(default_factory=list)
     # without selection or count: everything
-    kept: list[tuple[int, Any]] = field(default_factory=list)
+    kept: list[tuple[int, Item]] = field(default_factory=list)
 
-    def add(self, record: dict[str, Any], seq: int, rank: Any, item: Any) -> Drop | None:
+    def add(self, record: dict[str, Any], seq: int, rank: Rank, item: Item) -> Drop[Item] | None:
         if self.select is not None:
             prompt = prompt_key(record)
             group = self.groups.setdefault(prompt, [])
@@ -144,7 +151,7 @@ class _Pool:
             loser = item
         return Drop(loser, "over_quota", f"not drawn for quota {self.quota.name}={self.quota.target}")
 
-    def finish(self) -> tuple[list[tuple[int, Any]], list[Drop]]:
+    def finish(self) -> tuple[list[tuple[int, Item]], list[Drop[Item]]]:
         """The kept (seq, item) pairs and the records the quota leaves out."""
         if self.select is None:
             chosen = self.kept if self.quota.target is None else [(s, r) for _, s, r in self.reservoir]
@@ -167,7 +174,7 @@ class _Pool:
         return chosen, drops
 
 
-class Mixer:
+class Mixer(Generic[Item]):
     """Feed records with :meth:`add`, then call :meth:`finish` once.
 
     ``inputs[i]`` is (name, COUNT) of input i (COUNT None: no count); ``quotas`` maps a
@@ -189,7 +196,7 @@ class Mixer:
         self.inputs = list(inputs)
         self.quotas = dict(quotas or {})
         self.per_prompt = per_prompt
-        self._pools: dict[str, _Pool] = {}
+        self._pools: dict[str, _Pool[Item]] = {}
         self._seen_ids: set[str] = set()
         self._seen_content: set[bytes] = set()
         self._rank_rng = random.Random(f"{seed}:rank")
@@ -201,15 +208,15 @@ class Mixer:
             for domain, count in self.quotas.items():
                 self._pool(f"domain {domain}", domain, count)
 
-    def _pool(self, key: str, name: str, target: int | None) -> _Pool:
+    def _pool(self, key: str, name: str, target: int | None) -> _Pool[Item]:
         pool = self._pools.get(key)
         if pool is None:
-            pool = _Pool(Quota(name, target), self.select, self.per_prompt,
+            pool = _Pool[Item](Quota(name, target), self.select, self.per_prompt,
                          random.Random(f"{self.seed}:pool:{key}"))
             self._pools[key] = pool
         return pool
 
-    def _pool_of(self, record: dict[str, Any], source: int) -> _Pool | None:
+    def _pool_of(self, record: dict[str, Any], source: int) -> _Pool[Item] | None:
         name, count = self.inputs[source]
         if count is not None:
             return self._pool(f"input {source}", f"{name}:{count}", count)
@@ -220,7 +227,7 @@ class Mixer:
             return None
         return self._pool(f"domain {domain}", domain, self.quotas[domain])
 
-    def add(self, record: dict[str, Any], source: int = 0, item: Any = None) -> Drop | None:
+    def add(self, record: dict[str, Any], source: int = 0, item: Item | None = None) -> Drop[Item] | None:
         """Take one record from input ``source``; returns what it drops, if any.
 
         The mixer keeps ``item`` (default: the record) and hands items back from
@@ -229,8 +236,8 @@ class Mixer:
         selection cannot rank.
         """
         if item is None:
-            item = record
-        rank: Any = None
+            item = cast(Item, record)  # a Mixer fed no items is a Mixer[dict[str, Any]]
+        rank: Rank = ()
         if self.select is not None:
             prompt_key(record)
             rank = das_rank(record) if self.select == "das" else (self._rank_rng.random(),)
@@ -250,13 +257,13 @@ class Mixer:
         self._seq += 1
         return pool.add(record, self._seq, rank, item)
 
-    def finish(self) -> tuple[list[Any], list[Drop], list[Quota]]:
+    def finish(self) -> tuple[list[Item], list[Drop[Item]], list[Quota]]:
         """Kept items in output order, the items quotas leave out, and each pool's counts.
 
         Raises :class:`DasdError` when a count cannot be met and short is not allowed.
         """
-        kept: list[tuple[int, Any]] = []
-        drops: list[Drop] = []
+        kept: list[tuple[int, Item]] = []
+        drops: list[Drop[Item]] = []
         quotas: list[Quota] = []
         for pool in self._pools.values():
             chosen, left_out = pool.finish()

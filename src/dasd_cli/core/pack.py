@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dasd_cli.core.chat import IGNORE_INDEX, encode_ids, end_of_turn, render_prompt
+from dasd_cli.core.chat import IGNORE_INDEX, Tokenizer, encode_ids, end_of_turn, render_prompt
 from dasd_cli.core.sorting import stable_argsort
 
 _WORD = 64  # bits per bitmap word of the capacity index
@@ -33,7 +33,7 @@ _WORD = 64  # bits per bitmap word of the capacity index
 # --------------------------------------------------------------------------- tokenizing
 
 
-def encode_batch(tokenizer: Any, examples: Sequence[tuple[list[dict[str, str]], str]]
+def encode_batch(tokenizer: Tokenizer, examples: Sequence[tuple[list[dict[str, str]], str]]
                  ) -> list[tuple[np.ndarray, int]]:
     """Token ids (int32) and prompt length of each (messages, response) pair.
 
@@ -56,7 +56,7 @@ def encode_batch(tokenizer: Any, examples: Sequence[tuple[list[dict[str, str]], 
     return out
 
 
-def _ids_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+def _ids_batch(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, no special tokens added.
 
     A fast tokenizer's ``encode_batch_fast`` gives the same ids as calling the tokenizer,

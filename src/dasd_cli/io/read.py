@@ -201,7 +201,7 @@ def parse_line(raw: RawLine) -> Line:
 
 
 def iter_lines(paths: Iterable[str | None], on_error: str = "fail",
-               skipped: "SkipSink | None" = None) -> Iterator[Line]:
+               skipped: SkipSink | None = None) -> Iterator[Line]:
     """Yield parsed JSON records from every input in order.
 
     A malformed line raises :class:`RecordError` naming FILE:LINE, or with
@@ -227,7 +227,7 @@ def _json_problem(exc: orjson.JSONDecodeError) -> str:
 class SkipSink:
     """Where a skipped record goes: the tally and, if asked, the rejects file."""
 
-    def __init__(self, tally: "Any", rejects: Any, by: str) -> None:
+    def __init__(self, tally: Any, rejects: Any, by: str) -> None:
         self.tally = tally
         self.rejects = rejects
         self.by = by

@@ -79,7 +79,7 @@ class LogprobFile:
             self._handle.close()
         self._handle = self._cached = None
 
-    def __enter__(self) -> "LogprobFile":
+    def __enter__(self) -> LogprobFile:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -275,7 +275,7 @@ class RecordWriter:
                 if self._lock is not None:
                     self._lock.release()  # after the rename: the next writer finds the file
 
-    def __enter__(self) -> "RecordWriter":
+    def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

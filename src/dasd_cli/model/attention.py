@@ -52,7 +52,7 @@ def segmented_attention(module: Any, query: Any, key: Any, value: Any, attention
     return out.contiguous(), None
 
 
-_SINKS: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+_SINKS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 def _has_sinks(model: Any) -> bool:

@@ -7,6 +7,7 @@ sandbox as their program runner and a helper process for math off the main threa
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dasd_cli import io
@@ -14,11 +15,17 @@ from dasd_cli.core.evaluate import Evaluation
 from dasd_cli.core.verify import Verdict, judge_record, reference_kind
 from dasd_cli.errors import RecordError, UsageError
 
+# What judging one record gives: its verdict, None (it has no reference), or its error.
+Outcome = Verdict | None | RecordError
+Judge = Callable[[dict[str, Any]], Outcome]
 
-def judge_with(math_timeout: int) -> Any:
+
+def judge_with(math_timeout: int) -> Judge:
+    """The judge of ``dasd eval``: the verifiers of core.verify, with the code sandbox and
+    the math helper process as their runners."""
     from dasd_cli.pipeline.verification import compare_in_helper, run_program
 
-    def judge(record: dict[str, Any]) -> Verdict | None | RecordError:
+    def judge(record: dict[str, Any]) -> Outcome:
         try:
             if reference_kind(record) is not None and not isinstance(record.get("prompt_id"), str):
                 raise RecordError("record has no 'prompt_id' string", reason="missing_field",
@@ -32,12 +39,11 @@ def judge_with(math_timeout: int) -> Any:
     return judge
 
 
-def verify_all(lines: Any, judge: Any, workers: int) -> Any:
-    """(line, verdict, None or the RecordError) in input order, ``workers`` at a time."""
+def verify_all(lines: Iterable[io.Line], judge: Judge, workers: int) -> Iterator[tuple[io.Line, Outcome]]:
+    """(line, its outcome) in input order, judged ``workers`` at a time."""
     from dasd_cli.workers import ordered_thread_map
 
-    for line, outcome in ordered_thread_map(lambda ln: judge(ln.record), lines, workers=workers):
-        yield line, outcome
+    yield from ordered_thread_map(lambda ln: judge(ln.record), lines, workers=workers)
 
 
 def field_path(by: str) -> list[str]:
@@ -49,7 +55,7 @@ def field_path(by: str) -> list[str]:
 
 def group_of(record: dict[str, Any], path: list[str]) -> str:
     """The record's value at the dotted ``path`` as table text."""
-    value: Any = record
+    value: object = record
     for part in path:
         value = value.get(part) if isinstance(value, dict) else None
     if value is None:
@@ -66,7 +72,7 @@ def count(evaluation: Evaluation, record: dict[str, Any], verdict: Verdict, path
                    tokens=len(logprobs) if isinstance(logprobs, list) else None)
 
 
-def read_other(path: str, judge: Any, workers: int, field: list[str]) -> Evaluation:
+def read_other(path: str, judge: Judge, workers: int, field: list[str]) -> Evaluation:
     """The --compare file as an Evaluation: its 'eval' verdicts, or verified here.
 
     Records without a reference or an 'eval' are ignored; a malformed one is an error
@@ -74,7 +80,7 @@ def read_other(path: str, judge: Any, workers: int, field: list[str]) -> Evaluat
     """
     evaluation = Evaluation()
 
-    def verdict_of(record: dict[str, Any]) -> Verdict | None | RecordError:
+    def verdict_of(record: dict[str, Any]) -> Outcome:
         given = record.get("eval")
         if given is None:
             return judge(record)

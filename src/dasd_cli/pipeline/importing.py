@@ -10,16 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from dasd_cli import io
 from dasd_cli.core import released
+from dasd_cli.core.tally import Tally
 from dasd_cli.errors import RecordError
 from dasd_cli.io.released import LogprobFile, is_parquet, iter_parquet
 
 
+class ImportSession(Protocol):
+    """What :func:`input_lines` reads and counts through (a command's session)."""
 
-def input_lines(session: Any, paths: list[str] | None) -> Iterator[io.Line]:
+    tally: Tally
+
+    def records(self, inputs: list[str] | None = None) -> Iterator[io.Line]: ...
+
+
+def input_lines(session: ImportSession, paths: list[str] | None) -> Iterator[io.Line]:
     """Every data row of every input in order, counted as read: JSONL (any compression,
     stdin included) through the session, Parquet files through pyarrow."""
     for path in paths or ["-"]:

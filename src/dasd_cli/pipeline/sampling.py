@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dasd_cli import io
 from dasd_cli.backends.base import Backend
 from dasd_cli.core.sampling import Job, Planner, build_record
 from dasd_cli.core.tally import Tally
 from dasd_cli.errors import RecordError
+
+if TYPE_CHECKING:  # rich is imported on use (io.progress)
+    from rich.progress import Progress
 
 DEFAULT_CHUNK = 256  # requests handed to a backend at once unless it asks otherwise
 
@@ -76,7 +79,7 @@ class ChunkRunner:
     """Feeds jobs to the backend in chunks and writes records in order (or as completed)."""
 
     def __init__(self, session: SamplingSession, engine: Backend, *, ordered: bool,
-                 display: Any = None) -> None:
+                 display: Progress | None = None) -> None:
         self.session, self.engine, self.ordered, self.display = session, engine, ordered, display
         self.chunk_size = getattr(engine, "chunk_requests", DEFAULT_CHUNK)
         self.pending: list[Job] = []
@@ -114,7 +117,7 @@ class ChunkRunner:
                     while next_index < len(jobs) and jobs[next_index].request.key in done:
                         self.session.emit(done.pop(jobs[next_index].request.key))
                         next_index += 1
-                if self.display is not None:
+                if self.display is not None and self.task is not None:
                     rate = tokens / max(time.monotonic() - started, 1e-9)
                     self.display.update(self.task, advance=1, rate=f"{rate:.1f} tok/s")
         finally:

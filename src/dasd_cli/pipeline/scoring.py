@@ -15,14 +15,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dasd_cli import io
-from dasd_cli.backends.base import ScoreRequest
+from dasd_cli.backends.base import Backend, Scored, ScoreRequest
 from dasd_cli.core.chat import prompt_messages, response_text
 from dasd_cli.core.das import (DEFAULT_ALPHA, DEFAULT_BETA, TokenLogprobs, analyze, check_logprobs_mode,
                                das_record, teacher_tokens)
+from dasd_cli.core.tally import Tally
 from dasd_cli.errors import RecordError
 from dasd_cli.workers import batched
 
 WINDOW = 128  # records scored together: room to sort by length, output still in input order
+
+# A record waiting for its scores: the record, the teacher's tokens, where scoring starts.
+_Todo = tuple[dict[str, Any], TokenLogprobs, int]
 
 
 class BadRecordSink(Protocol):
@@ -34,7 +38,7 @@ class BadRecordSink(Protocol):
 class ScoreSession(BadRecordSink, Protocol):
     """What :func:`score_stream` reads, counts and writes through (a command's session)."""
 
-    tally: Any
+    tally: Tally
 
     def records(self, inputs: list[str] | None = None,
                 shard: tuple[int, int] | None = None) -> Iterator[io.Line]: ...
@@ -123,10 +127,10 @@ class Scorer:
         self.specs = [settings.model] + ([settings.distilled] if settings.distilled is not None else [])
         self.names = [model_name(spec) for spec in self.specs]
         self.keys = [model_key(spec) for spec in self.specs]  # what reuse is decided on
-        self.backends: list[Any] = []
+        self.backends: list[Backend] = []
         self.merged = 0  # sentences merged into a neighbour (core/das.py), over the run
 
-    def _backends(self) -> list[Any]:
+    def _backends(self) -> list[Backend]:
         if not self.backends:
             if self.notify is not None:
                 self.notify(f"dasd score: scoring with {' and '.join(self.names)}: some records hold "
@@ -151,8 +155,8 @@ class Scorer:
     def run(self, sink: BadRecordSink, windows: Iterable[list[io.Line]]) -> Iterator[dict[str, Any]]:
         """Scored records of every window, in input order; bad records go to ``sink``."""
         for window in windows:
-            todo: dict[str, tuple[dict[str, Any], TokenLogprobs, int]] = {}
-            requests = []
+            todo: dict[str, _Todo] = {}
+            requests: list[ScoreRequest] = []
             ready: list[tuple[io.Line, dict[str, Any] | None]] = []
             for line in window:
                 record = line.record
@@ -178,18 +182,16 @@ class Scorer:
                 todo[key] = (record, teacher, start)
                 requests.append(ScoreRequest(key, messages, response))
                 ready.append((line, None))
-            results: list[dict[str, Any]] = [dict() for _ in self.specs]
+            results: list[dict[str, Scored]] = [{} for _ in self.specs]
             if requests:
                 for backend, into in zip(self._backends(), results):
                     for scored in backend.score(requests):
                         into[scored.key] = scored
             keys = iter(range(len(requests)))
-            for line, record in ready:
-                if record is None:
-                    record = self._finish(todo, str(next(keys)), results)
-                yield record
+            for _, done in ready:
+                yield done if done is not None else self._finish(todo, str(next(keys)), results)
 
-    def _finish(self, todo: dict[str, Any], key: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+    def _finish(self, todo: dict[str, _Todo], key: str, results: list[dict[str, Scored]]) -> dict[str, Any]:
         record, teacher, start = todo[key]
         s = self.settings
         models = [TokenLogprobs(r[key].logprobs, r[key].offsets) for r in results]
@@ -212,7 +214,7 @@ class Scorer:
             backend.close()
 
 
-def open_backend(spec: str | None, settings: ScoreSettings) -> Any:
+def open_backend(spec: str | None, settings: ScoreSettings) -> Backend:
     """The scoring backend of one model spec (hf or vllm)."""
     if settings.backend == "vllm":
         from dasd_cli.backends.vllm import VLLMBackend

@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 
 from dasd_cli.core.verify.answers import ComparisonTimeout, compare
 from dasd_cli.io.terminal import quiet_math_verify
@@ -26,14 +27,14 @@ def compare_in_helper(gold: str, predicted: str, timeout_s: int) -> bool:
 _local = threading.local()
 
 
-def _worker() -> "_CompareWorker":
+def _worker() -> _CompareWorker:
     worker = getattr(_local, "worker", None)
     if worker is None:
         worker = _local.worker = _CompareWorker()
     return worker
 
 
-def _serve(conn: Any) -> None:  # pragma: no cover - runs in the helper process
+def _serve(conn: Connection) -> None:  # pragma: no cover - runs in the helper process
     quiet_math_verify()
     while True:
         try:
@@ -42,7 +43,7 @@ def _serve(conn: Any) -> None:  # pragma: no cover - runs in the helper process
             return
         try:
             conn.send(("ok", compare(gold, predicted, None)))
-        except Exception as exc:  # a parse failure is a non-match, not a crash
+        except Exception as exc:  # noqa: BLE001 - a parse failure is a non-match, not a crash
             conn.send(("error", repr(exc)))
 
 
@@ -50,29 +51,32 @@ class _CompareWorker:
     """One helper process that compares answers; replaced when a comparison overruns."""
 
     def __init__(self) -> None:
-        self._proc: Any = None
-        self._conn: Any = None
+        self._proc: BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._warm = False  # a comparison has come back (the helper's start is paid for)
 
-    def _start(self) -> None:
+    @staticmethod
+    def _start() -> tuple[BaseProcess, Connection]:
         import multiprocessing
 
         ctx = multiprocessing.get_context("forkserver")  # never fork a threaded parent
         parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child,), daemon=True)
-        self._proc.start()
+        proc = ctx.Process(target=_serve, args=(child,), daemon=True)
+        proc.start()
         child.close()
-        self._conn = parent
+        return proc, parent
 
     def compare(self, gold: str, predicted: str, timeout_s: int) -> bool:
-        if self._proc is None or not self._proc.is_alive():
-            self._start()
-        self._conn.send((gold, predicted))
+        if self._proc is None or self._conn is None or not self._proc.is_alive():
+            self._proc, self._conn = self._start()
+        proc, conn = self._proc, self._conn
+        conn.send((gold, predicted))
         # The first call also pays for the helper's start and its sympy import.
-        if not self._conn.poll(timeout_s + 30 if not getattr(self, "_warm", False) else timeout_s):
-            self._proc.kill()
-            self._proc.join()
+        if not conn.poll(timeout_s + 30 if not self._warm else timeout_s):
+            proc.kill()
+            proc.join()
             self._proc = None
             raise ComparisonTimeout(f"math comparison took over {timeout_s} s")
         self._warm = True
-        status, value = self._conn.recv()
+        status, value = conn.recv()
         return bool(value) if status == "ok" else False

@@ -128,8 +128,8 @@ def _chart(das: dict[str, Any], width: int = 900, height: int = 160) -> str:
         return ""
     pad = 24
     step = (width - 2 * pad) / n
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="per-sentence probabilities">']
+    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="per-sentence probabilities">')]
     for i, s in enumerate(sentences):
         out.append(f'<rect x="{pad + i * step:.1f}" y="{pad / 2}" width="{step:.1f}" '
                    f'height="{height - pad * 1.5:.1f}" fill="{FILL.get(s["type"], "#fff")}">'

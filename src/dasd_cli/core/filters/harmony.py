@@ -38,11 +38,11 @@ def normalize_harmony_text(text: str) -> tuple[str, list[Segment]] | None:
             elif channel == "analysis" or (channel == "commentary" and "to=" not in match.group("header")):
                 thinking.append(span)
     else:
-        match = _STRIPPED.match(text)
-        if match is None:
+        stripped = _STRIPPED.match(text)
+        if stripped is None:
             return None
-        thinking.append(match.span("analysis"))
-        final.append(match.span("final"))
+        thinking.append(stripped.span("analysis"))
+        final.append(stripped.span("final"))
     out: list[str] = ["<think>\n"]
     segments: list[Segment] = []
     pos = len(out[0])

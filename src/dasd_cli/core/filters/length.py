@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from dasd_cli.core.chat import count_training_tokens, prompt_messages, response_text
+from dasd_cli.core.chat import Tokenizer, count_training_tokens, prompt_messages, response_text
 from dasd_cli.core.filters.base import Drop
 
 
@@ -17,7 +17,7 @@ class LengthFilter:
 
     name = "length"
 
-    def __init__(self, tokenizer: Any, cutoff_len: int, system_prompt: str | None = None) -> None:
+    def __init__(self, tokenizer: Tokenizer, cutoff_len: int, system_prompt: str | None = None) -> None:
         self.tokenizer = tokenizer
         self.cutoff_len = cutoff_len
         self.system_prompt = system_prompt

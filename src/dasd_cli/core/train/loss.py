@@ -21,14 +21,18 @@ Two implementations:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported on use: core loads without it
+    import torch
+    from torch import Tensor
 
 from dasd_cli.core.chat import IGNORE_INDEX
 
 DEFAULT_CHUNK_SIZE = 256  # rows projected at once: 256 x vocab fp32 logits at most
 
 
-def _select_targets(hidden: Any, targets: Any) -> tuple[Any, Any]:
+def _select_targets(hidden: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """Flatten to ``[N, H]``/``[N]`` and keep only rows that carry a target."""
     hidden = hidden.reshape(-1, hidden.shape[-1])
     targets = targets.reshape(-1).to(hidden.device)
@@ -36,14 +40,14 @@ def _select_targets(hidden: Any, targets: Any) -> tuple[Any, Any]:
     return hidden.index_select(0, keep), targets.index_select(0, keep)
 
 
-def _at_least_fp32(tensor: Any) -> Any:
+def _at_least_fp32(tensor: Tensor) -> Tensor:
     """bf16/fp16 up to fp32 for the softmax; fp32 and fp64 stay as they are."""
     import torch
 
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
-def _chunk_loss_and_grad_logits(logits: Any, targets: Any) -> tuple[Any, Any]:
+def _chunk_loss_and_grad_logits(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """Sum of CE over a chunk and d(sum)/d(logits) = softmax - onehot, both fp32.
 
     One ``log_softmax`` (a single fused kernel, rows kept in cache) gives the loss, and
@@ -62,17 +66,17 @@ def _chunk_loss_and_grad_logits(logits: Any, targets: Any) -> tuple[Any, Any]:
 class _FusedLinearCE:
     """Holder for the autograd Function (built lazily so torch imports stay inside)."""
 
-    fn: Any = None
+    fn: type[torch.autograd.Function] | None = None
 
     @classmethod
-    def get(cls) -> Any:
+    def get(cls) -> type[torch.autograd.Function]:
         if cls.fn is None:
             import torch
 
             class Fn(torch.autograd.Function):
                 @staticmethod
-                def forward(ctx: Any, hidden: Any, weight: Any, bias: Any, targets: Any,
-                            chunk_size: int) -> Any:
+                def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
+                            chunk_size: int) -> Tensor:
                     n = hidden.shape[0]
                     acc = torch.promote_types(hidden.dtype, torch.float32)  # accumulation dtype
                     loss = torch.zeros((), dtype=acc, device=hidden.device)
@@ -99,12 +103,12 @@ class _FusedLinearCE:
                     ctx.save_for_backward(
                         grad_hidden if grad_hidden is not None else torch.empty(0),
                         grad_weight.to(weight.dtype) if grad_weight is not None else torch.empty(0),
-                        grad_bias.to(bias.dtype) if grad_bias is not None else torch.empty(0))
+                        grad_bias.to(bias.dtype) if grad_bias is not None and bias is not None else torch.empty(0))
                     ctx.has = (grad_hidden is not None, grad_weight is not None, grad_bias is not None)
                     return loss
 
                 @staticmethod
-                def backward(ctx: Any, grad_output: Any) -> Any:
+                def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
                     saved = ctx.saved_tensors
                     out = [s * grad_output.to(s.dtype) if has else None for s, has in zip(saved, ctx.has)]
                     return out[0], out[1], out[2], None, None
@@ -113,8 +117,8 @@ class _FusedLinearCE:
         return cls.fn
 
 
-def fused_linear_cross_entropy(hidden: Any, weight: Any, targets: Any, bias: Any = None,
-                               chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[Any, int]:
+def fused_linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None,
+                               chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[Tensor, int]:
     """Sum of next-token CE of ``hidden @ weight.T (+ bias)`` against ``targets``.
 
     ``hidden`` ``[..., H]``; ``weight`` ``[V, H]``; ``targets`` ``[...]`` already shifted
@@ -131,8 +135,8 @@ def fused_linear_cross_entropy(hidden: Any, weight: Any, targets: Any, bias: Any
     return loss, count
 
 
-def checkpointed_cross_entropy(hidden: Any, project: Callable[[Any], Any], targets: Any,
-                               chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[Any, int]:
+def checkpointed_cross_entropy(hidden: Tensor, project: Callable[[Tensor], Tensor], targets: Tensor,
+                               chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[Tensor, int]:
     """Like :func:`fused_linear_cross_entropy`, for a projection given as a callable.
 
     Each chunk's logits are recomputed in backward (activation checkpointing), so only
@@ -144,7 +148,7 @@ def checkpointed_cross_entropy(hidden: Any, project: Callable[[Any], Any], targe
     hidden, targets = _select_targets(hidden, targets)
     count = int(targets.numel())
 
-    def chunk_loss(h: Any, t: Any) -> Any:
+    def chunk_loss(h: Tensor, t: Tensor) -> Tensor:
         logits = _at_least_fp32(project(h))
         return torch.nn.functional.cross_entropy(logits, t, reduction="sum")
 
@@ -155,6 +159,6 @@ def checkpointed_cross_entropy(hidden: Any, project: Callable[[Any], Any], targe
     return total, count
 
 
-def count_targets(targets: Any) -> int:
+def count_targets(targets: Tensor) -> int:
     """Number of tokens that carry a loss in already-shifted ``targets``."""
     return int((targets != IGNORE_INDEX).sum())

@@ -10,10 +10,17 @@ here. Flash-attention's varlen kernels take the same boundaries as ``cu_seqlens`
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:  # torch is imported on use: core loads without it
+    import torch
+
+# ``[L]`` or ``[B, L]`` integers: a tensor, or the lists of a packed record.
+Positions = Union["torch.Tensor", Sequence[int], Sequence[Sequence[int]]]
 
 
-def segment_ids(position_ids: Any) -> Any:
+def segment_ids(position_ids: Positions) -> torch.Tensor:
     """Which packed sample each token belongs to: ``[B, L]`` ints counting from 0.
 
     A new sample starts wherever a position is not its predecessor plus one (a restart
@@ -21,15 +28,15 @@ def segment_ids(position_ids: Any) -> Any:
     """
     import torch
 
-    position_ids = torch.as_tensor(position_ids)
-    if position_ids.ndim == 1:
-        position_ids = position_ids.unsqueeze(0)
-    starts = torch.ones_like(position_ids, dtype=torch.bool)
-    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    positions = torch.as_tensor(position_ids)
+    if positions.ndim == 1:
+        positions = positions.unsqueeze(0)
+    starts = torch.ones_like(positions, dtype=torch.bool)
+    starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
     return starts.long().cumsum(-1) - 1
 
 
-def block_causal_mask(position_ids: Any, dtype: Any = None) -> Any:
+def block_causal_mask(position_ids: Positions, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The ``[B, 1, L, L]`` attention mask that keeps packed samples apart.
 
     With ``dtype=None`` the mask is boolean (True: may attend), the form sdpa takes.
@@ -50,7 +57,7 @@ def block_causal_mask(position_ids: Any, dtype: Any = None) -> Any:
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
-def cu_seqlens(position_ids: Any) -> tuple[Any, int]:
+def cu_seqlens(position_ids: Positions) -> tuple[torch.Tensor, int]:
     """Cumulative sample lengths ``[0, l1, l1+l2, ...]`` (int32) and the longest sample,
     flattened over the batch: the boundaries flash-attention's varlen kernels take."""
     import torch
@@ -65,7 +72,7 @@ def cu_seqlens(position_ids: Any) -> tuple[Any, int]:
     return cu, int(flat.max()) if flat.numel() else 0
 
 
-def shifted_targets(labels: Any, position_ids: Any) -> Any:
+def shifted_targets(labels: Positions, position_ids: Positions) -> torch.Tensor:
     """Next-token targets: ``targets[i] = labels[i + 1]``, -100 where there is none.
 
     ``labels`` hold each token's own id (or -100); the model at position i predicts
@@ -74,11 +81,11 @@ def shifted_targets(labels: Any, position_ids: Any) -> Any:
     """
     import torch
 
-    labels = torch.as_tensor(labels)
-    if labels.ndim == 1:
-        labels = labels.unsqueeze(0)
-    seg = segment_ids(position_ids).to(labels.device)
-    targets = torch.full_like(labels, -100)
+    label_ids = torch.as_tensor(labels)
+    if label_ids.ndim == 1:
+        label_ids = label_ids.unsqueeze(0)
+    seg = segment_ids(position_ids).to(label_ids.device)
+    targets = torch.full_like(label_ids, -100)
     same = seg[:, 1:] == seg[:, :-1]
-    targets[:, :-1] = torch.where(same, labels[:, 1:], torch.full_like(labels[:, 1:], -100))
+    targets[:, :-1] = torch.where(same, label_ids[:, 1:], torch.full_like(label_ids[:, 1:], -100))
     return targets

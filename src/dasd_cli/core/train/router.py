@@ -14,11 +14,15 @@ model's own forward). Routing itself is per token and isolated like everything e
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported on use: core loads without it
+    import torch
 
 
-def load_balancing_loss(layer_logits: list[Any], num_experts: int, top_k: int,
-                        row_weights: Any = None) -> Any:
+def load_balancing_loss(layer_logits: Sequence[torch.Tensor], num_experts: int, top_k: int,
+                        row_weights: torch.Tensor | None = None) -> torch.Tensor:
     """``E * sum_e f_e * P_e`` over the rows of every layer's ``[rows, experts]`` logits.
 
     ``row_weights``: ``[rows]`` 1 for a real token, 0 for padding (None: all real).

@@ -1,0 +1,269 @@
+"""Helpers the test files share: run dasd (in-process or as a subprocess), write and read
+JSONL streams, and build the records, requests and tiny models several test files use.
+
+A test file imports what it shares from here (or from the support modules moe_models.py
+and fault_proxy.py), never from another test file; tests/test_layers.py checks that. The
+fixtures are in conftest.py. torch, transformers and dasd's model code are imported
+inside the builders that need them: the stream tests import this module too.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import io
+import os
+import random
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import zstandard
+
+from dasd_cli.backends.base import ScoreRequest
+from dasd_cli.core.segment import sentence_spans
+
+# ---------------------------------------------------------------- dasd and its streams
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dasd_bin() -> list[str]:
+    """The dasd console script next to this interpreter, or `python -m dasd_cli.cli`."""
+    script = Path(sys.executable).with_name("dasd")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "dasd_cli.cli"]
+
+
+def to_jsonl(records: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(r) + b"\n" for r in records)
+
+
+def zstd_bytes(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor().compress(data)
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    return gzip.compress(data)
+
+
+def decode(data: bytes) -> bytes:
+    """Decompress output bytes by their magic (all zstd frames)."""
+    if data.startswith(b"\x28\xb5\x2f\xfd"):
+        return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True).read()
+    if data.startswith(b"\x1f\x8b"):
+        return gzip.decompress(data)
+    return data
+
+
+def parse_records(data: bytes) -> list[dict[str, Any]]:
+    """Every line must be a JSON object: this is how tests check 'valid JSONL'."""
+    text = decode(data)
+    assert text == b"" or text.endswith(b"\n"), "output does not end with a newline"
+    return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def write_file(path: Path, records: list[dict[str, Any]], kind: str = "plain") -> Path:
+    data = to_jsonl(records)
+    if kind == "zstd":
+        data = zstd_bytes(data)
+    elif kind == "gzip":
+        data = gzip_bytes(data)
+    path.write_bytes(data)
+    return path
+
+
+def run_dasd(args: list[str], stdin: bytes | None = None, env: dict[str, str] | None = None,
+             timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run dasd as a subprocess (the real CLI, real streams)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(dasd_bin() + args, input=stdin if stdin is not None else b"",
+                          capture_output=True, env=full_env, timeout=timeout)
+
+
+# ---------------------------------------------------------------- records and requests
+def scored_record(i: int) -> dict:
+    """A response record already scored by the default student (score reuses its das)."""
+    response = f"Step one for {i}. Then step two.\nThe answer is {i}."
+    (a, b), (_, c), (_, d) = sentence_spans(response)
+    return {"id": f"p{i}@0.6#0", "prompt_id": f"p{i}", "prompt": f"Question {i}?", "response": response,
+            "finish_reason": "stop", "teacher": {"model": "T", "temperature": 0.6, "top_p": 1.0, "seed": 0,
+                                                 "logprobs": [-0.1, -0.2], "offsets": [0, 17],
+                                                 "logprobs_mode": "raw"},
+            "das": {"student": "SmolLM2-135M-Instruct", "beta": 0.1,
+                    "counts": {"teacher": 1, "shared": 1, "student": 1}, "score": 1,
+                    "p_teacher": 0.86, "p_student": 0.5,
+                    "sentences": [{"start": a, "end": b, "p_teacher": 0.9, "p_student": 0.5, "type": "teacher"},
+                                  {"start": b, "end": c, "p_teacher": 0.8, "p_student": 0.75, "type": "shared"},
+                                  {"start": c, "end": d, "p_teacher": 0.2, "p_student": 0.6,
+                                   "type": "student"}]}}
+
+
+# Prompts a teacher samples in the backend tests (one of them not ASCII).
+SAMPLE_PROMPTS = [{"id": "a", "prompt": "What is 2+2?"}, {"id": "b", "prompt": "Name a color."},
+                  {"id": "c", "prompt": "¿Cuál es la capital de Francia?"}]
+
+
+def contract(records: list[dict[str, Any]]) -> int:
+    """Offsets non-decreasing, one per log-prob; returns how many re-tokenize exactly."""
+    from dasd_cli.core.chat import tokenize_with_offsets
+    from dasd_cli.model.load import load_tokenizer
+
+    tokenizer = load_tokenizer(None)
+    canonical = 0
+    for record in records:
+        offsets, logprobs = record["teacher"]["offsets"], record["teacher"]["logprobs"]
+        assert len(offsets) == len(logprobs) > 0 and record["teacher"]["logprobs_mode"] == "raw"
+        assert all(a <= b for a, b in zip(offsets, offsets[1:])) and offsets[-1] < len(record["response"])
+        canonical += tokenize_with_offsets(tokenizer, record["response"])[1] == offsets
+    return canonical
+
+
+def teacher_forced_gap(records: list[dict[str, Any]]) -> float:
+    """Largest |stored - log_softmax(raw logits)| over every token, with transformers fp32."""
+    import torch
+
+    from dasd_cli.backends.hf import HFBackend
+    from dasd_cli.core.chat import encode_ids, prompt_messages, render_prompt
+
+    engine = HFBackend(dtype="fp32")
+    worst = 0.0
+    for record in records:
+        prompt_ids = encode_ids(engine.tokenizer, render_prompt(engine.tokenizer, prompt_messages(record)))
+        response_ids = encode_ids(engine.tokenizer, record["response"])
+        if len(response_ids) != len(record["teacher"]["logprobs"]):
+            continue  # not the canonical tokenization: the sampled ids are not recoverable
+        with torch.inference_mode():  # on the model's device (a GPU where there is one)
+            ids = torch.tensor([prompt_ids + response_ids], device=engine.model.device)
+            logits = engine.model(ids).logits[0].float().cpu()
+        forced = torch.log_softmax(logits[len(prompt_ids) - 1:-1], -1).gather(
+            1, torch.tensor(response_ids)[:, None])[:, 0]
+        worst = max(worst, (forced - torch.tensor(record["teacher"]["logprobs"])).abs().max().item())
+    return worst
+
+
+# Score requests with a think block, a system turn, several sentences, and an empty response.
+REQUESTS = [
+    ScoreRequest("a", [{"role": "user", "content": "What is 2+3?"}],
+                 "<think>\nAdd them. 2 + 3 = 5.\n</think>\n\nThe answer is $5$."),
+    ScoreRequest("b", [{"role": "system", "content": "You are a helpful assistant."},
+                       {"role": "user", "content": "Name a prime."}], "7 is prime."),
+    ScoreRequest("c", [{"role": "user", "content": "Count to five, with a note on each number."}],
+                 "One is first. Two is even. Three is odd! Four is a square. Five, done."),
+    ScoreRequest("empty", [{"role": "user", "content": "Say nothing."}], ""),
+]
+
+
+def reference_logprobs(model, tokenizer, request) -> tuple[list[float], list[int]]:
+    """A request's response log-probs and offsets by one plain forward pass of ``model``."""
+    import torch
+
+    from dasd_cli.core.chat import encode_example
+
+    enc = encode_example(tokenizer, request.messages, request.response, add_end_of_turn=False)
+    ids = torch.tensor([enc.input_ids])
+    with torch.inference_mode():
+        logprobs = model(input_ids=ids).logits.float().log_softmax(-1)[0]
+    targets = ids[0, enc.prompt_len:]
+    rows = logprobs[enc.prompt_len - 1:len(enc.input_ids) - 1]
+    return rows.gather(1, targets[:, None]).squeeze(1).tolist(), enc.response_offsets
+
+
+# ---------------------------------------------------------------- training data, tiny models
+def make_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """A random 2-layer Llama with a word-level tokenizer, saved as a transformers folder."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(97)}, unk_token="t0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="t0", eos_token="t1").save_pretrained(folder)
+    return folder
+
+
+def make_samples(n: int, seed: int = 0, vocab: int = 97) -> list[tuple[list[int], int]]:
+    """(tokens, prompt length) pairs."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        length = rng.randint(5, 14)
+        out.append(([rng.randint(2, vocab - 1) for _ in range(length)], rng.randint(1, 3)))
+    return out
+
+
+def pack(samples: list[tuple[list[int], int]], prefix: str = "s") -> dict:
+    """One packed record (DESIGN.md "Packed sequence") holding ``samples`` back to back."""
+    record = {"input_ids": [], "labels": [], "position_ids": [], "ids": []}
+    for i, (tokens, prompt_len) in enumerate(samples):
+        record["input_ids"] += tokens
+        record["labels"] += [-100] * prompt_len + tokens[prompt_len:]
+        record["position_ids"] += list(range(len(tokens)))
+        record["ids"].append(f"{prefix}{i}")
+    return record
+
+
+def packed_records(samples, per_record: int) -> list[dict]:
+    return [pack(samples[i:i + per_record], prefix=f"r{i}-") for i in range(0, len(samples), per_record)]
+
+
+def routed_records(n: int, seed: int, token_groups=None, per_record: int = 2) -> list[dict]:
+    """Packed records of ``per_record`` samples each; ``token_groups[i % 2]`` lists the token residues
+    (mod 4) record ``i`` draws from (None: any token), so a router can send them apart."""
+    rng = random.Random(seed)
+    records = []
+    for i in range(n):
+        samples = []
+        for _ in range(per_record):
+            pool = [t for t in range(2, 97) if token_groups is None or t % 4 in token_groups[i % 2]]
+            tokens = [rng.choice(pool) for _ in range(rng.randint(5, 10))]
+            samples.append((tokens, rng.randint(1, 3)))
+        records.append(pack(samples, prefix=f"r{i}-"))
+    return records
+
+
+def make_trainer(model: Path, out: Path, records: list[dict], **kwargs):
+    """A recipe.Trainer (fp32, one process) set up on ``model`` with ``records`` as its data."""
+    from dasd_cli.core.train.batching import packed_from_record
+    from dasd_cli.training import recipe
+    from dasd_cli.training.distributed import Ranks
+
+    config = recipe.TrainConfig(out=out, model=str(model), dtype="fp32", **kwargs)
+    trainer = recipe.Trainer(config, Ranks())
+    trainer.setup_model()
+    trainer.setup_data([packed_from_record(r, trainer.vocab_size) for r in records])
+    return trainer
+
+
+def tiny_llama(attn: str, seed: int = 0):
+    """A random 2-layer Llama (the same shape as :func:`make_tiny_model`'s), in eval mode."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         attn_implementation=attn)
+    return LlamaForCausalLM(config).eval()
+
+
+# ---------------------------------------------------------------- the repetition filter
+@functools.cache
+def repetition_configs() -> dict[str, Any]:
+    """The default RepetitionConfig and a strict one, which makes every statistic and the
+    looping-tail search decide more often (imported on use: the filter loads numba)."""
+    from dasd_cli.core.filters.repetition import RepetitionConfig
+
+    strict = replace(RepetitionConfig(), min_words=5, loop_min_repeats=2.5, loop_min_words=6, loop_min_bytes=16,
+                     max_duplicate_line_fraction=0.9, max_duplicate_line_char_fraction=0.9,
+                     max_duplicate_paragraph_fraction=0.9, max_duplicate_paragraph_char_fraction=0.9,
+                     max_top_2gram_fraction=0.05, max_top_3gram_fraction=0.04, max_top_4gram_fraction=0.03,
+                     max_duplicate_5gram_fraction=0.2, max_duplicate_6gram_fraction=0.15,
+                     max_duplicate_7gram_fraction=0.1, max_duplicate_8gram_fraction=0.08,
+                     max_duplicate_9gram_fraction=0.06, max_duplicate_10gram_fraction=0.05)
+    return {"default": RepetitionConfig(), "strict": strict}
