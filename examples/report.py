@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import report_effects as effects  # noqa: E402  (the sibling module, whatever the working folder)
+import report_effects as effects  # the sibling module, whatever the working folder
 
 
 SETTINGS = [  # (name, label) in the order of the paper's tables

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 Records = Callable[[Path], list[dict[str, Any]]]
 Interval = tuple[float, float, float]
@@ -78,10 +79,10 @@ def mechanism(run: Path, read: Records, seed: int) -> dict[str, dict[str, Any]]:
 
 def mechanism_lines(found: dict[str, dict[str, Any]], ci: Callable[..., str]) -> list[str]:
     """The mechanism table (markdown rows)."""
-    lines = ["| pool | questions | responses | mean Teacher sentences | correct: random pick (expected) "
-             "| correct: DAS pick | DAS minus expected random | correct: random arm's pick "
-             "| Teacher sentences, correct minus wrong (questions) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    header = ("| pool | questions | responses | mean Teacher sentences | correct: random pick (expected) "
+              "| correct: DAS pick | DAS minus expected random | correct: random arm's pick "
+              "| Teacher sentences, correct minus wrong (questions) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for temperature, m in found.items():
         das, random = m["pick"].get("das", {}), m["pick"].get("random", {})
         gap = m["count_gap"]
