@@ -237,6 +237,41 @@ def test_sigint_exits_130_with_valid_output(case: StreamCase) -> None:
         assert got == expected(case, range(len(got)))
 
 
+def test_sigint_eval_with_worker_threads_counts_only_decided_records(tmp_path: Path) -> None:
+    """`eval --workers 2` stopped by Ctrl-C while records wait in the threads' window: exit
+    130, the records written so far are whole and in input order, and the summary counts as
+    read only the records it wrote (every input record is kept), none of those read ahead."""
+    stats = tmp_path / "stats.json"
+    records = [evaluable_record(i) for i in range(50)]
+    proc = subprocess.Popen(dasd_bin() + ["eval", "--workers", "2", "--report", "none", "--compress",
+                                          "none", "--stats", str(stats), "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(to_jsonl(records))
+    proc.stdin.flush()  # and left open: the input goes on, as far as eval knows
+    wait_for_signal_handlers(proc)
+    # The first record written reaches the pipe at once (the writer flushes a record that
+    # comes over half a second after the last flush). With the verifiers warm, the other
+    # records follow within the next second, up to the ones waiting in the threads' window.
+    first = proc.stdout.readline()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    rest, err_bytes = proc.communicate(timeout=60)
+    code, out, err = proc.returncode, first + rest, err_bytes.decode()
+    assert code == 130, err
+    assert "Traceback" not in err
+    written = parse_records(out)
+    assert written, err  # some records were decided and written before the interrupt
+    assert [r["id"] for r in written] == [r["id"] for r in records[:len(written)]]
+    assert all(r["eval"]["correct"] for r in written)
+    counts = orjson.loads(stats.read_bytes())
+    assert counts["interrupted"] is True
+    assert counts["read"] == counts["kept"] + counts["dropped"] + counts["skipped"], counts
+    assert counts["kept"] == len(written) and counts["verified"] == len(written)
+    summary = next(line for line in err.splitlines() if line.startswith("dasd eval: read"))
+    assert summary.startswith(f"dasd eval: read {len(written)}, kept {len(written)}, dropped 0"), summary
+
+
 def test_sigterm_exits_143_and_leaves_no_temp_file(tmp_path: Path) -> None:
     """A scheduler's stop (SIGTERM) ends a run like Ctrl-C: exit 128+15, the -o temp file
     removed, the final name never half-written; stdout output stays valid JSONL."""

@@ -14,7 +14,9 @@ import inspect
 import sys
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from pathlib import PurePath
 from typing import Annotated, Any, Literal, Optional, get_type_hints
 
 import typer
@@ -164,9 +166,11 @@ def shared_options(*, inputs: Any = Inputs, seed: bool = False,
 class Session:
     """The streams and counts of one command run."""
 
-    def __init__(self, command: str, common: Common, *, writes_records: bool = True) -> None:
+    def __init__(self, command: str, common: Common, *, writes_records: bool = True,
+                 settings: Any = None) -> None:
         self.command = command
         self.common = common
+        self.settings = settings  # the command's settings (a dataclass): --stats' options
         self.tally = Tally(command)
         self.writer: io.RecordWriter | None = None
         self.rejects: io.RecordWriter | None = None
@@ -257,7 +261,7 @@ class Session:
     def finish(self) -> None:
         stats = self.tally.as_dict()
         stats["seed"] = self.common.seed
-        stats["options"] = self.common.options
+        stats["options"] = settings_json(self.settings) if self.settings is not None else self.common.options
         if self.interrupted:
             stats["interrupted"] = True
         if self.common.stats:
@@ -268,10 +272,15 @@ class Session:
 
 
 def run_command(command: str, common: Common, body: Callable[[Session], None], *,
-                writes_records: bool = True) -> None:
-    """Run ``body`` inside the stream and error discipline every command shares."""
+                settings: Any = None, writes_records: bool = True) -> None:
+    """Run ``body`` inside the stream and error discipline every command shares.
+
+    ``settings`` is the command's settings object, a dataclass built once from its flags:
+    --stats writes its fields as ``options`` (:func:`settings_json`). A body that can only
+    build it after a check of its own sets ``session.settings`` instead.
+    """
     code = 0
-    session = Session(command, common, writes_records=writes_records)
+    session = Session(command, common, writes_records=writes_records, settings=settings)
     try:
         interrupts.install_interrupt_handler()
         if not common.debug:
@@ -316,6 +325,29 @@ def run_command(command: str, common: Common, body: Callable[[Session], None], *
         code = 1
     if code:
         raise typer.Exit(code)
+
+
+def settings_json(settings: Any) -> dict[str, Any]:
+    """A settings dataclass as --stats' ``options``: one key per field, named as the field
+    (without the trailing underscore of a name like ``continue_``); sets become sorted
+    lists, paths and enum members their text, nested dataclasses objects."""
+    return {f.name.rstrip("_"): _plain(getattr(settings, f.name)) for f in fields(settings)}
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return settings_json(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (set, frozenset)):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, PurePath):
+        return str(value)
+    return value
 
 
 def _print_error(text: str, debug: bool) -> None:

@@ -16,10 +16,9 @@ from typing import Annotated, Optional
 import typer
 
 from dasd_cli.commands import common
-from dasd_cli.core.evaluate import Evaluation, compare
-from dasd_cli.errors import RecordError, UsageError
-from dasd_cli.pipeline.evaluating import count, field_path, judge_with, read_other, verify_all
-from dasd_cli.report.evaluation import FORMATS, comparison_rows, metric_rows, show_tables
+from dasd_cli.errors import UsageError
+from dasd_cli.pipeline.evaluating import EvalSettings, evaluate_records
+from dasd_cli.report.evaluation import FORMATS
 
 DEFAULT_RESAMPLES = 10000
 
@@ -58,10 +57,8 @@ def eval_command(
     without a 'reference' pass through unchanged and are counted as unverified. The
     table goes to stderr (or --report-file), every number to --stats.
     """
-    options = {"by": by, "compare": compare_with, "resamples": resamples, "report": report,
-               "report_file": report_file, "math_timeout": math_timeout, "workers": workers}
-    shared.options = options
-    seed, quiet = shared.seed, shared.quiet
+    settings = EvalSettings(by=by, compare=compare_with, resamples=resamples, report=report,
+                            report_file=report_file, math_timeout=math_timeout, workers=workers)
 
     def body(session: common.Session) -> None:
         if report_file is not None and report == "none":
@@ -70,44 +67,6 @@ def eval_command(
             raise UsageError("--compare needs a file, not stdin")
         if compare_with is not None and not os.path.exists(compare_with):
             raise UsageError(f"--compare {compare_with}: no such file")  # before the long part
-        path = field_path(by)
-        judge = judge_with(math_timeout)
-        evaluation = Evaluation()
-        verified = unverified = 0
-        for line, outcome in verify_all(session.records(), judge, workers):
-            if isinstance(outcome, RecordError):
-                session.bad_record(line, outcome)
-                continue
-            if outcome is None:  # no reference: passed through, counted apart
-                unverified += 1
-                session.emit(line.record)
-                continue
-            record, verdict = line.record, outcome
-            count(evaluation, record, verdict, path)
-            verified += 1
-            record["eval"] = {"correct": verdict.correct, "reason": verdict.reason,
-                              "answer": verdict.answer}
-            session.emit(record)
-        summaries = evaluation.summaries(seed=seed, resamples=resamples)
-        tally = session.tally.extra
-        tally["verified"] = verified
-        tally["unverified"] = unverified
-        if verified:
-            tally["accuracy"] = summaries[-1].avg
-        tally["evaluation"] = {"by": by, "stderr": "of avg, across prompts (sample std, ddof 1, / sqrt(prompts))",
-                               "groups": [s.as_dict() for s in summaries] if verified else []}
-        tables = [("accuracy (%) by " + by, *metric_rows(summaries, by))] if verified else []
-        if compare_with is not None:
-            other = read_other(compare_with, judge, workers, path)
-            rows = compare(evaluation, other, seed=seed, resamples=resamples)
-            if rows[-1].prompts == 0:
-                raise UsageError(f"--compare {compare_with}: no prompt in common with the input",
-                                 hint="compare evaluations of the same prompts (and the same --by groups)")
-            tally["comparison"] = {"other": compare_with, "resamples": resamples, "confidence": 0.95,
-                                   "groups": [c.as_dict() for c in rows]}
-            tables.append((f"avg difference (this - {compare_with}), paired bootstrap",
-                           *comparison_rows(rows, by, "other")))
-        if tables:
-            show_tables(tables, report, report_file, quiet)
+        evaluate_records(session, settings, seed=shared.seed, quiet=shared.quiet)
 
-    common.run_command("eval", shared, body)
+    common.run_command("eval", shared, body, settings=settings)

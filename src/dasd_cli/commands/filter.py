@@ -2,31 +2,19 @@
 
 Keeps a response record or drops it with a reason code. Checks run cheapest first:
 truncated, structure (tool calls, ``--require-think``), repetition, length
-(``--cutoff-len``), correctness (``--verify``).
+(``--cutoff-len``), correctness (``--verify``); the work is pipeline/filtering.py's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import replace
-from typing import TYPE_CHECKING, Annotated, Optional, Union
+from typing import Annotated, Optional
 
 import typer
 
 from dasd_cli import io
 from dasd_cli.commands import common
-from dasd_cli.core.drop import Drop
-from dasd_cli.core.filters import Filter, first_drop
-from dasd_cli.core.filters.harmony import normalize_harmony
-from dasd_cli.core.filters.structure import DEFAULT_TOOL_CALL_PATTERNS, StructureFilter
-from dasd_cli.core.filters.truncated import TruncatedFilter
-from dasd_cli.core.filters.verify import VerifyFilter
-from dasd_cli.errors import RecordError, UsageError
-
-if TYPE_CHECKING:
-    from dasd_cli.core.filters.repetition import RepetitionConfig
-
-NORMALIZERS = ("none", "harmony")
+from dasd_cli.errors import UsageError
+from dasd_cli.pipeline.filtering import NORMALIZERS, FilterSettings, filter_records
 
 
 @common.shared_options()
@@ -95,135 +83,17 @@ def filter_command(
     if max_tokens is not None:
         io.say("dasd filter: warning: --max-tokens is deprecated; use --cutoff-len (the same "
                "training-sequence cap as dasd pack's)")
-    limit = cutoff_len if cutoff_len is not None else max_tokens
-    shared.options = {"truncated": truncated, "only_truncated": only_truncated,
-                      "require_think": require_think, "drop_tool_calls": drop_tool_calls,
-                      "tool_call_pattern": tool_call_pattern, "normalize": normalize,
-                      "repetition": repetition, "repetition_threshold": repetition_threshold,
-                      "verify": verify, "math_timeout": math_timeout, "cutoff_len": limit,
-                      "tokenizer": tokenizer, "system_prompt": system_prompt, "workers": workers}
+    settings = FilterSettings(
+        truncated=truncated, only_truncated=only_truncated, require_think=require_think,
+        drop_tool_calls=drop_tool_calls, tool_call_pattern=tool_call_pattern, normalize=normalize,
+        repetition=repetition, repetition_threshold=repetition_threshold, verify=verify,
+        math_timeout=math_timeout, cutoff_len=cutoff_len if cutoff_len is not None else max_tokens,
+        tokenizer=tokenizer, system_prompt=system_prompt, workers=workers)
 
     def body(session: common.Session) -> None:
-        if max_tokens is not None and limit != max_tokens:
+        if max_tokens is not None and settings.cutoff_len != max_tokens:
             raise UsageError(f"--cutoff-len {cutoff_len} and --max-tokens {max_tokens} disagree",
                              hint="give --cutoff-len only (--max-tokens is its old name)")
-        filters = build_filters(truncated=truncated, only_truncated=only_truncated,
-                                require_think=require_think,
-                                drop_tool_calls=drop_tool_calls,
-                                tool_call_pattern=tool_call_pattern, repetition=repetition,
-                                repetition_threshold=repetition_threshold, verify=verify,
-                                math_timeout=math_timeout, cutoff_len=limit,
-                                tokenizer=tokenizer, system_prompt=system_prompt)
-        verifier = next((f for f in filters if isinstance(f, VerifyFilter)), None)
-        if verifier is not None and not shared.quiet:
-            from dasd_cli.sandbox import isolation
+        filter_records(session, settings, quiet=shared.quiet)
 
-            io.say(f"dasd filter: {isolation().describe()}")
-        from dasd_cli.workers import batched, default_workers, ordered_thread_map
-
-        def judge(chunk: list[io.Line]) -> list[tuple[dict, Verdict]]:
-            return [check_record(line.record, filters, normalize) for line in chunk]
-
-        # Verification takes milliseconds to seconds a record: one record a task then.
-        size = 1 if verifier is not None else CHUNK_RECORDS
-        handed = decided = 0
-
-        def records() -> Iterator[io.Line]:
-            nonlocal handed
-            for line in session.records():
-                handed += 1
-                yield line
-
-        try:
-            for chunk, results in ordered_thread_map(judge, batched(records(), size),
-                                                     workers=workers or default_workers()):
-                for line, (record, verdict) in zip(chunk, results):
-                    if isinstance(verdict, RecordError):
-                        session.bad_record(line, verdict)
-                    elif verdict is None:
-                        session.emit(record)
-                    else:
-                        by, drop = verdict
-                        session.drop(record, by, drop.reason, drop.detail)
-                    decided += 1
-        finally:
-            # Stopped early (Ctrl-C): records read ahead for the threads were not decided, so
-            # they do not count as read (read = kept + dropped + skipped still holds).
-            session.tally.read -= handed - decided
-        if verifier is not None:
-            session.tally.extra["verified"] = verifier.verified
-            session.tally.extra["unverified"] = verifier.unverified
-
-    common.run_command("filter", shared, body)
-
-
-CHUNK_RECORDS = 16  # records a thread checks per task (fewer tasks, less overhead)
-Verdict = Union[tuple[str, Drop], RecordError, None]
-
-
-def check_record(record: dict, filters: list[Filter], normalize: str) -> tuple[dict, Verdict]:
-    """(the record, normalized if asked; the first drop, None, or the RecordError)."""
-    try:
-        if normalize == "harmony":
-            record = normalize_harmony(record)
-        return record, first_drop(filters, record)
-    except RecordError as err:
-        return record, err
-
-
-def build_filters(*, truncated: bool, only_truncated: bool, require_think: bool, drop_tool_calls: bool,
-                  tool_call_pattern: list[str] | None, repetition: bool,
-                  repetition_threshold: list[str] | None, verify: bool, math_timeout: int,
-                  cutoff_len: int | None, tokenizer: str | None,
-                  system_prompt: str | None) -> list[Filter]:
-    """The enabled filters, cheapest first."""
-    filters: list[Filter] = []
-    if only_truncated:
-        filters.append(TruncatedFilter(invert=True))
-    elif truncated:
-        filters.append(TruncatedFilter())
-    patterns = tuple(tool_call_pattern) if tool_call_pattern else DEFAULT_TOOL_CALL_PATTERNS
-    filters.append(StructureFilter(require_think=require_think,
-                                   tool_call_patterns=patterns if drop_tool_calls else ()))
-    if repetition:
-        from dasd_cli.core.filters.repetition import RepetitionFilter  # numpy: load on use
-
-        filters.append(RepetitionFilter(repetition_config(repetition_threshold or [])))
-    elif repetition_threshold:
-        raise UsageError("--repetition-threshold needs --repetition")
-    if cutoff_len is not None:
-        from dasd_cli.model.load import load_tokenizer
-        from dasd_cli.core.filters.length import LengthFilter
-
-        filters.append(LengthFilter(load_tokenizer(tokenizer), cutoff_len, system_prompt))
-    elif tokenizer is not None:
-        raise UsageError("--tokenizer is only used with --cutoff-len", hint="add --cutoff-len L")
-    if verify:
-        from dasd_cli.pipeline.verification import compare_in_helper, run_program
-
-        filters.append(VerifyFilter(run_program=run_program, math_timeout_s=math_timeout,
-                                    compare_math=compare_in_helper))
-    return filters
-
-
-def repetition_config(overrides: list[str]) -> RepetitionConfig:
-    """RepetitionConfig with NAME=VALUE overrides from the command line."""
-    from dasd_cli.core.filters.repetition import RepetitionConfig, config_fields
-
-    known = config_fields()
-    values: dict[str, float | int] = {}
-    for item in overrides:
-        name, sep, text = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or name not in known:
-            raise UsageError(f"--repetition-threshold {item!r}: expected NAME=VALUE with NAME one of "
-                             + ", ".join(known))
-        default = getattr(RepetitionConfig, name)
-        try:
-            values[name] = type(default)(text)
-        except ValueError:
-            raise UsageError(f"--repetition-threshold {item!r}: {text!r} is not a number") from None
-    try:
-        return replace(RepetitionConfig(), **values)
-    except ValueError as err:
-        raise UsageError(f"--repetition-threshold: {err}") from None
+    common.run_command("filter", shared, body, settings=settings)

@@ -1,23 +1,104 @@
 """``dasd eval``'s record work: verify each sample, count it into an :class:`Evaluation`.
 
 Verification uses the verifiers of ``dasd filter --verify`` (core.verify) with the code
-sandbox as their program runner and a helper process for math off the main thread, ``workers`` records at a time in threads, in input order.
+sandbox as their program runner and a helper process for math off the main thread,
+``workers`` records at a time in threads, in input order. :func:`evaluate_records` then
+reports the metrics per group (and against ``--compare``) in --stats and as tables.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from dasd_cli import io
-from dasd_cli.core.evaluate import Evaluation
+from dasd_cli.core.evaluate import Evaluation, compare
+from dasd_cli.core.tally import Tally
 from dasd_cli.core.verify import Verdict, judge_record, reference_kind
 from dasd_cli.errors import RecordError, UsageError
+from dasd_cli.pipeline.loop import record_loop
+from dasd_cli.report.evaluation import comparison_rows, metric_rows, show_tables
+from dasd_cli.workers import batched
 
 # What judging one record gives: its verdict, None (it has no reference), or its error.
 Outcome = Verdict | None | RecordError
 Judge = Callable[[dict[str, Any]], Outcome]
+
+
+@dataclass
+class EvalSettings:
+    """What ``dasd eval`` reports and how: its flags, every one given (the command builds it)."""
+
+    by: str  # the record field (a dotted path) the table groups by
+    compare: str | None  # another evaluation of the same prompts, to report the difference to
+    resamples: int  # bootstrap resamples of every interval
+    report: str  # the table's format: table | md | none
+    report_file: str | None  # where the table goes instead of stderr
+    math_timeout: int  # seconds per math comparison
+    workers: int  # records verified at a time, in threads
+
+
+class EvalSession(Protocol):
+    """What :func:`evaluate_records` needs of a command's session."""
+
+    tally: Tally
+
+    def records(self) -> Iterator[io.Line]: ...
+
+    def emit(self, record: dict[str, Any]) -> None: ...
+
+    def bad_record(self, line: io.Line, err: RecordError) -> None: ...
+
+
+def evaluate_records(session: EvalSession, settings: EvalSettings, *, seed: int, quiet: bool) -> None:
+    """Verify every record of ``session`` and write it with its ``eval`` object, in input
+    order; then the metrics per group (and the comparison) in --stats and as tables.
+
+    ``seed`` seeds the bootstrap intervals; ``quiet`` keeps the table off stderr.
+    """
+    s = settings
+    path = field_path(s.by)
+    judge = judge_with(s.math_timeout)
+    evaluation = Evaluation()
+    tally = session.tally.extra
+    tally.update(verified=0, unverified=0)
+
+    def settle(line: io.Line, outcome: Outcome) -> None:
+        if isinstance(outcome, RecordError):
+            session.bad_record(line, outcome)
+        elif outcome is None:  # no reference: passed through, counted apart
+            tally["unverified"] += 1
+            session.emit(line.record)
+        else:
+            count(evaluation, line.record, outcome, path)
+            tally["verified"] += 1
+            line.record["eval"] = {"correct": outcome.correct, "reason": outcome.reason,
+                                   "answer": outcome.answer}
+            session.emit(line.record)
+
+    record_loop(session.tally, batched(session.records(), 1), settle,
+                lambda batch: [judge(line.record) for line in batch], workers=s.workers)
+    summaries = evaluation.summaries(seed=seed, resamples=s.resamples)
+    verified = tally["verified"]
+    if verified:
+        tally["accuracy"] = summaries[-1].avg
+    tally["evaluation"] = {"by": s.by, "stderr": "of avg, across prompts (sample std, ddof 1, / sqrt(prompts))",
+                           "groups": [summary.as_dict() for summary in summaries] if verified else []}
+    tables = [("accuracy (%) by " + s.by, *metric_rows(summaries, s.by))] if verified else []
+    if s.compare is not None:
+        other = read_other(s.compare, judge, s.workers, path)
+        rows = compare(evaluation, other, seed=seed, resamples=s.resamples)
+        if rows[-1].prompts == 0:
+            raise UsageError(f"--compare {s.compare}: no prompt in common with the input",
+                             hint="compare evaluations of the same prompts (and the same --by groups)")
+        tally["comparison"] = {"other": s.compare, "resamples": s.resamples, "confidence": 0.95,
+                               "groups": [row.as_dict() for row in rows]}
+        tables.append((f"avg difference (this - {s.compare}), paired bootstrap",
+                       *comparison_rows(rows, s.by, "other")))
+    if tables:
+        show_tables(tables, s.report, s.report_file, quiet)
 
 
 def judge_with(math_timeout: int) -> Judge:
