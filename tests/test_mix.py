@@ -164,7 +164,7 @@ def test_same_seed_same_output_and_keep_order() -> None:
 
 
 def test_parse_input_reads_count_only_from_an_integer_suffix(tmp_path) -> None:
-    from dasd_cli.commands.mix import parse_input
+    from dasd_cli.pipeline.mixing import parse_input
 
     odd = tmp_path / "run:3"  # an existing file whose name ends like a count
     odd.write_text("")

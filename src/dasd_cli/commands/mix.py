@@ -1,25 +1,20 @@
 """``dasd mix``: dedupe, select per prompt, fill exact quotas, shuffle.
 
-Parses FILE[:COUNT] arguments and --quota flags, feeds every record to
-:class:`dasd_cli.core.mix.Mixer` and writes what it keeps. Mix reads all of its input
-before writing anything (quotas and the shuffle need every record), so it runs in two
-passes: the first spills each record, compressed, to a temporary file in ``$TMPDIR`` and
-hands the mixer only a handle to it; the second reads the chosen records back in output
-order. Memory holds per-record metadata, not bodies (DESIGN.md "Scale").
+Its FILE[:COUNT] arguments and flags go to pipeline/mixing.py, which parses them,
+spills every record to disk, mixes the records with :class:`dasd_cli.core.mix.Mixer`
+and writes what it keeps.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Optional
 
-import orjson
 import typer
 
 from dasd_cli.commands import common
-from dasd_cli.core.mix import SELECT_CHOICES, Mixer
-from dasd_cli.errors import RecordError, UsageError
-from dasd_cli.store import RecordSpill
+from dasd_cli.core.mix import SELECT_CHOICES
+from dasd_cli.errors import UsageError
+from dasd_cli.pipeline.mixing import MixSettings, mix_records
 
 
 MixInputs = Annotated[Optional[list[str]], typer.Argument(
@@ -57,77 +52,12 @@ def mix_command(
     reason (duplicate_id, duplicate_content, not_selected, over_quota, no_quota) and, with
     --rejects, written there.
     """
-    shared.options = {"inputs": shared.inputs, "quota": quota, "select": select,
-                      "per_prompt": per_prompt, "allow_short": allow_short, "keep_order": keep_order}
+    settings = MixSettings(inputs=shared.inputs, quota=quota, select=select, per_prompt=per_prompt,
+                           allow_short=allow_short, keep_order=keep_order)
 
     def body(session: common.Session) -> None:
-        specs = [parse_input(arg) for arg in (shared.inputs or ["-"])]
-        quotas = parse_quotas(quota or [])
-        if quotas and all(count is not None for _, count in specs):
-            raise UsageError("--quota applies to inputs without a COUNT, and every input has one",
-                             hint="drop the :COUNT of the inputs the domain quotas should draw from")
         if per_prompt is not None and select is None:
             raise UsageError("--per-prompt needs --select", hint="add --select das or --select random")
-        mixer = Mixer(inputs=specs, quotas=quotas, select=select, per_prompt=per_prompt or 1,
-                      seed=shared.seed, keep_order=keep_order, allow_short=allow_short)
-        with RecordSpill() as spill:
-            def drop(handle: int, reason: str, detail: str, record: dict | None = None) -> None:
-                """Count a drop; --rejects gets the record, read back from the spill if needed."""
-                if session.rejects is not None and record is None:
-                    record = orjson.loads(spill.get(handle))
-                session.drop(record or {}, "mix", reason, detail)
+        mix_records(session, settings, seed=shared.seed)
 
-            for source, (path, _count) in enumerate(specs):
-                for line in session.records([path]):
-                    handle = spill.put(orjson.dumps(line.record, option=orjson.OPT_SERIALIZE_NUMPY))
-                    try:
-                        dropped = mixer.add(line.record, source, handle)
-                    except RecordError as err:
-                        session.bad_record(line, err)
-                        continue
-                    if dropped is not None:  # this record, or an earlier one it displaced
-                        drop(dropped.record, dropped.reason, dropped.detail,
-                             line.record if dropped.record == handle else None)
-            kept, drops, pools = mixer.finish()
-            for dropped in drops:
-                drop(dropped.record, dropped.reason, dropped.detail)
-            assert session.writer is not None
-            for handle in kept:
-                session.writer.write_line(spill.get(handle))
-                session.tally.keep()
-            session.tally.extra["spill_bytes"] = spill.bytes_on_disk
-        short = sum(pool.short for pool in pools)
-        if short:
-            session.tally.extra["short"] = short
-        session.tally.extra["quotas"] = {
-            pool.name: {"target": pool.target, "available": pool.available, "kept": pool.kept,
-                        "short": pool.short} for pool in pools}
-
-    common.run_command("mix", shared, body)
-
-
-def parse_input(arg: str) -> tuple[str, int | None]:
-    """``FILE[:COUNT]`` into (FILE, COUNT).
-
-    A path may itself contain ':', so COUNT is read only when the text after the last
-    ':' is a whole number and the whole argument is not an existing file.
-    """
-    if arg == "-" or os.path.exists(arg) or ":" not in arg:
-        return arg, None
-    path, tail = arg.rsplit(":", 1)
-    if path and tail.isascii() and tail.isdigit():
-        return path, int(tail)
-    return arg, None
-
-
-def parse_quotas(values: list[str]) -> dict[str, int]:
-    """``--quota DOMAIN=COUNT`` flags into {domain: count}."""
-    quotas: dict[str, int] = {}
-    for value in values:
-        domain, sep, count = value.rpartition("=")
-        if not sep or not domain or not (count.isascii() and count.isdigit()):
-            raise UsageError(f"--quota must look like DOMAIN=COUNT (e.g. math=5000), not {value!r}")
-        if domain in quotas:
-            raise UsageError(f"--quota {domain} given twice")
-        quotas[domain] = int(count)
-    return quotas
+    common.run_command("mix", shared, body, settings=settings)
