@@ -6,11 +6,14 @@ function making the i-th valid input record (one the command keeps).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +58,9 @@ class StreamCase:
     marks: list[Any] = field(default_factory=list)
     # What identifies the i-th input record (its id, or what the command derives the id from).
     input_id: Callable[[dict[str, Any]], str] = lambda rec: rec["id"]
+    # Whether each input record ends kept, dropped or skipped (read = kept + dropped + skipped);
+    # sample writes several records per prompt.
+    one_outcome_per_record: bool = True
 
     def __str__(self) -> str:
         return self.command
@@ -66,7 +72,9 @@ STREAMING_COMMANDS: list[StreamCase] = [
     StreamCase("import", released_row, input_id=lambda rec: rec["uuid"]),
     StreamCase("mix", response_record, ordered=False),
     StreamCase("pack", response_record, ["--cutoff-len", "256"], lambda recs: [i for r in recs for i in r["ids"]], ordered=False, big_records=3000, marks=[pytest.mark.slow]),
-    StreamCase("sample", lambda i: {"id": f"p{i}", "prompt": f"Say {i}."}, ["--max-tokens", "1"], lambda recs: [r["prompt_id"] for r in recs], big_records=600, marks=[pytest.mark.slow]),
+    StreamCase("sample", lambda i: {"id": f"p{i}", "prompt": f"Say {i}."}, ["--max-tokens", "1"],
+               lambda recs: [r["prompt_id"] for r in recs], big_records=600, marks=[pytest.mark.slow],
+               one_outcome_per_record=False),
     StreamCase("score", scored_record),  # pre-scored: the stream contract without a model
 ]
 
@@ -87,17 +95,31 @@ def wait_for_signal_handlers(proc: subprocess.Popen, timeout: float = 120.0) -> 
     raise AssertionError("dasd did not install its signal handlers in time")
 
 
+def wait_for_input_read(proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    """Wait until dasd has read everything written to its stdin so far (FIONREAD on the
+    pipe: nothing left unread), so its command is past start-up and in its record loop."""
+    assert proc.stdin is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        unread = struct.unpack("i", fcntl.ioctl(proc.stdin.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+        if unread == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError("dasd did not read its input in time")
+
+
 def signal_midrun(args: list[str], records: list[dict[str, Any]],
                   sig: signal.Signals) -> tuple[int, bytes, str]:
-    """Start dasd on ``records`` with stdin left open, signal it once it handles signals
-    and has had 2 s for the records, and return (exit status, stdout, stderr)."""
+    """Start dasd on ``records`` with stdin left open, signal it once it has read them
+    and had 2 s for them, and return (exit status, stdout, stderr)."""
     proc = subprocess.Popen(dasd_bin() + args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     assert proc.stdin is not None
     proc.stdin.write(to_jsonl(records))
     proc.stdin.flush()
     wait_for_signal_handlers(proc)
-    time.sleep(2.0)  # mid-run or, on a slow machine, still loading a model: same exit either way
+    wait_for_input_read(proc)
+    time.sleep(2.0)  # mid-run, or done with the input and waiting for more: same exit either way
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     return proc.returncode, out, err.decode()
@@ -225,9 +247,12 @@ def test_head_closes_pipe_quietly(tmp_path: Path, case: StreamCase) -> None:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_sigint_exits_130_with_valid_output(case: StreamCase) -> None:
-    """Ctrl-C: exit 130, and what reached stdout is complete JSONL (zstd frame closed)."""
-    code, out, err = signal_midrun([case.command, *case.args, "-"],
+def test_sigint_exits_130_with_valid_output(tmp_path: Path, case: StreamCase) -> None:
+    """Ctrl-C: exit 130, and what reached stdout is complete JSONL (zstd frame closed).
+    The records read but not yet decided (read ahead, or held for a final pass) do not
+    count as read: read = kept + dropped + skipped in --stats as in every summary."""
+    stats = tmp_path / "stats.json"
+    code, out, err = signal_midrun([case.command, *case.args, "--stats", str(stats), "-"],
                                    [case.make_record(i) for i in range(50)], signal.SIGINT)
     assert code == 130, err
     records = parse_records(out)
@@ -235,6 +260,10 @@ def test_sigint_exits_130_with_valid_output(case: StreamCase) -> None:
     if case.ordered:
         got = ids_of(case, records)
         assert got == expected(case, range(len(got)))
+    counts = orjson.loads(stats.read_bytes())
+    assert counts["interrupted"] is True
+    if case.one_outcome_per_record:
+        assert counts["read"] == counts["kept"] + counts["dropped"] + counts["skipped"], counts
 
 
 def test_sigint_eval_with_worker_threads_counts_only_decided_records(tmp_path: Path) -> None:

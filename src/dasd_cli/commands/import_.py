@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 import typer
 
 from dasd_cli.commands import common
-from dasd_cli.errors import RecordError, UsageError
+from dasd_cli.errors import UsageError
+from dasd_cli.pipeline.importing import ImportSettings, import_records
 
 LOGPROB_MODES = ("unknown", "raw", "processed")
 
@@ -47,40 +48,15 @@ def import_command(
     meta is kept; id is the row's uuid. With --logprobs the teacher's log-probs are joined
     by uuid and laid over the response text.
     """
-    shared.options = {"logprobs": logprobs, "tokenizer": tokenizer, "logprobs_mode": logprobs_mode}
+    settings = ImportSettings(logprobs=logprobs, tokenizer=tokenizer, logprobs_mode=logprobs_mode)
 
     def body(session: common.Session) -> None:
-        from dasd_cli.io.released import LogprobFile
-        from dasd_cli.pipeline.importing import Importer, input_lines
-
         if logprobs is not None and tokenizer is None:
             raise UsageError("--logprobs needs --tokenizer PATH: gpt-oss's tokenizer (o200k_harmony)",
                              hint="no installed package ships it; download openai/gpt-oss-120b's "
                              "tokenizer files (tokenizer.json, tokenizer_config.json) into a folder")
         if tokenizer is not None and logprobs is None:
             raise UsageError("--tokenizer is only used with --logprobs", hint="add --logprobs PATH")
-        tok = None
-        if tokenizer is not None:
-            from dasd_cli.model.load import load_tokenizer
+        import_records(session, settings, shared.inputs)
 
-            tok = load_tokenizer(tokenizer)
-        index = LogprobFile(logprobs) if logprobs is not None else None
-        if index is not None:
-            session.tally.extra["logprob_rows"] = len(index)
-        importer = Importer(index, tok, logprobs_mode)
-        try:
-            for line in input_lines(session, shared.inputs):
-                try:
-                    outcome = importer.convert(line)
-                except RecordError as err:
-                    session.bad_record(line, err)
-                    continue
-                if outcome.drop is None:
-                    session.emit(outcome.record)
-                else:
-                    session.drop(outcome.record, "import", *outcome.drop)
-        finally:
-            if index is not None:
-                index.close()
-
-    common.run_command("import", shared, body)
+    common.run_command("import", shared, body, settings=settings)

@@ -91,22 +91,15 @@ def score_command(
     # records then go only to an -o file.
     records_out = not explain or (output is not None and not html_page)
     scoring = model is not None or not (explain or plot)  # else: show what the file holds
-    options = {"model": model, "beta": beta, "distilled": distilled, "alpha": alpha,
-               "backend": backend, "dtype": dtype, "device": device, "batch_tokens": batch_tokens,
-               "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
-               "enforce_eager": enforce_eager, "keep_token_logprobs": keep_token_logprobs,
-               "system_prompt": system_prompt,
-               "accept_logprobs": sorted({mode.value for mode in accept_logprobs or ()}),
-               "explain": explain, "limit": limit, "color": color, "plot": plot, "shard": shard}
-    shared.options = options
-    if not records_out:
-        shared.output = None  # the view (or the HTML page) is what goes out; no records
     settings = ScoreSettings(model=model, distilled=distilled, beta=beta, alpha=alpha, backend=backend,
                              dtype=dtype, device=device, batch_tokens=batch_tokens,
                              gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                              enforce_eager=enforce_eager, keep_token_logprobs=keep_token_logprobs,
                              system_prompt=system_prompt,
-                             accept_logprobs=frozenset(mode.value for mode in accept_logprobs or ()))
+                             accept_logprobs=frozenset(mode.value for mode in accept_logprobs or ()),
+                             explain=explain, limit=limit, color=color, plot=plot, shard=shard)
+    if not records_out:
+        shared.output = None  # the view (or the HTML page) is what goes out; no records
 
     def body(session: common.Session) -> None:
         if backend == "openai":
@@ -141,7 +134,7 @@ def score_command(
 
             plot_histograms(points, plot)
 
-    common.run_command("score", shared, body, writes_records=records_out)
+    common.run_command("score", shared, body, settings=settings, writes_records=records_out)
 
 
 def _use_color(color: str) -> bool:

@@ -4,6 +4,7 @@ Each data row (JSONL through io, Parquet through pyarrow batches) becomes a resp
 record (core.released). With a Logprob file, the row's ``uuid`` is looked up there, its
 ``token_ids`` are decoded with the gpt-oss tokenizer (model.tokens gives each token's
 start in the decoded text), and the log-probs are laid over the response.
+:func:`import_records` writes each record, or drops it with its reason, in input order.
 """
 
 from __future__ import annotations
@@ -17,14 +18,68 @@ from dasd_cli.core import released
 from dasd_cli.core.tally import Tally
 from dasd_cli.errors import RecordError
 from dasd_cli.io.released import LogprobFile, is_parquet, iter_parquet
+from dasd_cli.pipeline.loop import record_loop
+from dasd_cli.workers import batched
+
+
+@dataclass
+class ImportSettings:
+    """How ``dasd import`` reads the release: its flags, every one given (the command builds it)."""
+
+    logprobs: str | None  # the companion ...-Logprob file, joined by uuid
+    tokenizer: str | None  # gpt-oss's tokenizer, to decode the Logprob file's token_ids
+    logprobs_mode: str  # teacher.logprobs_mode to record: unknown | raw | processed
 
 
 class ImportSession(Protocol):
-    """What :func:`input_lines` reads and counts through (a command's session)."""
+    """What :func:`import_records` needs of a command's session."""
 
     tally: Tally
 
     def records(self, inputs: list[str] | None = None) -> Iterator[io.Line]: ...
+
+    def emit(self, record: dict[str, Any]) -> None: ...
+
+    def drop(self, line: dict[str, Any], by: str, reason: str, detail: str = "") -> None: ...
+
+    def bad_record(self, line: io.Line, err: RecordError) -> None: ...
+
+
+def import_records(session: ImportSession, settings: ImportSettings, paths: list[str] | None) -> None:
+    """Every row of ``paths`` (None: stdin) as a response record, or dropped with its reason
+    (counts ``logprob_rows`` with a Logprob file)."""
+    tok = None
+    if settings.tokenizer is not None:
+        from dasd_cli.model.load import load_tokenizer
+
+        tok = load_tokenizer(settings.tokenizer)
+    index = LogprobFile(settings.logprobs) if settings.logprobs is not None else None
+    if index is not None:
+        session.tally.extra["logprob_rows"] = len(index)
+    importer = Importer(index, tok, settings.logprobs_mode)
+
+    def convert(batch: list[io.Line]) -> list[Outcome | RecordError]:
+        outcomes: list[Outcome | RecordError] = []
+        for line in batch:
+            try:
+                outcomes.append(importer.convert(line))
+            except RecordError as err:
+                outcomes.append(err)
+        return outcomes
+
+    def settle(line: io.Line, outcome: Outcome | RecordError) -> None:
+        if isinstance(outcome, RecordError):
+            session.bad_record(line, outcome)
+        elif outcome.drop is None:
+            session.emit(outcome.record)
+        else:
+            session.drop(outcome.record, "import", *outcome.drop)
+
+    try:
+        record_loop(session.tally, batched(input_lines(session, paths), 1), settle, convert)
+    finally:
+        if index is not None:
+            index.close()
 
 
 def input_lines(session: ImportSession, paths: list[str] | None) -> Iterator[io.Line]:

@@ -4,7 +4,7 @@
 ``das`` each holds, and writes or counts them. :class:`Scorer` loads the backends on first need, turns each window of records into
 teacher-forced score requests, and adds the ``das`` object (DESIGN.md "Score") to each
 record; a record that already carries a matching ``das`` is passed through unscored.
-Bad records go to the caller's session (:class:`BadRecordSink`).
+Bad records go to the caller's session.
 """
 
 from __future__ import annotations
@@ -21,21 +21,19 @@ from dasd_cli.core.das import (DEFAULT_ALPHA, DEFAULT_BETA, TokenLogprobs, analy
                                das_record, teacher_tokens)
 from dasd_cli.core.tally import Tally
 from dasd_cli.errors import RecordError
+from dasd_cli.pipeline.loop import record_loop
 from dasd_cli.workers import batched
 
 WINDOW = 128  # records scored together: room to sort by length, output still in input order
+
+# What scoring a record gives: the record with its das, or why it cannot have one.
+ScoreOutcome = dict[str, Any] | RecordError
 
 # A record waiting for its scores: the record, the teacher's tokens, where scoring starts.
 _Todo = tuple[dict[str, Any], TokenLogprobs, int]
 
 
-class BadRecordSink(Protocol):
-    """Where a record the scorer cannot use goes (a command's session)."""
-
-    def bad_record(self, line: io.Line, err: RecordError) -> None: ...
-
-
-class ScoreSession(BadRecordSink, Protocol):
+class ScoreSession(Protocol):
     """What :func:`score_stream` reads, counts and writes through (a command's session)."""
 
     tally: Tally
@@ -44,6 +42,8 @@ class ScoreSession(BadRecordSink, Protocol):
                 shard: tuple[int, int] | None = None) -> Iterator[io.Line]: ...
 
     def emit(self, record: dict[str, Any]) -> None: ...
+
+    def bad_record(self, line: io.Line, err: RecordError) -> None: ...
 
 
 @dataclass
@@ -64,6 +64,12 @@ class ScoreSettings:
     keep_token_logprobs: bool = False
     system_prompt: str | None = None
     accept_logprobs: frozenset[str] = frozenset()  # teacher log-probs other than raw to score anyway
+    # What `dasd score` shows and reads besides (the command's; the scorer does not use them).
+    explain: bool = False  # the first `limit` records sentence by sentence
+    limit: int = 1
+    color: str = "auto"  # auto | always | never: --explain's view colored by sentence type
+    plot: str | None = None  # histograms of p_teacher and p_student to this PNG
+    shard: str | None = None  # K/N: only the input records i with i mod N == K
 
 
 def score_stream(session: ScoreSession, settings: ScoreSettings, *, stored_only: bool = False,
@@ -78,19 +84,25 @@ def score_stream(session: ScoreSession, settings: ScoreSettings, *, stored_only:
     """
     extra = session.tally.extra
     extra.update({"sentences": 0, "teacher_sentences": 0, "merged_sentences": 0})
-    batches = windows(session.records(shard=shard), stop_after)
     scorer = None if stored_only else Scorer(settings, notify)
+
+    def settle(line: io.Line, scored: ScoreOutcome) -> None:
+        if isinstance(scored, RecordError):
+            session.bad_record(line, scored)
+            return
+        das = scored["das"]
+        extra["sentences"] += len(das.get("sentences", []))
+        extra["teacher_sentences"] += das.get("score", 0)
+        if observe is not None:
+            observe(scored)
+        if write_records:
+            session.emit(scored)
+        else:
+            session.tally.keep()
+
     try:
-        for record in stored_scores(session, batches) if scorer is None else scorer.run(session, batches):
-            das = record["das"]
-            extra["sentences"] += len(das.get("sentences", []))
-            extra["teacher_sentences"] += das.get("score", 0)
-            if observe is not None:
-                observe(record)
-            if write_records:
-                session.emit(record)
-            else:
-                session.tally.keep()
+        record_loop(session.tally, windows(session.records(shard=shard), stop_after), settle,
+                    stored_das if scorer is None else scorer.score_window)
     finally:
         if scorer is not None:
             scorer.close()
@@ -102,18 +114,12 @@ def windows(lines: Iterable[io.Line], stop_after: int | None = None) -> Iterator
     return batched(itertools.islice(lines, stop_after), WINDOW)
 
 
-def stored_scores(sink: BadRecordSink, windows: Iterable[list[io.Line]]) -> Iterator[dict[str, Any]]:
-    """The records as they are, each with the ``das`` it holds; one without is a bad record."""
-    for window in windows:
-        for line in window:
-            if isinstance(line.record.get("das"), dict):
-                yield line.record
-                continue
-            name = line.record.get("id", "?")
-            sink.bad_record(line, RecordError(
-                f"record {name!r} has no das object (it was never scored)", reason="not_scored",
-                hint="pass --model PATH to score it; --explain and --plot without --model show "
-                "the scores each record holds"))
+def stored_das(window: list[io.Line]) -> list[ScoreOutcome]:
+    """The records as they are, each with the ``das`` it holds; one without is an error."""
+    return [line.record if isinstance(line.record.get("das"), dict) else RecordError(
+        f"record {line.record.get('id', '?')!r} has no das object (it was never scored)",
+        reason="not_scored", hint="pass --model PATH to score it; --explain and --plot without "
+        "--model show the scores each record holds") for line in window]
 
 
 class Scorer:
@@ -152,44 +158,40 @@ class Scorer:
             return False
         return not s.keep_token_logprobs or "student_logprobs" in das
 
-    def run(self, sink: BadRecordSink, windows: Iterable[list[io.Line]]) -> Iterator[dict[str, Any]]:
-        """Scored records of every window, in input order; bad records go to ``sink``."""
-        for window in windows:
-            todo: dict[str, _Todo] = {}
-            requests: list[ScoreRequest] = []
-            ready: list[tuple[io.Line, dict[str, Any] | None]] = []
-            for line in window:
-                record = line.record
-                reuse = self._reusable(record)
-                try:
-                    if not reuse:
-                        response = response_text(record)
-                        teacher, start = teacher_tokens(record, response)
-                    # also for a reused das: the flags of this run say what may be scored
-                    check_logprobs_mode(record, self.settings.accept_logprobs)
-                except RecordError as err:
-                    sink.bad_record(line, err)
-                    continue
+    def score_window(self, window: list[io.Line]) -> list[ScoreOutcome]:
+        """Each record of the window with its das (scored, or reused), or why it cannot
+        have one, in input order."""
+        todo: dict[str, _Todo] = {}
+        requests: list[ScoreRequest] = []
+        outcomes: list[ScoreOutcome | None] = []  # None: scored below, in request order
+        for line in window:
+            record = line.record
+            reuse = self._reusable(record)
+            try:
+                if not reuse:
+                    response = response_text(record)
+                    teacher, start = teacher_tokens(record, response)
+                # also for a reused das: the flags of this run say what may be scored
+                check_logprobs_mode(record, self.settings.accept_logprobs)
                 if reuse:
-                    ready.append((line, record))
+                    outcomes.append(record)
                     continue
-                try:
-                    messages = prompt_messages(record, self.settings.system_prompt)
-                except RecordError as err:
-                    sink.bad_record(line, err)
-                    continue
-                key = str(len(requests))
-                todo[key] = (record, teacher, start)
-                requests.append(ScoreRequest(key, messages, response))
-                ready.append((line, None))
-            results: list[dict[str, Scored]] = [{} for _ in self.specs]
-            if requests:
-                for backend, into in zip(self._backends(), results):
-                    for scored in backend.score(requests):
-                        into[scored.key] = scored
-            keys = iter(range(len(requests)))
-            for _, done in ready:
-                yield done if done is not None else self._finish(todo, str(next(keys)), results)
+                messages = prompt_messages(record, self.settings.system_prompt)
+            except RecordError as err:
+                outcomes.append(err)
+                continue
+            key = str(len(requests))
+            todo[key] = (record, teacher, start)
+            requests.append(ScoreRequest(key, messages, response))
+            outcomes.append(None)
+        results: list[dict[str, Scored]] = [{} for _ in self.specs]
+        if requests:
+            for backend, into in zip(self._backends(), results):
+                for scored in backend.score(requests):
+                    into[scored.key] = scored
+        keys = iter(range(len(requests)))
+        return [self._finish(todo, str(next(keys)), results) if outcome is None else outcome
+                for outcome in outcomes]
 
     def _finish(self, todo: dict[str, _Todo], key: str, results: list[dict[str, Scored]]) -> dict[str, Any]:
         record, teacher, start = todo[key]
