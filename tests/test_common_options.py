@@ -86,3 +86,81 @@ def test_a_typo_in_a_choice_is_a_usage_error_naming_the_flag(args: list[str], fl
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
     assert f"Invalid value for '{flag}'" in err and proc.stdout == b""
+
+
+# --------------------------------------------------------------------------- settings
+
+SHARED_PARAMS = {"inputs", "output", "compress", "rejects", "on_error", "stats", "quiet", "debug",
+                 "seed", "shard"}
+
+
+def _settings_classes() -> dict[str, type]:
+    from dasd_cli.pipeline.evaluating import EvalSettings
+    from dasd_cli.pipeline.filtering import FilterSettings
+    from dasd_cli.pipeline.importing import ImportSettings
+    from dasd_cli.pipeline.mixing import MixSettings
+    from dasd_cli.pipeline.packing import PackSettings
+    from dasd_cli.pipeline.sampling import SampleSettings
+    from dasd_cli.pipeline.scoring import ScoreSettings
+    from dasd_cli.training.recipe import TrainConfig
+
+    return {"eval": EvalSettings, "filter": FilterSettings, "import": ImportSettings,
+            "mix": MixSettings, "pack": PackSettings, "sample": SampleSettings,
+            "score": ScoreSettings, "train": TrainConfig}
+
+
+@pytest.mark.parametrize("name", ["eval", "filter", "import", "mix", "pack", "sample", "score", "train"])
+def test_the_settings_object_has_a_field_for_every_flag(name: str) -> None:
+    """--stats' options are the command's settings object, so it must hold every flag the
+    command declares (besides the shared ones; hidden, deprecated names aside)."""
+    from dataclasses import fields
+
+    renamed = {"compare_with": "compare"}  # eval's --compare (compare is a function there)
+    flags = {renamed.get(p.name, p.name).rstrip("_") for p in _command(name).params
+             if not p.hidden} - SHARED_PARAMS
+    held = {f.name.rstrip("_") for f in fields(_settings_classes()[name])}
+    assert flags - held == set()
+
+
+def test_settings_json_is_the_fields_as_plain_json() -> None:
+    """Field names as keys (a keyword's trailing underscore dropped); sets as sorted lists,
+    paths as text, enum members as their value."""
+    from dataclasses import dataclass
+    from enum import Enum
+    from pathlib import Path
+
+    class Mode(str, Enum):
+        raw = "raw"
+
+    @dataclass
+    class Toy:
+        continue_: bool
+        out: Path
+        accept: frozenset[str]
+        modes: list[Mode]
+        pair: tuple[float, float]
+
+    options = common.settings_json(Toy(continue_=True, out=Path("ckpt/a"), accept=frozenset({"b", "a"}),
+                                       modes=[Mode.raw], pair=(0.9, 0.95)))
+    assert options == {"continue": True, "out": "ckpt/a", "accept": ["a", "b"], "modes": ["raw"],
+                       "pair": [0.9, 0.95]}
+
+
+def test_stats_options_are_the_settings_the_command_ran_with(tmp_path) -> None:
+    """One run end to end: the --stats options of `dasd filter` are its settings' fields,
+    as given on the command line (and the defaults of the others)."""
+    import orjson
+
+    from helpers import run_dasd, to_jsonl
+    from dasd_cli.pipeline.filtering import FilterSettings
+
+    stats = tmp_path / "stats.json"
+    record = {"id": "a", "messages": [{"role": "user", "content": "q"}], "response": "r",
+              "finish_reason": "stop"}
+    proc = run_dasd(["filter", "--workers", "1", "--tool-call-pattern", "CALL", "--stats", str(stats), "-"],
+                    stdin=to_jsonl([record]), timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    options = orjson.loads(stats.read_bytes())["options"]
+    assert set(options) == {f for f in FilterSettings.__dataclass_fields__}
+    assert options["workers"] == 1 and options["tool_call_pattern"] == ["CALL"]
+    assert options["truncated"] is True and options["cutoff_len"] is None

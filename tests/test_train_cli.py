@@ -70,6 +70,9 @@ def test_stdin_zstd_metrics_plot_and_final_model(tmp_path, tiny):
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stats = orjson.loads((tmp_path / "stats.json").read_bytes())
     assert stats["read"] == 3 and stats["kept"] == 3 and stats["steps"] == 4
+    options = stats["options"]  # the run's TrainConfig, as given
+    assert (options["out"], options["epochs"], options["data"], options["adam_beta2"]) == (
+        str(tmp_path / "o"), 2, ["-"], 0.95)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     AutoModelForCausalLM.from_pretrained(str(tmp_path / "o"))

@@ -14,7 +14,7 @@ import inspect
 import sys
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from enum import Enum
 from pathlib import PurePath
 from typing import Annotated, Any, Literal, Optional, get_type_hints
@@ -100,7 +100,6 @@ class Common:
     on_error: str = "fail"
     debug: bool = False
     shard: str | None = None  # --shard K/N as typed (sample, score); see parse_shard
-    options: dict[str, Any] = field(default_factory=dict)  # command flags, for --stats
 
     def validate(self) -> None:
         if self.on_error not in ("fail", "skip"):
@@ -261,7 +260,7 @@ class Session:
     def finish(self) -> None:
         stats = self.tally.as_dict()
         stats["seed"] = self.common.seed
-        stats["options"] = settings_json(self.settings) if self.settings is not None else self.common.options
+        stats["options"] = settings_json(self.settings) if self.settings is not None else {}
         if self.interrupted:
             stats["interrupted"] = True
         if self.common.stats:

@@ -16,8 +16,9 @@ from dasd_cli import io
 from dasd_cli.backends.base import BACKENDS
 from dasd_cli.commands import common
 from dasd_cli.core.continuation import DEFAULT_CUT_MIN
-from dasd_cli.core.sampling import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, Planner
+from dasd_cli.core.sampling import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
 from dasd_cli.errors import UsageError
+from dasd_cli.pipeline.sampling import SampleSettings, sample_with_teacher
 
 
 @common.shared_options(seed=True, shard=True)
@@ -93,26 +94,20 @@ def sample_command(
     PROMPT@T#K, messages (as sent, system turn included), response, finish_reason and
     teacher {model, temperature, top_p, seed, logprobs, offsets, logprobs_mode}.
     """
-    temperatures = temperature or [DEFAULT_TEMPERATURE]
-    options = {"model": model, "backend": backend, "n": n, "temperature": temperatures,
-               "top_p": top_p, "max_tokens": max_tokens, "max_tokens_ratio": max_tokens_ratio,
-               "continue": continue_, "cut_min": cut_min, "system_prompt": system_prompt,
-               "shard": shared.shard, "resume": resume, "server_logprobs": server_logprobs}
-    shared.options = options
-    seed, output, compress, quiet = shared.seed, shared.output, shared.compress, shared.quiet
-    backend_options = {"model": model, "dtype": dtype, "device": device, "batch_size": batch_size,
-                       "tensor_parallel_size": tensor_parallel_size, "seed": seed,
-                       "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
-                       "enforce_eager": enforce_eager, "base_url": base_url, "endpoint": endpoint,
-                       "api_key_env": api_key_env,
-                       "concurrency": concurrency, "max_retries": max_retries, "timeout": timeout,
-                       "tokenizer": tokenizer}
-    if server_logprobs is not None:
-        backend_options["logprobs_mode"] = server_logprobs
+    settings = SampleSettings(
+        model=model, backend=backend, n=n, temperature=temperature or [DEFAULT_TEMPERATURE],
+        top_p=top_p, max_tokens=max_tokens, max_tokens_ratio=max_tokens_ratio, continue_=continue_,
+        cut_min=cut_min, system_prompt=system_prompt, shard=shared.shard, resume=resume,
+        server_logprobs=server_logprobs, dtype=dtype, device=device, batch_size=batch_size,
+        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len, enforce_eager=enforce_eager, base_url=base_url,
+        endpoint=endpoint, api_key_env=api_key_env, concurrency=concurrency,
+        max_retries=max_retries, timeout=timeout, tokenizer=tokenizer)
+    output, compress = shared.output, shared.compress
 
     def body(session: common.Session) -> None:
         session.kept_word = "wrote"
-        if any(t < 0 for t in temperatures):
+        if any(t < 0 for t in settings.temperature):
             raise UsageError("--temperature must be >= 0")
         if top_p <= 0:
             raise UsageError("--top-p must be above 0", hint="1.0 samples from the whole distribution")
@@ -133,14 +128,7 @@ def sample_command(
             # appends between reading the ids and writing the missing ones.
             done, _count = io.read_existing_ids(output)
             session.writer.append_instead()  # type: ignore[union-attr]
-        from dasd_cli.backends import get_backend
-        from dasd_cli.pipeline.sampling import sample_records
+        sample_with_teacher(session, settings, seed=shared.seed, shard=shard_of, done=done,
+                            quiet=shared.quiet)
 
-        with get_backend(backend, **backend_options) as engine:
-            planner = Planner(temperatures, n=n, top_p=top_p, max_tokens=max_tokens,
-                              ratio=max_tokens_ratio, continue_=continue_, cut_min=cut_min,
-                              system_prompt=system_prompt, seed=seed, token_count=engine.token_count)
-            sample_records(session, engine, planner, shard=shard_of, done=done, ordered=not resume,
-                           quiet=quiet)
-
-    common.run_command("sample", shared, body)
+    common.run_command("sample", shared, body, settings=settings)

@@ -10,7 +10,7 @@ metrics record per optimizer step to stdout, checkpoints under OUT and the final
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -120,14 +120,12 @@ def train_command(
     from dasd_cli.training import distributed as dist_util
 
     ranks = dist_util.ranks_from_env()
-    options = {k: v for k, v in locals().items() if k not in ("shared", "local_rank", "dist_util", "ranks")}
     files = (data or []) + (shared.inputs or [])
-    shared.inputs, shared.options = files or None, options
+    shared.inputs = files or None
     if not ranks.is_main:  # rank 0 alone writes metrics, stats and the summary
         shared.output, shared.stats, shared.quiet = None, None, True
     if shared.compress == "auto" and shared.output in (None, "-"):
         shared.compress = "none"  # a small log for people and plotting tools, not a data stream
-    seed = shared.seed
     dist_util.claim_stdout(ranks)
 
     def body(session: common.Session) -> None:
@@ -141,31 +139,24 @@ def train_command(
         if ranks.world_size > 1 and not files:
             raise UsageError("a distributed run reads its data from files, not stdin",
                              hint="pass --data PATH (every rank reads it)")
-        config = _config(Path(out), options, seed, shared.debug)
+        if init_from and resume:
+            raise UsageError("--init-from starts a new stage; --resume continues one: pick one")
         from dasd_cli.training.data import default_root
+        from dasd_cli.training.recipe import TrainConfig
         from dasd_cli.training.run import run_training
 
-        run_training(session, config, ranks, files or None,
-                     Path(token_store) if token_store else default_root(), plot)
+        config = session.settings = TrainConfig(
+            out=Path(out), model=model, init_from=init_from, epochs=epochs,
+            global_batch_size=global_batch_size, lr=lr, min_lr=min_lr, warmup_ratio=warmup_ratio,
+            weight_decay=weight_decay, adam_beta1=adam_beta1, adam_beta2=adam_beta2,
+            adam_eps=adam_eps, grad_clip=grad_clip, dtype=dtype, attn=attn,
+            gradient_checkpointing=gradient_checkpointing, liger=liger, deepspeed=deepspeed,
+            save_every=save_every, keep_checkpoints=keep_checkpoints,
+            delete_checkpoints=delete_checkpoints, resume=resume, stop_after=stop_after,
+            seed=shared.seed, shuffle=shuffle, loss_chunk_size=loss_chunk_size,
+            router_aux_loss_coef=router_aux_loss_coef, debug=shared.debug, data=files or None,
+            token_store=token_store, plot=plot)
+        run_training(session, config, ranks, config.data,
+                     Path(config.token_store) if config.token_store else default_root(), config.plot)
 
     common.run_command("train", shared, body)
-
-
-def _config(out: Path, options: dict[str, Any], seed: int, debug: bool = False) -> Any:
-    from dasd_cli.training.recipe import TrainConfig
-
-    if options["init_from"] and options["resume"]:
-        raise UsageError("--init-from starts a new stage; --resume continues one: pick one")
-    return TrainConfig(
-        out=out, model=options["model"], init_from=options["init_from"], epochs=options["epochs"],
-        global_batch_size=options["global_batch_size"], lr=options["lr"], min_lr=options["min_lr"],
-        warmup_ratio=options["warmup_ratio"], weight_decay=options["weight_decay"],
-        adam_betas=(options["adam_beta1"], options["adam_beta2"]), adam_eps=options["adam_eps"],
-        grad_clip=options["grad_clip"], dtype=options["dtype"], attn=options["attn"],
-        gradient_checkpointing=options["gradient_checkpointing"], liger=options["liger"],
-        deepspeed=options["deepspeed"], save_every=options["save_every"],
-        keep_checkpoints=options["keep_checkpoints"], delete_checkpoints=options["delete_checkpoints"],
-        resume=options["resume"],
-        stop_after=options["stop_after"], seed=seed, shuffle=options["shuffle"],
-        loss_chunk_size=options["loss_chunk_size"],
-        router_aux_loss_coef=options["router_aux_loss_coef"], debug=debug)

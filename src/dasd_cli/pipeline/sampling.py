@@ -4,12 +4,15 @@
 (:class:`~dasd_cli.core.sampling.Planner`), skips the ids already written (``--resume``)
 and hands the rest to a :class:`ChunkRunner`, which feeds the backend in chunks and writes
 each result as a response record, in input order or, when resuming, as it completes.
+:func:`sample_with_teacher` opens the teacher backend of a :class:`SampleSettings` and
+plans with it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dasd_cli import io
@@ -22,6 +25,61 @@ if TYPE_CHECKING:  # rich is imported on use (io.progress)
     from rich.progress import Progress
 
 DEFAULT_CHUNK = 256  # requests handed to a backend at once unless it asks otherwise
+
+
+@dataclass
+class SampleSettings:
+    """How ``dasd sample`` samples: its flags, every one given (the command builds it)."""
+
+    model: str | None  # the teacher: a folder or .gguf file, or the served model name (openai)
+    backend: str  # hf | vllm | openai
+    n: int  # samples per prompt and temperature
+    temperature: list[float]  # every temperature sampled
+    top_p: float
+    max_tokens: int | None  # new tokens per sample at most (None: the default, or none with a ratio)
+    max_tokens_ratio: float | None  # cap at this times the record's existing response (mixed policy)
+    continue_: bool  # continue the record's response from a random cut
+    cut_min: float  # with continue_: the cut lies beyond this fraction of the response
+    system_prompt: str | None  # added where a record has no system turn
+    shard: str | None  # K/N: only the input records i with i mod N == K
+    resume: bool  # sample only the ids -o does not hold yet, appending as they complete
+    server_logprobs: str | None  # openai: raw | processed, as the server's operator knows
+    # The backend's own settings: hf, vllm or openai each take the ones it uses.
+    dtype: str
+    device: str
+    batch_size: int
+    tensor_parallel_size: int
+    gpu_memory_utilization: float
+    max_model_len: int | None
+    enforce_eager: bool
+    base_url: str | None
+    endpoint: str
+    api_key_env: str  # the name of the variable holding the API key, never the key
+    concurrency: int
+    max_retries: int
+    timeout: float
+    tokenizer: str | None
+
+
+def sample_with_teacher(session: SamplingSession, settings: SampleSettings, *, seed: int,
+                        shard: tuple[int, int] | None = None,
+                        done: frozenset[str] | set[str] = frozenset(), quiet: bool = False) -> None:
+    """Open the teacher backend of ``settings`` and sample every record of ``session``
+    (:func:`sample_records`; records as they complete with ``resume``)."""
+    from dasd_cli.backends import get_backend
+
+    s = settings
+    # Every setting goes to the backend, which takes the ones it knows (get_backend).
+    options: dict[str, Any] = {f.name: getattr(s, f.name) for f in fields(s)}
+    options["seed"] = seed
+    if s.server_logprobs is not None:
+        options["logprobs_mode"] = s.server_logprobs
+    with get_backend(s.backend, **options) as engine:
+        planner = Planner(s.temperature, n=s.n, top_p=s.top_p, max_tokens=s.max_tokens,
+                          ratio=s.max_tokens_ratio, continue_=s.continue_, cut_min=s.cut_min,
+                          system_prompt=s.system_prompt, seed=seed, token_count=engine.token_count)
+        sample_records(session, engine, planner, shard=shard, done=done, ordered=not s.resume,
+                       quiet=quiet)
 
 
 class SamplingSession(Protocol):

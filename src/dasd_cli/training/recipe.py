@@ -43,7 +43,8 @@ class TrainConfig:
     min_lr: float = 1e-5  # learning rate at the last step
     warmup_ratio: float = 0.1  # fraction of all steps spent in linear warmup
     weight_decay: float = 0.1  # AdamW decoupled decay (matrices and embeddings, not norms/biases)
-    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip: float = 1.0  # max global gradient L2 norm (0: no clipping)
     dtype: str = "auto"  # compute dtype: auto (bf16 where fast) | bf16 | fp32
@@ -61,6 +62,9 @@ class TrainConfig:
     loss_chunk_size: int = loss_core.DEFAULT_CHUNK_SIZE  # rows projected to the vocabulary at once
     router_aux_loss_coef: float | None = None  # MoE load-balancing loss weight (None: the model config's)
     debug: bool = False  # say which MoE blocks became ZeRO-3 leaf modules, and why
+    data: list[str] | None = None  # the packed files trained on (None: stdin)
+    token_store: str | None = None  # where packed files are converted (None: the default root)
+    plot: str | None = None  # a plot of loss and learning rate against step, written at the end
 
     def validate(self) -> None:
         checks = [(self.epochs >= 1, "--epochs must be at least 1"),
@@ -253,7 +257,7 @@ class Trainer:
         # the fused kernel (CPU and CUDA): one pass per tensor, no per-op temporaries
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=self.device.type in ("cpu", "cuda"))
+            lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, fused=self.device.type in ("cpu", "cuda"))
         # LambdaLR's factor i is the lr of step i + 1; clamp past the end (never used).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: self.schedule.lr(min(i + 1, self.total_steps)) / cfg.lr)
