@@ -106,6 +106,11 @@ def train_command(
     plot: Annotated[Optional[str], typer.Option(
         "--plot", metavar="PATH", show_default=False,
         help="Write a plot of loss and learning rate against step (e.g. loss.png).")] = None,
+    tensorboard: Annotated[Optional[str], typer.Option(
+        "--tensorboard", metavar="DIR", show_default=False,
+        help="Also write each step's metrics to DIR as TensorBoard scalars, under the metrics "
+        "records' names, as the run goes (needs pip install 'dasd[tensorboard]'). --resume "
+        "continues the curves in DIR; a new run in DIR starts them afresh.")] = None,
     local_rank: Annotated[Optional[int], typer.Option(
         "--local_rank", "--local-rank", hidden=True,
         help="Set by the deepspeed launcher (LOCAL_RANK is read from the environment).")] = None,
@@ -138,6 +143,10 @@ def train_command(
         session.kept_word = "trained on"
         if out is None:
             raise UsageError("--out DIR is required", hint="where checkpoints and the final model go")
+        if tensorboard is not None:
+            from dasd_cli.training.tensorboard_log import check
+
+            check(tensorboard)
         if ranks.world_size > 1 and not files:
             raise UsageError("a distributed run reads its data from files, not stdin",
                              hint="pass --data PATH (every rank reads it)")
@@ -146,7 +155,7 @@ def train_command(
         from dasd_cli.training.run import run_training
 
         run_training(session, config, ranks, files or None,
-                     Path(token_store) if token_store else default_root(), plot)
+                     Path(token_store) if token_store else default_root(), plot, tensorboard)
 
     common.run_command("train", shared, body)
 
