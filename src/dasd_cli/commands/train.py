@@ -136,7 +136,7 @@ def train_command(
     dist_util.claim_stdout(ranks)
 
     def body(session: common.Session) -> None:
-        with dist_util.library_prints_to_stderr():
+        with dist_util.library_prints(shared.debug):
             _body(session)
 
     def _body(session: common.Session) -> None:

@@ -94,10 +94,12 @@ def quiet_math_verify() -> None:
 def quiet_libraries() -> None:
     """Keep library chatter off stderr (what --debug lets through): DeepSpeed's logger
     (its "Setting accelerator to CPU" warning, logged while it is imported), transformers'
-    warnings, math-verify's timeout logs, and the tqdm bars of transformers, huggingface_hub and GGUF conversion.
+    warnings, math-verify's timeout logs, torch.distributed's FutureWarnings, and the tqdm
+    bars of transformers, huggingface_hub and GGUF conversion.
     Errors still show. Call before the libraries are imported; a variable the user set
     is left alone."""
     import logging
+    import warnings
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -107,6 +109,9 @@ def quiet_libraries() -> None:
     deepspeed_logger = logging.getLogger("DeepSpeed")
     if not any(isinstance(f, _ErrorsOnly) for f in deepspeed_logger.filters):
         deepspeed_logger.addFilter(_ErrorsOnly())
+    # torch.distributed's deprecation notices, raised from the collectives DeepSpeed calls
+    # on every step, are meant for the library's authors; matched by the module raising them.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed(\.|$)")
     if "transformers.utils.logging" in sys.modules:  # imported already: the variables are read
         from transformers.utils import logging as transformers_logging
 
