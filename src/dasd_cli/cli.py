@@ -17,6 +17,8 @@ from dasd_cli.commands.sample import sample_command
 from dasd_cli.commands.score import score_command
 from dasd_cli.commands.train import train_command
 
+io.quiet_spawned_process()  # a library's worker process started from a quiet command
+
 app = typer.Typer(
     name="dasd",
     help="Distribution-Aligned Sequence Distillation over compressed JSONL: "

