@@ -114,8 +114,6 @@ def test_score_across_tokenizers_o200k_teacher_qwen3_student(models, imported, t
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dasd_cli.core.chat import encode_example
-
     records, _ = imported
     data = write_file(tmp_path / "imported.jsonl", records)
     proc = run_dasd(["score", "--model", str(models["qwen3"]), "--dtype", "fp32", "--accept-logprobs", "unknown",
@@ -127,15 +125,19 @@ def test_score_across_tokenizers_o200k_teacher_qwen3_student(models, imported, t
     for record in scored:
         das, teacher = record["das"], record["teacher"]
         assert sum(das["counts"].values()) == len(das["sentences"]) > 0
-        enc = encode_example(tokenizer, record["messages"], record["response"], add_end_of_turn=False)
-        ids = torch.tensor([enc.input_ids])
+        # the reference: the student's template and tokenizer called directly, one forward pass
+        prompt = tokenizer.apply_chat_template(record["messages"], tokenize=False, add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        response = tokenizer(record["response"], add_special_tokens=False, return_offsets_mapping=True)
+        ids = torch.tensor([prompt_ids + response["input_ids"]])
         with torch.inference_mode():
-            rows = model(input_ids=ids).logits.float().log_softmax(-1)[0, enc.prompt_len - 1:-1]
-        student = rows.gather(1, ids[0, enc.prompt_len:, None])[:, 0].tolist()
+            rows = model(input_ids=ids).logits.float().log_softmax(-1)[0, len(prompt_ids) - 1:-1]
+        student = rows.gather(1, ids[0, len(prompt_ids):, None])[:, 0].tolist()
+        starts = [a for a, _ in response["offset_mapping"]]
         for sentence in das["sentences"]:
             a, b = sentence["start"], sentence["end"]
             want_t = _geometric([lp for lp, o in zip(teacher["logprobs"], teacher["offsets"]) if a <= o < b])
-            want_s = _geometric([lp for lp, o in zip(student, enc.response_offsets) if a <= o < b])
+            want_s = _geometric([lp for lp, o in zip(student, starts) if a <= o < b])
             assert sentence["p_teacher"] == pytest.approx(want_t, rel=1e-5)
             assert sentence["p_student"] == pytest.approx(want_s, rel=1e-4)
 
