@@ -157,28 +157,34 @@ def save_folder(backend, out: Path, template: str, **named_tokens) -> Path:
     return out
 
 
-def build(out: Path) -> dict[str, Path]:
-    """Write the three tokenizer folders under ``out``; returns name -> folder."""
+def build(out: Path, names: tuple[str, ...] = ("gpt-oss", "qwen3", "qwen3-instruct-2507")) -> dict[str, Path]:
+    """Write the tokenizer folders ``names`` under ``out``; returns name -> folder."""
     import quicktok
 
+    folders = {}
+    if "gpt-oss" in names:
+        folders["gpt-oss"] = _gpt_oss(quicktok, out)
+    qwen_names = [name for name in ("qwen3", "qwen3-instruct-2507") if name in names]
+    if qwen_names:
+        qwen = quicktok.get_encoding("qwen3")
+        backend = backend_tokenizer(base_tokens(qwen), special_tokens(qwen), QWEN_PATTERN, nfc=True,
+                                    ignore_merges=False, special_below=QWEN_FIRST_NON_SPECIAL)
+        for name in qwen_names:
+            folders[name] = save_folder(backend, out / name, f"{name}.jinja", eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>")
+    return folders
+
+
+def _gpt_oss(quicktok, out: Path) -> Path:
     harmony = quicktok.get_encoding("o200k_harmony")
     gpt_oss_specials = special_tokens(harmony)
     # gpt-oss's ids run to 201,087: fill any id the encoding leaves out as reserved
     gpt_oss_ranks = base_tokens(harmony)
     for token_id in range(len(gpt_oss_ranks), GPT_OSS_VOCAB):
         gpt_oss_specials.setdefault(token_id, f"<|reserved_{token_id}|>")
-    folders = {"gpt-oss": save_folder(
-        backend_tokenizer(gpt_oss_ranks, gpt_oss_specials, O200K_PATTERN, nfc=False, ignore_merges=True),
-        out / "gpt-oss", "gpt-oss.jinja",
-        bos_token="<|startoftext|>", eos_token="<|return|>", pad_token="<|endoftext|>")}
-
-    qwen = quicktok.get_encoding("qwen3")
-    qwen_backend = backend_tokenizer(base_tokens(qwen), special_tokens(qwen), QWEN_PATTERN, nfc=True,
-                                     ignore_merges=False, special_below=QWEN_FIRST_NON_SPECIAL)
-    for name, template in (("qwen3", "qwen3.jinja"), ("qwen3-instruct-2507", "qwen3-instruct-2507.jinja")):
-        folders[name] = save_folder(qwen_backend, out / name, template,
-                                    eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    return folders
+    return save_folder(backend_tokenizer(gpt_oss_ranks, gpt_oss_specials, O200K_PATTERN, nfc=False, ignore_merges=True),
+                       out / "gpt-oss", "gpt-oss.jinja",
+                       bos_token="<|startoftext|>", eos_token="<|return|>", pad_token="<|endoftext|>")
 
 
 def main(argv: list[str] | None = None) -> int:
