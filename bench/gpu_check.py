@@ -67,7 +67,7 @@ def environment(dry: bool) -> dict:
             "dasd_from": str(Path(dasd_cli.__file__).parent), "commit": commit}
 
 
-def run(results: Path, dry: bool, budget_s: float, wheels: Path | None) -> int:
+def run(results: Path, dry: bool, budget_s: float, wheels: Path | None, parts: list[str]) -> int:
     import torch
 
     started = time.monotonic()
@@ -85,7 +85,8 @@ def run(results: Path, dry: bool, budget_s: float, wheels: Path | None) -> int:
         tokenizer = paper_tokenizers.build(Path(work) / "tokenizers", names=("qwen3",))["qwen3"]
         setup = gpu_parts.Setup(dry=dry, device="cuda" if cuda else "cpu", work=Path(work), tokenizer=tokenizer,
                                 deadline=started + budget_s)
-        for name, part in PARTS.items():
+        for name in parts:
+            part = PARTS[name]
             part_started = time.monotonic()
             if setup.left() < 30:
                 rows.append(gpu_parts.row(name, "(all)", "skipped", reason="past the time budget"))
@@ -179,8 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry", action="store_true", help="CPU, tiny shapes; CUDA parts skipped")
     parser.add_argument("--budget-s", type=float, default=420, help="no part starts after this many seconds")
     parser.add_argument("--wheels", type=Path, default=ROOT / ".whl")
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated, of: " + ", ".join(PARTS))
     args = parser.parse_args(argv)
-    return run(args.results, args.dry, args.budget_s, args.wheels)
+    unknown = set(args.parts.split(",")) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    return run(args.results, args.dry, args.budget_s, args.wheels, args.parts.split(","))
 
 
 if __name__ == "__main__":

@@ -294,8 +294,9 @@ def zero3(setup: Setup) -> list[dict]:
     config_path.write_text(json.dumps(config))
     cuda = setup.device == "cuda"
     backend = "NCCL, deepspeed launcher" if cuda else "gloo on CPU, torchrun"
-    launcher = (["deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", "29611", "--no_local_rank"] if cuda
-                else ["torch.distributed.run", "--nproc-per-node", "1", "--master-port", "29611"])
+    port = str(free_port())
+    launcher = (["deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", port, "--no_local_rank"] if cuda
+                else ["torch.distributed.run", "--nproc-per-node", "1", "--master-port", port])
     env = {"OMP_NUM_THREADS": "1"} if cuda else {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     rows = []
     for per_step in (1, 2):
@@ -321,6 +322,15 @@ def zero3(setup: Setup) -> list[dict]:
                        norm_rel=1e-3 if cuda else 1e-4)
         rows.append(row("zero3", check, "pass" if result.pop("ok") else "fail", result))
     return rows
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the launcher's rendezvous)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _tail(proc: subprocess.CompletedProcess | None) -> str:
