@@ -107,7 +107,7 @@ gpu-check: gpu-wheels
 	@# the venv's DeepSpeed (the same version, also built without ops) stands in for the wheel:
 	@# DeepSpeed compiles its CPU communication op once per install path, minutes on 2 cores
 	$(BIN)/python bench/wheelhouse.py $(WHEELS) --install $(GPU_SITE) --pure-only --except deepspeed
-	PYTHONPATH=$(GPU_SITE) $(BIN)/python bench/gpu_check.py --dry --results $(RESULTS)
+	PYTHONPATH=$(GPU_SITE) $(BIN)/python bench/gpu_check.py --dry --budget-s 900 --results $(RESULTS)
 else
 gpu-check:
 	$(GPU_PYTHON) bench/wheelhouse.py $(WHEELS) --install $(GPU_SITE)

@@ -42,8 +42,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "examples"))
 
-import gpu_parts  # noqa: E402
-import wheelhouse  # noqa: E402
+import gpu_parts
+import wheelhouse
 
 PARTS = {"isolation": gpu_parts.isolation, "liger": gpu_parts.liger, "zero3": gpu_parts.zero3,
          "speed": gpu_parts.speed}
@@ -135,7 +135,8 @@ def _numbers(values: dict) -> str:
 def speed_table(rows: list[dict]) -> list[str]:
     """dasd beside its naive baseline: train rows matched by packed tokens per step."""
     measured = [r for r in rows if r["part"] == "speed" and r["status"] == "measured"]
-    naive = {r["values"].get("capacity"): r["values"] for r in measured if r["check"].startswith("naive transformers train")}
+    naive = {r["values"].get("capacity"): r["values"] for r in measured
+             if r["check"].startswith("naive transformers train")}
     naive_score = next((r["values"] for r in measured if r["check"] == "naive transformers score"), {})
     table = []
     for r in measured:

@@ -101,7 +101,7 @@ def isolation(setup: Setup) -> list[dict]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from dasd_cli.model import attention, packed
+    from dasd_cli.model import attention
 
     attention.register()
     cuda = setup.device == "cuda"
@@ -115,7 +115,8 @@ def isolation(setup: Setup) -> list[dict]:
             rows.append(row("isolation", impl, "skipped", reason=NO_CUDA if not cuda else
                             "flash_attn is not installed (it is not in the GPU image and has no wheel here)"))
             continue
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=impl).to(setup.device).eval()
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=impl)
+        model = model.to(setup.device).eval()
         values = isolation_errors(model, lengths, setup.device)
         del model
         release()
@@ -259,7 +260,8 @@ def parity_data(setup: Setup) -> Path:
 def liger(setup: Setup) -> list[dict]:
     """`dasd train --liger` against dasd's own chunked loss: same data, seed, fp32."""
     data = parity_data(setup)
-    plain = dasd(train_args(setup, data, "liger-off"), timeout=min(240, setup.left()))
+    limit = 300 if setup.device == "cuda" else 600  # seconds per run
+    plain = dasd(train_args(setup, data, "liger-off"), timeout=min(limit, setup.left()))
     if plain is None or plain.returncode != 0:
         return [row("liger", "dasd train (chunked loss)", "fail", reason=_tail(plain))]
     base = metrics(plain.stdout)
@@ -269,7 +271,7 @@ def liger(setup: Setup) -> list[dict]:
                 row("liger", "--liger parity", "skipped",
                     reason=NO_CUDA + ": Liger's kernels are Triton kernels" if setup.device != "cuda"
                     else "liger_kernel is not importable (make gpu-wheels carries it)")]
-    run = dasd(train_args(setup, data, "liger-on") + ["--liger"], timeout=min(240, setup.left()))
+    run = dasd(train_args(setup, data, "liger-on") + ["--liger"], timeout=min(300, setup.left()))
     if run is None or run.returncode != 0:
         return [row("liger", "--liger parity", "fail", reason=_tail(run))]
     result = close(base, metrics(run.stdout), loss_rel=1e-4, norm_rel=1e-3)
@@ -309,12 +311,14 @@ def zero3(setup: Setup) -> list[dict]:
             continue
         args = train_args(setup, data, f"zero3-{per_step}")
         args[args.index("--global-batch-size") + 1] = str(per_step)
-        plain = dasd(args, timeout=min(240, setup.left()))
+        limit = 300 if cuda else 600  # seconds per run: 2 CPU cores start DeepSpeed and gloo slowly
+        plain = dasd(args, timeout=min(limit, setup.left()))
         if plain is None or plain.returncode != 0:
             rows.append(row("zero3", check, "fail", reason="plain run: " + _tail(plain)))
             continue
         args[args.index("--out") + 1] += "-zero3"
-        run = dasd(args + ["--deepspeed", str(config_path)], timeout=min(300, setup.left()), env=env, launcher=launcher)
+        run = dasd(args + ["--deepspeed", str(config_path)], timeout=min(limit, setup.left()), env=env,
+                   launcher=launcher)
         if run is None or run.returncode != 0:
             rows.append(row("zero3", check, "fail", reason=_tail(run)))
             continue
@@ -472,10 +476,10 @@ def _sync(setup: Setup) -> None:
 def score_rates(setup: Setup, folder: Path, cuda: bool) -> dict:
     """`dasd score`'s hf path (packed rows, chunked log-softmax) and the naive baseline of
     bench/bench_score.py (input order, padded batches of 8, full log-softmax), bf16."""
+    import bench_score
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import bench_score
     from dasd_cli.model.load import load_causal_lm
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))

@@ -40,7 +40,7 @@ def problems(folder: Path, limit_mib: float) -> tuple[list[str], list[str]]:
     for wheel in wheels:
         size = wheel.stat().st_size
         total += size
-        name, python, abi, platform = tags(wheel)
+        _name, python, abi, platform = tags(wheel)
         lines.append(f"{size / 2**20:7.2f} MiB  {wheel.name}")
         if not (python in ("py3", "cp312") or python.startswith("py3")) or abi not in ("none", "cp312", "abi3"):
             found.append(f"{wheel.name}: not for CPython 3.12")

@@ -118,7 +118,15 @@ def special_tokens(encoding, prefer_named: bool = True) -> dict[int, str]:
 def backend_tokenizer(ranks: list[bytes], specials: dict[int, str], pattern: str, nfc: bool,
                       ignore_merges: bool, special_below: int | None = None):
     """A `tokenizers.Tokenizer`: normalizer, regex split + byte level, BPE, specials."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+    )
 
     alphabet = byte_alphabet()
 

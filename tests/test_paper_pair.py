@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import parse_records, run_dasd, to_jsonl, write_file
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,6 @@ import datetime
 import unicodedata
 
 import pytest
-
 from paper_corpus import corpus
 
 pytestmark = pytest.mark.slow
@@ -61,9 +60,8 @@ def test_folders_tokenize_real_text_as_quicktok(paper_tokenizers, sources, texts
 
 def test_the_corpus_sees_normalization_and_the_split_regex(paper_tokenizers, sources) -> None:
     import quicktok
-    from tokenizers import Regex, Tokenizer, pre_tokenizers
-
     from paper_tokenizers import QWEN_PATTERN
+    from tokenizers import Regex, Tokenizer, pre_tokenizers
 
     texts = sources["handwritten"] + sources["mmath-vi"] + sources["humaneval"]
     qwen = Tokenizer.from_file(str(paper_tokenizers["qwen3"] / "tokenizer.json"))
