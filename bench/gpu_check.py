@@ -42,8 +42,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "examples"))
 
-import gpu_parts
-import wheelhouse
+import gpu_parts  # noqa: E402 - after the path setup above
+import wheelhouse  # noqa: E402
 
 PARTS = {"isolation": gpu_parts.isolation, "liger": gpu_parts.liger, "zero3": gpu_parts.zero3,
          "speed": gpu_parts.speed}
@@ -159,8 +159,8 @@ def speed_table(rows: list[dict]) -> list[str]:
 def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [f"# dasd GPU check{' (dry run on CPU)' if env['dry_run'] else ''}", "",
-             f"{env['device']}; torch {env['torch']} (CUDA {env['cuda']}), transformers {env['transformers']}, "
-             f"Python {env['python']}, commit {env['commit']}; {report['elapsed_s']} s.", "",
+             (f"{env['device']}; torch {env['torch']} (CUDA {env['cuda']}), transformers {env['transformers']}, "
+              f"Python {env['python']}, commit {env['commit']}; {report['elapsed_s']} s."), "",
              "| part | check | result | numbers |", "|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['part']} | {r['check']} | {r['status']} | {_numbers(r['values']) or r['reason']} |")

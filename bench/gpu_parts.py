@@ -359,9 +359,9 @@ def speed(setup: Setup) -> list[dict]:
     packed = {capacity: packed_records(lengths, capacity) for capacity in capacities}
     for capacity in capacities:
         rows.append(_guarded("speed", f"dasd train, {capacity} packed tokens", setup,
-                             lambda: train_rate(setup, folder, packed[capacity], False, capacity)))
+                             lambda capacity=capacity: train_rate(setup, folder, packed[capacity], False, capacity)))
         rows.append(_guarded("speed", f"naive transformers train, {capacity} tokens per batch", setup,
-                             lambda: naive_train_rate(setup, folder, lengths, capacity)))
+                             lambda capacity=capacity: naive_train_rate(setup, folder, lengths, capacity)))
     rows += _guarded_many("speed", "score", setup, lambda: score_rates(setup, folder, cuda))
     # Liger patches transformers' functions for the whole process: its runs come last
     for capacity in capacities:
@@ -369,7 +369,7 @@ def speed(setup: Setup) -> list[dict]:
         if not cuda or find_spec("liger_kernel") is None:
             rows.append(row("speed", name, "skipped", reason=NO_CUDA if not cuda else "liger_kernel is not importable"))
             continue
-        rows.append(_guarded("speed", name, setup, lambda: train_rate(setup, folder, packed[capacity], True, capacity)))
+        rows.append(_guarded("speed", name, setup, lambda capacity=capacity: train_rate(setup, folder, packed[capacity], True, capacity)))
     return rows
 
 

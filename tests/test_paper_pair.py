@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import parse_records, run_dasd, to_jsonl, write_file
+from helpers import parse_records, run_dasd, to_jsonl, write_file
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,7 @@ BETWEEN_IDS = [200007, 200006, 173781, 200005, 17196, 200008]  # <|end|><|start|
 @pytest.fixture(scope="module")
 def imported(paper_tokenizers, tmp_path_factory) -> tuple[list[dict], str]:
     """`dasd import` of the released schema with gpt-oss's own harmony token streams."""
-    import test_import as released
+    import released_slice as released
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(paper_tokenizers["gpt-oss"]))
@@ -98,7 +98,7 @@ def imported(paper_tokenizers, tmp_path_factory) -> tuple[list[dict], str]:
 
 
 def test_import_of_harmony_token_streams(paper_tokenizers, imported) -> None:
-    import test_import as released
+    import released_slice as released
     from transformers import AutoTokenizer
 
     records, err = imported
@@ -193,7 +193,7 @@ def test_eval_of_the_students_sampled_answers(models, tmp_path) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                     reason="deepspeed not installed (DS_BUILD_OPS=0 pip install deepspeed)")
 def test_moe_student_trains_under_zero3_on_two_cpu_ranks(models, paper_tokenizers, cli, tmp_path) -> None:
-    import test_moe_zero3 as zero3
+    from moe_models import ZERO3_ENV, launch_two_ranks, zero3_config
 
     code, out, err = cli(["pack", "--tokenizer", str(paper_tokenizers["qwen3"]), "--cutoff-len", "64",
                           "--compress", "none", "-"], stdin=to_jsonl(_records()))
@@ -204,10 +204,10 @@ def test_moe_student_trains_under_zero3_on_two_cpu_ranks(models, paper_tokenizer
     args = ["train", "--model", str(models["qwen3-moe"]), "--epochs", "1", "--global-batch-size", "2",
             "--no-shuffle", "--dtype", "fp32", "--compress", "none", "--router-aux-loss-coef", "0.01",
             "--data", str(data)]
-    single = run_dasd(args + ["--out", str(tmp_path / "single")], env=zero3.ENV, timeout=300)
+    single = run_dasd(args + ["--out", str(tmp_path / "single")], env=ZERO3_ENV, timeout=300)
     assert single.returncode == 0, single.stderr.decode()[-3000:]
-    launched = zero3._launch(["-m", "dasd_cli.cli", *args, "--out", str(tmp_path / "zero3"),
-                              "--deepspeed", str(zero3._zero3_config(tmp_path))], port=29585, timeout=600)
+    launched = launch_two_ranks(["-m", "dasd_cli.cli", *args, "--out", str(tmp_path / "zero3"),
+                                 "--deepspeed", str(zero3_config(tmp_path))], port=29585, timeout=600)
     assert launched is not None, "ZeRO-3 on the Qwen3-MoE student hung"
     assert launched.returncode == 0, launched.stderr.decode()[-3000:]
     want, got = parse_records(single.stdout), parse_records(launched.stdout)
