@@ -82,6 +82,7 @@ def score_naive(model, tokenizer, requests) -> int:
         for b, e in enumerate(encs):
             ids[b, :len(e.input_ids)] = torch.tensor(e.input_ids)
             mask[b, :len(e.input_ids)] = 1
+        ids, mask = ids.to(model.device), mask.to(model.device)
         with torch.inference_mode():
             logprobs = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
             for b, e in enumerate(encs):

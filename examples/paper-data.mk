@@ -18,7 +18,9 @@
 #
 # RESCORE=1 instead re-scores the released responses against your student with DAS
 # (their teacher log-probs come from the ...-Logprob files, LOGPROBS1/LOGPROBS2, decoded
-# with gpt-oss's tokenizer GPT_OSS_TOKENIZER) and keeps, per prompt, the response with the
+# with gpt-oss's tokenizer: the folder GPT_OSS_TOKENIZER, or, when it is unset, the
+# o200k_harmony folder examples/paper_tokenizers.py builds from quicktok-v1 into
+# WORK/tokenizers/gpt-oss, no download) and keeps, per prompt, the response with the
 # most Teacher sentences: `dasd score --model STUDENT --accept-logprobs unknown`, then
 # `dasd mix --select das --per-prompt 1` (the release does not say whether its log-probs
 # are raw, so import records them as unknown).
@@ -37,6 +39,10 @@ NODES ?= 2
 LAUNCH ?= sbatch
 RESCORE ?=
 GPT_OSS_TOKENIZER ?=
+PYTHON ?= python3
+# gpt-oss's tokenizer for RESCORE=1: the given folder, or one built here from quicktok-v1
+BUILT_TOKENIZER := $(WORK)/tokenizers/gpt-oss/tokenizer.json
+TEACHER_TOKENIZER := $(or $(GPT_OSS_TOKENIZER),$(WORK)/tokenizers/gpt-oss)
 STAGE1_DATA ?= $(DATA_DIR)/Superior-Reasoning-SFT-gpt-oss-120b-stage1-train-data.jsonl
 STAGE2_DATA ?= $(DATA_DIR)/Superior-Reasoning-SFT-gpt-oss-120b-stage2-train-data.jsonl
 LOGPROBS1 ?= $(DATA_DIR)/logprob-stage1.jsonl
@@ -53,11 +59,14 @@ packed: $(WORK)/stage1.packed.jsonl.zst $(WORK)/stage2.packed.jsonl.zst
 stage1: $(WORK)/ckpt/stage1/config.json
 stage2: $(WORK)/ckpt/stage2/config.json
 
+$(BUILT_TOKENIZER):
+	$(PYTHON) examples/paper_tokenizers.py --out $(WORK)/tokenizers
+
 # import | filter (| score | mix) | pack, one pipe per stage
-$(WORK)/stage%.packed.jsonl.zst:
+$(WORK)/stage%.packed.jsonl.zst: $(if $(RESCORE),$(if $(GPT_OSS_TOKENIZER),,$(BUILT_TOKENIZER)))
 	mkdir -p $(STATS)
 	$(DASD) import --stats $(STATS)/import$*.json \
-	    $(if $(RESCORE),--logprobs $(LOGPROBS$*) --tokenizer $(GPT_OSS_TOKENIZER)) $(STAGE$*_DATA) \
+	    $(if $(RESCORE),--logprobs $(LOGPROBS$*) --tokenizer $(TEACHER_TOKENIZER)) $(STAGE$*_DATA) \
 	  | $(DASD) filter --cutoff-len $(CUTOFF) --tokenizer $(STUDENT) $(SYS) --stats $(STATS)/filter$*.json \
 	  $(if $(RESCORE),| $(DASD) score --model $(STUDENT) --backend vllm --accept-logprobs unknown $(SYS) --stats $(STATS)/score$*.json \
 	  | $(DASD) mix --select das --per-prompt 1 --stats $(STATS)/mix$*.json) \

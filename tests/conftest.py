@@ -4,6 +4,7 @@ helpers.py (a test file imports those, never another test file)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +42,18 @@ def cli():
         return result.exit_code, result.stdout_bytes, result.stderr
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def paper_tokenizers(tmp_path_factory) -> dict[str, Path]:
+    """The paper's tokenizer folders, built once per session from quicktok-v1's vocabularies
+    by examples/paper_tokenizers.py: name (gpt-oss, qwen3, qwen3-instruct-2507) -> folder."""
+    import sys
+
+    from helpers import ROOT
+
+    pytest.importorskip("quicktok", reason="quicktok-v1 is not installed (make setup installs it)")
+    sys.path.insert(0, str(ROOT / "examples"))
+    import paper_tokenizers as builder
+
+    return builder.build(tmp_path_factory.mktemp("paper-tokenizers"))

