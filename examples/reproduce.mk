@@ -76,8 +76,9 @@ ARMS := das random
 TRAINED := $(if $(QUICK),das-s1 das-s2,$(foreach a,$(ARMS),$(a)-s1 $(a)-s2) das-t1) das-mp
 # Checkpoints evaluated on the held-out questions (QUICK: the DAS arm after stage 2 only).
 EVALUATED := base $(if $(QUICK),das-s2 das-mp,das-s1 das-t1 das-s2 random-s2 das-mp)
-# Checkpoints whose held-out NLL of the teacher's answers is measured (one scoring pass each).
-NLL := $(if $(QUICK),,base das-s1 das-s2)
+# Checkpoints whose held-out NLL of the teacher's answers is measured, one scoring pass
+# each (none by default, to keep the run in its hour): e.g. NLL="base das-s1 das-s2".
+NLL ?=
 # Checkpoints that also answer the held-out questions under the mixed-policy cap (CAP_RATIO
 # times the teacher's answer, at T=1.0): the setting where mixed-policy has work to do.
 CAPPED := das-s2 das-mp
