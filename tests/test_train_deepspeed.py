@@ -18,22 +18,25 @@ pytestmark = [pytest.mark.slow,
                                  reason="deepspeed not installed (DS_BUILD_OPS=0 pip install deepspeed)")]
 
 
-def test_zero3_two_cpu_ranks_match_single_process(tmp_path):
+# global batch 2: one micro-batch per rank and step; 4: two, accumulated by ZeRO-3
+@pytest.mark.parametrize("global_batch,port", [(2, "29561"), (4, "29562")])
+def test_zero3_two_cpu_ranks_match_single_process(tmp_path, global_batch, port):
     model = make_tiny_model(tmp_path / "model")
     data = write_file(tmp_path / "packed.jsonl", packed_records(make_samples(20, seed=7), 2))
-    args = ["train", "--model", str(model), "--epochs", "1", "--global-batch-size", "2",
+    args = ["train", "--model", str(model), "--epochs", "1", "--global-batch-size", str(global_batch),
             "--dtype", "fp32", "--compress", "none", "--data", str(data)]
     single = run_dasd(args + ["--out", str(tmp_path / "single")])
     assert single.returncode == 0, single.stderr.decode()
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29561",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
          "-m", "dasd_cli.cli", *args, "--out", str(tmp_path / "zero3"),
          "--deepspeed", str(ROOT / "configs" / "zero3.json")],
         capture_output=True, env=env, timeout=900)
     assert launched.returncode == 0, launched.stderr.decode()[-3000:]
     want, got = parse_records(single.stdout), parse_records(launched.stdout)  # stdout: records only
-    assert [m["step"] for m in got] == [1, 2, 3, 4, 5]
+    steps = -(-10 // global_batch)  # 10 packed sequences; a last partial step counts
+    assert [m["step"] for m in want] == [m["step"] for m in got] == list(range(1, steps + 1))
     for a, b in zip(want, got):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
@@ -44,7 +47,7 @@ def test_zero3_two_cpu_ranks_match_single_process(tmp_path):
     reference = AutoModelForCausalLM.from_pretrained(str(tmp_path / "single"))
     for (name, p), (_, q) in zip(reloaded.named_parameters(), reference.named_parameters()):
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
-    assert (tmp_path / "zero3" / "checkpoint-5" / "deepspeed").is_dir()
+    assert (tmp_path / "zero3" / f"checkpoint-{steps}" / "deepspeed").is_dir()
 
 
 def test_zero3_ranks_leave_stderr_to_dasd_unless_debug(tmp_path):

@@ -157,6 +157,20 @@ def deepspeed_engine(model: Any, optimizer: Any, scheduler: Any, config: dict[st
     return engine
 
 
+def begin_micro_batch(engine: Any) -> None:
+    """What ``engine.forward`` does before a forward pass, for a forward that calls the
+    wrapped module directly (dasd runs the decoder body and the chunked loss itself).
+
+    ZeRO's optimizer counts micro-batches at this point: the first micro-batch of a step
+    overwrites the gradient partitions, later ones add to them. Without it every
+    micro-batch would count as the first, and a step would keep only the last one's
+    gradients.
+    """
+    clear = getattr(engine.optimizer, "clear_backward_seen_flag", None)
+    if clear is not None:
+        clear()
+
+
 def set_leaf_modules(model: Any, classes: list[type]) -> list[Any]:
     """Mark modules of these classes as ZeRO-3 leaves (gathered whole when entered).
 

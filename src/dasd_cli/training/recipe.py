@@ -320,6 +320,8 @@ class Trainer:
             seq = self.sequences[micro.index]
             tensors = [torch.as_tensor(a, dtype=torch.long, device=self.device)[None]
                        for a in (seq.input_ids, seq.labels, seq.position_ids)]
+            if self.engine is not None:
+                dist_util.begin_micro_batch(self.engine)
             with self._autocast():
                 summed, _, aux = forward.packed_losses(self.model, *tensors, self.loss_fn, self.moe_blocks)
             loss = summed * (scale * micro.weight)
