@@ -51,7 +51,7 @@ def main() -> None:
             model.set_experts_implementation(impl)
             model.zero_grad(set_to_none=True)
             started = time.perf_counter()
-            summed, _, aux = forward.packed_losses(model, ids, ids, positions, loss_fn, blocks)
+            summed, _, aux, _ = forward.packed_losses(model, ids, ids, positions, loss_fn, blocks)
             (summed + 0.001 * aux).backward()
             best[impl] = min(best.get(impl, float("inf")), time.perf_counter() - started)
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"

@@ -6,8 +6,8 @@ small per-record metadata in memory (DESIGN.md "Scale"):
 
 - :class:`RecordSpill`: serialized records, each zstd-compressed on its own, in one
   unlinked temporary file; a record comes back by its handle (``dasd mix``).
-- :class:`TokenStoreWriter` / :class:`TokenStore`: ragged integer columns (one row per
-  sample or packed sequence) as plain ``.npy`` files plus an ``offsets.npy`` index and
+- :class:`TokenStoreWriter` / :class:`TokenStore`: ragged int32 (or float32) columns
+  (one row per sample or packed sequence) as plain ``.npy`` files plus an ``offsets.npy`` index and
   ``meta.json``. ``np.load(path, mmap_mode="r")`` opens every file. ``dasd pack``
   keeps its tokens in one while it packs; ``dasd train`` converts packed JSONL into one
   once and every rank of every run reads it.
@@ -35,7 +35,7 @@ import zstandard
 NPY_HEADER_BYTES = 128  # fixed .npy header size (v1.0 pads its header with spaces)
 SPILL_ZSTD_LEVEL = 1  # a spill is read once: speed over ratio
 STORE_FORMAT = "dasd-token-store"
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: columns may be float32 (meta "dtypes")
 
 
 @contextlib.contextmanager
@@ -146,18 +146,22 @@ def read_rows(fd: int, dtype: np.dtype, start: int, stop: int) -> np.ndarray:
 
 
 class TokenStoreWriter:
-    """Append rows of int32 columns (all the same length within a row) to a folder.
+    """Append rows of columns (all the same length within a row) to a folder.
 
-    ``per_row`` names small per-row integer arrays (e.g. a prompt length) kept beside
-    the index. :meth:`close` writes ``offsets.npy`` and ``meta.json`` last, so a folder
-    with a ``meta.json`` is complete.
+    Columns are int32 (token ids, labels, positions) unless ``dtypes`` names another
+    dtype for one (float32 per-token log-probs). ``per_row`` names small per-row integer
+    arrays (e.g. a prompt length) kept beside the index. :meth:`close` writes
+    ``offsets.npy`` and ``meta.json`` last, so a folder with a ``meta.json`` is complete.
     """
 
-    def __init__(self, folder: Path, columns: Sequence[str], per_row: Sequence[str] = ()) -> None:
+    def __init__(self, folder: Path, columns: Sequence[str], per_row: Sequence[str] = (),
+                 dtypes: Mapping[str, Any] | None = None) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.columns = tuple(columns)
-        self._files = {name: NpyAppender(self.folder / f"{name}.npy", np.int32) for name in self.columns}
+        self.dtypes = {name: np.dtype((dtypes or {}).get(name, np.int32)) for name in self.columns}
+        self._files = {name: NpyAppender(self.folder / f"{name}.npy", self.dtypes[name])
+                       for name in self.columns}
         self._per_row = {name: array("q") for name in per_row}
         self._offsets = array("q", [0])  # 8 bytes per row: per-record metadata
 
@@ -188,6 +192,7 @@ class TokenStoreWriter:
         for name, values in self._per_row.items():
             np.save(self.folder / f"{name}.npy", np.frombuffer(values, dtype=np.int64))
         info = {"format": STORE_FORMAT, "version": STORE_VERSION, "columns": list(self.columns),
+                "dtypes": {name: dtype.str for name, dtype in self.dtypes.items()},
                 "per_row": list(self._per_row), "rows": len(self), "tokens": int(self.tokens),
                 **(meta or {})}
         tmp = self.folder / "meta.json.tmp"
@@ -208,7 +213,11 @@ class TokenStore:
         self.per_row = {name: np.load(self.folder / f"{name}.npy") for name in self.meta["per_row"]}
         self._fds = {name: os.open(self.folder / f"{name}.npy", os.O_RDONLY)
                      for name in self.meta["columns"]}
-        self._dtype = np.dtype(np.int32)
+        self._dtypes = {name: np.dtype(self.meta["dtypes"][name]) for name in self.meta["columns"]}
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.meta["columns"])
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -219,7 +228,7 @@ class TokenStore:
     def row(self, index: int, column: str) -> np.ndarray:
         """One row of one column (a fresh array)."""
         start, stop = int(self.offsets[index]), int(self.offsets[index + 1])
-        return read_rows(self._fds[column], self._dtype, start, stop)
+        return read_rows(self._fds[column], self._dtypes[column], start, stop)
 
     def close(self) -> None:
         for fd in self._fds.values():

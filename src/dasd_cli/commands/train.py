@@ -16,6 +16,7 @@ import typer
 
 from dasd_cli.commands import common
 from dasd_cli.core.train import loss as loss_core
+from dasd_cli.core.train import objective as objectives
 from dasd_cli.errors import UsageError
 
 ATTN_CHOICES = ("auto", "segmented", "sdpa", "eager", "flash_attention_2")
@@ -92,6 +93,23 @@ def train_command(
         "--loss-chunk-size", min=1, metavar="TOKENS",
         help="Tokens projected to the vocabulary at once in the loss (peak extra memory: TOKENS x "
         "vocabulary fp32 logits).")] = loss_core.DEFAULT_CHUNK_SIZE,
+    objective: Annotated[common.choice(*objectives.OBJECTIVES), typer.Option(
+        "--objective", metavar="|".join(objectives.OBJECTIVES),
+        help="Per-token loss. sft: cross-entropy on the response tokens. reverse-kl: on-policy "
+        "distillation on samples of the student scored by the teacher (packed records with "
+        "sampler_logprobs and teacher_logprobs): -sum_t A_t r_t over the sampled tokens, with "
+        "advantage A_t = log pi_teacher - log pi_sampler held constant and importance ratio "
+        "r_t = pi_theta / pi_sampler clipped PPO-style to [1 - clip-low, 1 + clip-high]; "
+        "metrics add advantage, reverse_kl and clip_fraction. With --liger, Liger's kernels run "
+        "the model and dasd's chunked loss computes reverse-kl.")] = "sft",
+    clip_low: Annotated[float, typer.Option(
+        "--clip-low", min=0.0, metavar="EPS",
+        help="reverse-kl: the importance ratio's floor is 1 - EPS (a token whose ratio fell "
+        "below it while its advantage is negative gives no gradient).")] = objectives.DEFAULT_CLIP_LOW,
+    clip_high: Annotated[float, typer.Option(
+        "--clip-high", min=0.0, metavar="EPS",
+        help="reverse-kl: the importance ratio's ceiling is 1 + EPS (a token whose ratio rose "
+        "above it while its advantage is positive gives no gradient).")] = objectives.DEFAULT_CLIP_HIGH,
     router_aux_loss_coef: Annotated[Optional[float], typer.Option(
         "--router-aux-loss-coef", metavar="X", show_default=False,
         help="Mixture-of-Experts students: weight of the router load-balancing loss added to the "
@@ -163,7 +181,8 @@ def train_command(
             save_every=save_every, keep_checkpoints=keep_checkpoints,
             delete_checkpoints=delete_checkpoints, resume=resume, stop_after=stop_after,
             seed=shared.seed, shuffle=shuffle, loss_chunk_size=loss_chunk_size,
-            router_aux_loss_coef=router_aux_loss_coef, debug=shared.debug, data=files or None,
+            router_aux_loss_coef=router_aux_loss_coef, objective=objective, clip_low=clip_low,
+            clip_high=clip_high, debug=shared.debug, data=files or None,
             token_store=token_store, plot=plot, tensorboard=tensorboard)
         run_training(session, config, ranks, config.data,
                      Path(config.token_store) if config.token_store else default_root(), config.plot,

@@ -2,7 +2,8 @@
 
 ``dasd train`` does not keep packed sequences on the heap. The first run over a set of
 packed files converts them into a token store (``dasd_cli.store``: ``input_ids``,
-``labels`` and ``position_ids`` as int32 ``.npy`` files, an offsets index, the loss
+``labels`` and ``position_ids`` as int32 ``.npy`` files, for on-policy data also the
+float32 ``sampler_logprobs`` and ``teacher_logprobs``, an offsets index, the loss
 target count of every sequence, and ``meta.json``), in a folder named by a hash of the
 files' bytes (and ``--on-error``; hashed once per file version, see
 :func:`remembered_key`). Every later run over the same bytes, every
@@ -27,8 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dasd_cli.core.train.batching import (PackedSequence, check_packed, check_vocab,
-                                          target_count)
+from dasd_cli.core.train.batching import (STREAMS, PackedSequence, check_packed, check_streams,
+                                          check_vocab, target_count)
 from dasd_cli.errors import DasdError, RecordError
 from dasd_cli.store import STORE_VERSION, TokenStore, TokenStoreWriter, locked
 
@@ -54,7 +55,13 @@ class StoredSequences:
 
     def __getitem__(self, index: int) -> PackedSequence:
         row = [self.store.row(index, name) for name in COLUMNS]
-        return PackedSequence(*row, ids=[])
+        streams = [self.store.row(index, name) for name in STREAMS] if self.has_streams else [None, None]
+        return PackedSequence(*row, [], *streams)
+
+    @property
+    def has_streams(self) -> bool:
+        """Whether the sequences carry the sampler's and the teacher's log-probs (on-policy)."""
+        return all(name in self.store.columns for name in STREAMS)
 
     def target_count(self, index: int) -> int:
         return int(self.targets[index])
@@ -190,12 +197,18 @@ def _build(session: Any, files: list[str], folder: Path) -> None:
 
 
 def _convert(session: Any, files: list[str] | None, folder: Path) -> None:
-    """Check every packed record and append it to a new token store in ``folder``."""
-    writer = TokenStoreWriter(folder, COLUMNS, per_row=("targets",))
+    """Check every packed record and append it to a new token store in ``folder``.
+
+    The first record decides whether the store has the on-policy log-prob columns; a
+    later record that differs is a bad record (reason ``mixed_objectives``).
+    """
+    writer = None
     max_token, max_label, max_token_at = -1, -1, ""
     tokenizers: list[str] = []
     unmarked = 0  # records without a tokenizer fingerprint (packed by an older dasd)
-    for line, (input_ids, labels, positions) in _checked(session, files):
+    for line, (input_ids, labels, positions), streams in _checked(session, files):
+        if writer is None:
+            writer = _writer(folder, streams is not None)
         fingerprint = line.record.get("tokenizer")
         if fingerprint is None:
             unmarked += 1
@@ -205,13 +218,23 @@ def _convert(session: Any, files: list[str] | None, folder: Path) -> None:
         if top > max_token:
             max_token, max_token_at = top, f"{line.source}:{line.line}"
         max_label = max(max_label, int(labels.max()))
-        writer.append(dict(zip(COLUMNS, (input_ids, labels, positions))),
-                      targets=target_count(labels, positions))
+        row = dict(zip(COLUMNS, (input_ids, labels, positions)))
+        if streams is not None:
+            row.update(zip(STREAMS, streams))
+        writer.append(row, targets=target_count(labels, positions))
+    if writer is None:
+        writer = _writer(folder, False)
     tally = session.tally
     writer.close({"tokenizers": tokenizers, "unmarked": unmarked, "max_token": max_token,
                   "max_label": max_label, "max_token_at": max_token_at,
                   "counts": {"read": tally.read, "kept": tally.kept,
                              "skipped_by_reason": dict(tally.skipped)}})
+
+
+def _writer(folder: Path, streams: bool) -> TokenStoreWriter:
+    columns = COLUMNS + (STREAMS if streams else ())
+    return TokenStoreWriter(folder, columns, per_row=("targets",),
+                            dtypes={name: "float32" for name in STREAMS} if streams else None)
 
 
 def _replay_counts(session: Any, meta: dict[str, Any]) -> None:
@@ -225,17 +248,27 @@ def _replay_counts(session: Any, meta: dict[str, Any]) -> None:
             tally.skip(reason)
 
 
-def _checked(session: Any, files: list[str] | None) -> Iterator[tuple[Any, tuple]]:
-    """Every packed record that passes :func:`check_packed` (counted as kept), with its
-    arrays; the others go to ``session.bad_record`` (stop, or skip to --rejects)."""
+def _checked(session: Any, files: list[str] | None) -> Iterator[tuple[Any, tuple, Any]]:
+    """Every packed record that passes :func:`check_packed` and :func:`check_streams`
+    (counted as kept), with its arrays and its log-prob streams (None: SFT data); the
+    others go to ``session.bad_record`` (stop, or skip to --rejects). The first good
+    record decides whether the data is on-policy; one that differs is a bad record."""
+    on_policy = None
     for line in session.records(files):
         try:
             arrays = check_packed(line.record)
+            streams = check_streams(line.record, len(arrays[0]))
+            if on_policy is None:
+                on_policy = streams is not None
+            elif on_policy != (streams is not None):
+                raise RecordError("packed record " + ("lacks" if on_policy else "carries") + " on-policy "
+                                  "log-probs (sampler_logprobs, teacher_logprobs), unlike the first record",
+                                  reason="mixed_objectives", hint="train on-policy and SFT data in separate runs")
         except RecordError as err:
             session.bad_record(line, err)
             continue
         session.tally.keep()
-        yield line, arrays
+        yield line, arrays, streams
 
 
 def _recount(session: Any, files: list[str]) -> None:

@@ -7,6 +7,8 @@ supported, 6 epochs, seed 42, global batch 64 packed sequences.
 The loss of a step is the mean over every target token of the global batch: each
 micro-batch contributes its loss SUM divided by the step's total target count (known
 up front from the data), so packed and unpacked training on the same samples agree.
+The per-token loss is the objective's (core/train/objective.py): cross-entropy (SFT),
+or on-policy reverse KL on data that carries the sampler's and the teacher's log-probs.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dasd_cli.core.train import loss as loss_core
+from dasd_cli.core.train import objective as objectives
 from dasd_cli.core.train.batching import MicroBatch, SequenceList, StepPlan
 from dasd_cli.core.train.schedule import Schedule
 from dasd_cli.errors import DasdError, UsageError
@@ -61,6 +64,9 @@ class TrainConfig:
     shuffle: bool = True  # reshuffle packed sequences every epoch (from seed and epoch)
     loss_chunk_size: int = loss_core.DEFAULT_CHUNK_SIZE  # rows projected to the vocabulary at once
     router_aux_loss_coef: float | None = None  # MoE load-balancing loss weight (None: the model config's)
+    objective: str = "sft"  # per-token loss: sft (cross-entropy) | reverse-kl (on-policy distillation)
+    clip_low: float = objectives.DEFAULT_CLIP_LOW  # reverse-kl: importance ratio floor is 1 - clip_low
+    clip_high: float = objectives.DEFAULT_CLIP_HIGH  # reverse-kl: importance ratio ceiling is 1 + clip_high
     debug: bool = False  # say which MoE blocks became ZeRO-3 leaf modules, and why
     data: list[str] | None = None  # the packed files trained on (None: stdin)
     token_store: str | None = None  # where packed files are converted (None: the default root)
@@ -77,7 +83,11 @@ class TrainConfig:
                   (self.keep_checkpoints >= 0, "--keep-checkpoints must be >= 0"),
                   (self.stop_after is None or self.stop_after >= 1, "--stop-after must be >= 1"),
                   (self.router_aux_loss_coef is None or self.router_aux_loss_coef >= 0,
-                   "--router-aux-loss-coef must be >= 0")]
+                   "--router-aux-loss-coef must be >= 0"),
+                  (self.objective in objectives.OBJECTIVES,
+                   f"--objective must be one of {', '.join(objectives.OBJECTIVES)}"),
+                  (0 <= self.clip_low < 1, "--clip-low must be in [0, 1)"),
+                  (self.clip_high >= 0, "--clip-high must be >= 0")]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
@@ -92,9 +102,12 @@ class TrainConfig:
 
     def fingerprint(self, num_sequences: int, world_size: int) -> dict[str, Any]:
         """What a resume must match to continue exactly."""
-        return {"num_sequences": num_sequences, "global_batch_size": self.global_batch_size,
-                "epochs": self.epochs, "seed": self.seed, "shuffle": self.shuffle,
-                "world_size": world_size}
+        found = {"num_sequences": num_sequences, "global_batch_size": self.global_batch_size,
+                 "epochs": self.epochs, "seed": self.seed, "shuffle": self.shuffle,
+                 "world_size": world_size}
+        if self.objective != "sft":  # SFT checkpoints keep the fingerprint they always had
+            found.update(objective=self.objective, clip=[self.clip_low, self.clip_high])
+        return found
 
 
 class Trainer:
@@ -149,13 +162,15 @@ class Trainer:
         self.source = str(source)
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.objective = objectives.make_objective(cfg.objective, cfg.clip_low, cfg.clip_high)
         loss_impl = "fused"
         if cfg.liger:
             self._apply_liger()
-            loss_impl = "liger"
+        if cfg.liger and self.objective is objectives.SFT:
+            loss_impl = "liger"  # Liger's loss is cross-entropy; other objectives keep dasd's
         elif cfg.deepspeed:
             loss_impl = "checkpointed"  # module calls, so ZeRO-3 gathers the head weight
-        self.loss_fn = forward.make_loss_fn(self.model, loss_impl, cfg.loss_chunk_size)
+        self.loss_fn = forward.make_loss_fn(self.model, loss_impl, cfg.loss_chunk_size, self.objective)
         self._setup_moe()
         if not cfg.deepspeed:
             self.model.to(self.device)
@@ -240,7 +255,7 @@ class Trainer:
         """Plan the steps, build optimizer and schedule, restore a checkpoint if resuming.
 
         ``sequences``: a list of ``PackedSequence``, or anything with ``len``,
-        ``[i]`` and ``target_count(i)`` (the token store of training/data.py).
+        ``[i]``, ``target_count(i)`` and ``has_streams`` (the token store of training/data.py).
         """
         import torch
 
@@ -249,6 +264,11 @@ class Trainer:
             sequences = SequenceList(sequences)
         if not len(sequences):
             raise DasdError("no packed records to train on", hint="check the input of dasd train")
+        if self.objective.streams and not getattr(sequences, "has_streams", False):
+            raise DasdError(f"--objective {cfg.objective} needs on-policy data: packed records with "
+                            "sampler_logprobs and teacher_logprobs",
+                            hint="sample with the student, score with `dasd score --role teacher`, then "
+                            "dasd pack (METHOD.md section 5)")
         self.sequences = sequences
         self.plan = StepPlan(len(sequences), cfg.global_batch_size, self.ranks.world_size, self.ranks.rank)
         self.total_steps = self.plan.total_steps(cfg.epochs)
@@ -316,14 +336,19 @@ class Trainer:
         targets = sum(self.sequences.target_count(i) for i in step_sequences)
         scale = self.ranks.world_size / max(targets, 1)  # ranks' gradients are averaged
         loss_sum, tokens, aux_sum = 0.0, 0, 0.0
+        stats: dict[str, float] = {}
+        streams = self.objective.streams
         for n, micro in enumerate(micro_batches):
             seq = self.sequences[micro.index]
             tensors = [torch.as_tensor(a, dtype=torch.long, device=self.device)[None]
                        for a in (seq.input_ids, seq.labels, seq.position_ids)]
+            logprobs = [torch.as_tensor(a, dtype=torch.float32, device=self.device)[None] if streams else None
+                        for a in (seq.sampler_logprobs, seq.teacher_logprobs)]
             if self.engine is not None:
                 dist_util.begin_micro_batch(self.engine)
             with self._autocast():
-                summed, _, aux = forward.packed_losses(self.model, *tensors, self.loss_fn, self.moe_blocks)
+                summed, _, aux, terms = forward.packed_losses(self.model, *tensors, self.loss_fn,
+                                                              self.moe_blocks, *logprobs)
             loss = summed * (scale * micro.weight)
             if aux is not None:
                 # a batch statistic per micro-batch, weighted by its share of the step's targets
@@ -337,14 +362,21 @@ class Trainer:
             else:
                 loss.backward()
             loss_sum += float(summed.detach()) * micro.weight
+            objectives.add_stats(stats, terms, micro.weight)
             tokens += len(seq) if micro.weight else 0
         grad_norm = self._optimizer_step()
-        loss_sum, tokens, aux_sum = dist_util.all_reduce_sum([loss_sum, float(tokens), aux_sum], self.ranks)
+        names = list(self.objective.stat_names)
+        totals = dist_util.all_reduce_sum([loss_sum, float(tokens), aux_sum]
+                                          + [stats.get(k, 0.0) for k in names], self.ranks)
+        loss_sum, tokens, aux_sum = totals[:3]
         elapsed = time.perf_counter() - started
         metrics = {"step": step, "epoch": round(step / self.plan.steps_per_epoch, 4),
                    "loss": loss_sum / max(targets, 1), "lr": lr, "grad_norm": grad_norm,
                    "tokens": int(tokens), "target_tokens": targets,
                    "tokens_per_s": round(tokens / elapsed, 2) if elapsed > 0 else None}
+        if names:
+            summed_stats = dict(zip(names, totals[3:]))
+            metrics.update(objectives.step_metrics(summed_stats, targets))
         if self.moe_blocks:
             metrics["aux_loss"] = aux_sum
             metrics["aux_loss_coef"] = self.aux_coef

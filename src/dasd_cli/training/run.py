@@ -35,6 +35,9 @@ def run_training(session: Any, config: Any, ranks: Any, files: list[str] | None,
         if sequences.meta.get("unmarked") and ranks.is_main:
             io.say(f"dasd train: warning: {sequences.meta['unmarked']} packed records carry no "
                    "tokenizer fingerprint (packed by an older dasd); the tokenizer is not checked")
+        if config.objective == "sft" and sequences.has_streams and ranks.is_main:
+            io.say("dasd train: warning: the data carries on-policy log-probs (sampler_logprobs, "
+                   "teacher_logprobs); --objective sft ignores them (--objective reverse-kl uses them)")
         if ranks.is_main:
             config.out.mkdir(parents=True, exist_ok=True)
         trainer.setup_data(sequences)

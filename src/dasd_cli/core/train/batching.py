@@ -24,6 +24,9 @@ from dasd_cli.core.chat import IGNORE_INDEX
 from dasd_cli.errors import RecordError
 
 INT32_MAX = 2**31 - 1  # token ids, labels and positions are stored as int32
+# On-policy packed records (DESIGN.md "Packed sequence") also carry, per token, its
+# log-prob under the model that sampled it and under the teacher (0.0 where no loss).
+STREAMS = ("sampler_logprobs", "teacher_logprobs")
 
 
 def target_count(labels: np.ndarray, position_ids: np.ndarray) -> int:
@@ -36,12 +39,15 @@ def target_count(labels: np.ndarray, position_ids: np.ndarray) -> int:
 
 @dataclass
 class PackedSequence:
-    """One packed record as compact int32 arrays."""
+    """One packed record as compact int32 arrays (and float32 log-prob streams, when it
+    holds on-policy samples)."""
 
     input_ids: np.ndarray
     labels: np.ndarray
     position_ids: np.ndarray
     ids: list[str]
+    sampler_logprobs: np.ndarray | None = None
+    teacher_logprobs: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -54,7 +60,7 @@ class PackedSequence:
 
 class SequenceList:
     """Packed sequences held in memory, with the interface the trainer reads
-    (``len``, ``[i]``, ``target_count(i)``; the token store offers the same)."""
+    (``len``, ``[i]``, ``target_count(i)``, ``has_streams``; the token store offers the same)."""
 
     def __init__(self, sequences: list[PackedSequence]) -> None:
         self.sequences = sequences
@@ -68,13 +74,20 @@ class SequenceList:
     def target_count(self, index: int) -> int:
         return self.sequences[index].target_count
 
+    @property
+    def has_streams(self) -> bool:
+        """Whether every sequence carries the on-policy log-prob streams."""
+        return bool(self.sequences) and all(s.sampler_logprobs is not None and s.teacher_logprobs is not None
+                                            for s in self.sequences)
+
 
 def check_packed(record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Check one packed record (DESIGN.md "Packed sequence") without a model; its int32
     input_ids, labels and position_ids.
 
     Raises :class:`RecordError` naming the problem: a missing field, lists of unequal
-    length, an empty sequence, a negative token id, label or position.
+    length, an empty sequence, a negative token id, label or position. The log-prob
+    streams of on-policy records are checked by :func:`check_streams`.
     """
     arrays = {}
     for name in ("input_ids", "labels", "position_ids"):
@@ -104,6 +117,32 @@ def check_packed(record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.nda
     return ids.astype(np.int32), labels.astype(np.int32), positions.astype(np.int32)
 
 
+def check_streams(record: dict[str, Any], length: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The float32 ``sampler_logprobs`` and ``teacher_logprobs`` of an on-policy packed
+    record, or None when it has neither; RecordError when only one is there, a list is
+    not ``length`` finite numbers."""
+    present = [name for name in STREAMS if name in record]
+    if not present:
+        return None
+    if len(present) < len(STREAMS):
+        missing = next(name for name in STREAMS if name not in record)
+        raise RecordError(f"packed record has '{present[0]}' but no '{missing}'", reason="missing_field",
+                          hint="on-policy records carry both, as written by `dasd pack` from scored samples")
+    arrays = []
+    for name in STREAMS:
+        value = record[name]
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise RecordError(f"'{name}' must be a list of numbers", reason="bad_field") from None
+        if array.ndim != 1 or array.shape[0] != length:
+            raise RecordError(f"'{name}' must have one number per token ({length})", reason="bad_field")
+        if not np.isfinite(array).all():
+            raise RecordError(f"'{name}' holds a value that is not finite", reason="bad_field")
+        arrays.append(array.astype(np.float32))
+    return arrays[0], arrays[1]
+
+
 def check_vocab(max_token: int, max_label: int, vocab_size: int | None, where: str = "") -> None:
     """Refuse token ids or labels past the model's vocabulary."""
     if vocab_size is None:
@@ -120,10 +159,12 @@ def check_vocab(max_token: int, max_label: int, vocab_size: int | None, where: s
 def packed_from_record(record: dict[str, Any], vocab_size: int | None = None) -> PackedSequence:
     """Check one packed record (see :func:`check_packed`, plus the vocabulary) into arrays."""
     ids, labels, positions = check_packed(record)
+    streams = check_streams(record, len(ids))
     check_vocab(int(ids.max()), int(labels.max()), vocab_size)
     record_ids = record.get("ids", [])
     return PackedSequence(ids, labels, positions,
-                          [str(i) for i in record_ids] if isinstance(record_ids, list) else [])
+                          [str(i) for i in record_ids] if isinstance(record_ids, list) else [],
+                          *(streams or (None, None)))
 
 
 @dataclass(frozen=True)

@@ -89,3 +89,16 @@ def shifted_targets(labels: Positions, position_ids: Positions) -> torch.Tensor:
     same = seg[:, 1:] == seg[:, :-1]
     targets[:, :-1] = torch.where(same, label_ids[:, 1:], torch.full_like(label_ids[:, 1:], -100))
     return targets
+
+
+def shifted_values(values: Any) -> Any:
+    """Per-token values aligned with :func:`shifted_targets`: ``out[i] = values[i + 1]``
+    (0 at the end of each row; positions whose target is -100 are never read)."""
+    import torch
+
+    values = torch.as_tensor(values)
+    if values.ndim == 1:
+        values = values.unsqueeze(0)
+    out = torch.zeros_like(values)
+    out[:, :-1] = values[:, 1:]
+    return out
