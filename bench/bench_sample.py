@@ -48,7 +48,9 @@ def ours(records: list[dict], args: list[str]) -> int:
     result = CliRunner().invoke(app, ["sample", *args, "-t", str(TEMPERATURE), "--compress", "none",
                                       "--quiet", "-"], input=stdin, catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
-    return sum(len(orjson.loads(line)["teacher"]["logprobs"]) for line in result.stdout_bytes.splitlines())
+    records = [orjson.loads(line) for line in result.stdout_bytes.splitlines()]
+    # the sampler block; sources before it was named so call it "teacher"
+    return sum(len((r.get("sampler") or r["teacher"])["logprobs"]) for r in records)
 
 
 def hf_plain(model, tokenizer, records: list[dict], batch: int, max_tokens: int) -> int:

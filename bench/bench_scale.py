@@ -5,7 +5,7 @@ long ``<think>`` responses with per-token teacher log-probs and offsets, four ca
 per prompt) at two input sizes, 5M and 20M tokens (``--quick``: 0.5M and 2M), once with
 the code of this working tree ("new") and once with a baseline commit ("old", the
 in-memory data plane; ``$DASD_BENCH_BASELINE`` picks another ref). Input tokens are
-``sum(len(teacher.logprobs))``; for `dasd train` they are the packed tokens it reads.
+``sum(len(sampler.logprobs))``; for `dasd train` they are the packed tokens it reads.
 
 - ``mix-all``: ``dasd mix --seed 1`` (keep everything, shuffled);
 - ``mix-das``: ``dasd mix --select das --per-prompt 1``;
@@ -642,7 +642,7 @@ def measure(tmp: Path, sides: dict[str, Side], sizes: tuple[int, int], baseline:
                                 f"synthetic sequences of {TRAIN_SEQ_LEN} tokens)")
         else:
             rows += memory_rows(bench, step, input_tokens, labels, baseline,
-                                "per input token (sum of len(teacher.logprobs))")
+                                "per input token (sum of len(sampler.logprobs))")
         if step == "pack":
             rows += pack_speed_rows(bench, input_tokens, labels, baseline)
         if step == "train":

@@ -6,10 +6,10 @@ Each record is shaped like what `dasd score` writes: a prompt (system + user tur
 keeps a quarter of them.
 
 A "token" here is a word piece of about four characters (" sum", " check", ...): the
-response is the concatenation of its pieces, ``teacher.offsets[k]`` is where piece k
-starts and ``teacher.logprobs`` has one value per piece. The pieces are common English
+response is the concatenation of its pieces, ``sampler.offsets[k]`` is where piece k
+starts and ``sampler.logprobs`` has one value per piece. The pieces are common English
 words, so the real SmolLM2 tokenizer of `dasd pack` sees about one token per piece too.
-The input size of a file is ``sum(len(teacher.logprobs))``.
+The input size of a file is ``sum(len(sampler.logprobs))``.
 
 Generation is vectorised with numpy (pieces picked by index, offsets by cumulative sum,
 arrays serialised directly by orjson), so 20M tokens take seconds, not minutes.
@@ -59,7 +59,7 @@ class Written:
     """What :func:`write_scored` wrote."""
 
     path: Path
-    tokens: int  # sum of len(teacher.logprobs)
+    tokens: int  # sum of len(sampler.logprobs)
     records: int
     prompts: int
     compressed_bytes: int
@@ -91,7 +91,7 @@ def make_record(rng: np.random.Generator, prompt: int, candidate: int, tokens: i
                      {"role": "user", "content": f"Question {prompt}: what is {a} plus {b}?"}],
         "response": response,
         "finish_reason": "stop",
-        "teacher": {"model": "synthetic", "temperature": 1.0, "top_p": 1.0, "seed": 0,
+        "sampler": {"model": "synthetic", "temperature": 1.0, "top_p": 1.0, "seed": 0,
                     "logprobs": logprobs, "offsets": offsets, "logprobs_mode": "raw"},
         "das": {"student": "synthetic", "beta": 0.1,
                 "counts": {"teacher": int(counts[0]), "shared": int(counts[1]),

@@ -88,7 +88,7 @@ def scored_record(i: int) -> dict:
     response = f"Step one for {i}. Then step two.\nThe answer is {i}."
     (a, b), (_, c), (_, d) = sentence_spans(response)
     return {"id": f"p{i}@0.6#0", "prompt_id": f"p{i}", "prompt": f"Question {i}?", "response": response,
-            "finish_reason": "stop", "teacher": {"model": "T", "temperature": 0.6, "top_p": 1.0, "seed": 0,
+            "finish_reason": "stop", "sampler": {"model": "T", "temperature": 0.6, "top_p": 1.0, "seed": 0,
                                                  "logprobs": [-0.1, -0.2], "offsets": [0, 17],
                                                  "logprobs_mode": "raw"},
             "das": {"student": "SmolLM2-135M-Instruct", "beta": 0.1,
@@ -113,8 +113,8 @@ def contract(records: list[dict[str, Any]]) -> int:
     tokenizer = load_tokenizer(None)
     canonical = 0
     for record in records:
-        offsets, logprobs = record["teacher"]["offsets"], record["teacher"]["logprobs"]
-        assert len(offsets) == len(logprobs) > 0 and record["teacher"]["logprobs_mode"] == "raw"
+        offsets, logprobs = record["sampler"]["offsets"], record["sampler"]["logprobs"]
+        assert len(offsets) == len(logprobs) > 0 and record["sampler"]["logprobs_mode"] == "raw"
         assert all(a <= b for a, b in zip(offsets, offsets[1:])) and offsets[-1] < len(record["response"])
         canonical += tokenize_with_offsets(tokenizer, record["response"])[1] == offsets
     return canonical
@@ -132,14 +132,14 @@ def teacher_forced_gap(records: list[dict[str, Any]]) -> float:
     for record in records:
         prompt_ids = encode_ids(engine.tokenizer, render_prompt(engine.tokenizer, prompt_messages(record)))
         response_ids = encode_ids(engine.tokenizer, record["response"])
-        if len(response_ids) != len(record["teacher"]["logprobs"]):
+        if len(response_ids) != len(record["sampler"]["logprobs"]):
             continue  # not the canonical tokenization: the sampled ids are not recoverable
         with torch.inference_mode():  # on the model's device (a GPU where there is one)
             ids = torch.tensor([prompt_ids + response_ids], device=engine.model.device)
             logits = engine.model(ids).logits[0].float().cpu()
         forced = torch.log_softmax(logits[len(prompt_ids) - 1:-1], -1).gather(
             1, torch.tensor(response_ids)[:, None])[:, 0]
-        worst = max(worst, (forced - torch.tensor(record["teacher"]["logprobs"])).abs().max().item())
+        worst = max(worst, (forced - torch.tensor(record["sampler"]["logprobs"])).abs().max().item())
     return worst
 
 

@@ -72,13 +72,13 @@ def check_slice(tokenizer, records: list[dict[str, Any]], err: str) -> None:
     for record, (_uuid, _domain, question, reasoning, answer) in zip(records, ROWS):
         assert record["messages"] == [{"role": "user", "content": question}]
         assert record["response"] == f"<think>\n{reasoning}\n</think>\n\n{answer}"
-        teacher = record["teacher"]
-        assert teacher["model"] == "gpt-oss-120b" and teacher["logprobs_mode"] == "unknown"
+        sampler = record["sampler"]
+        assert sampler["model"] == "gpt-oss-120b" and sampler["logprobs_mode"] == "unknown"
         ids, answer_at, answer_len = token_parts(tokenizer, reasoning, answer)
         n_reason = len(encode(tokenizer, reasoning))
         # the kept tokens are the reasoning's and the answer's, with their own log-probs
         kept = list(range(n_reason)) + list(range(answer_at, answer_at + answer_len))
-        assert teacher["logprobs"] == [-(k + 1) / 1000 for k in kept]
+        assert sampler["logprobs"] == [-(k + 1) / 1000 for k in kept]
         # re-tokenizing the aligned response's parts gives the same token starts
         think_at = len("<think>\n")
         final_at = record["response"].index("</think>\n\n") + len("</think>\n\n")
@@ -86,7 +86,7 @@ def check_slice(tokenizer, records: list[dict[str, Any]], err: str) -> None:
                                                       return_offsets_mapping=True)["offset_mapping"]]
         starts += [final_at + a for a, _ in tokenizer(answer, add_special_tokens=False,
                                                        return_offsets_mapping=True)["offset_mapping"]]
-        assert teacher["offsets"] == starts
-        for k, offset in zip(kept, teacher["offsets"]):
+        assert sampler["offsets"] == starts
+        for k, offset in zip(kept, sampler["offsets"]):
             piece = tokenizer.decode([ids[k]])
             assert record["response"][offset:offset + len(piece)] == piece

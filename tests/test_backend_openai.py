@@ -30,9 +30,9 @@ def sample(url: str, *extra: str, stdin: bytes | None = None, env: dict[str, str
 
 
 def check_contract(record: dict[str, Any]) -> None:
-    teacher = record["teacher"]
-    offsets = teacher["offsets"]
-    assert len(offsets) == len(teacher["logprobs"]) > 0
+    sampler = record["sampler"]
+    offsets = sampler["offsets"]
+    assert len(offsets) == len(sampler["logprobs"]) > 0
     assert all(a <= b for a, b in zip(offsets, offsets[1:]))
     assert 0 <= offsets[0] and offsets[-1] < len(record["response"])
 
@@ -79,14 +79,14 @@ def test_records_and_api_key(tmp_path: Path, endpoint: str) -> None:
                                           for k in range(2)]
     for record in records:
         check_contract(record)
-        assert record["teacher"]["model"] == "fake-teacher" and record["domain"] == "math"
+        assert record["sampler"]["model"] == "fake-teacher" and record["domain"] == "math"
         assert record["finish_reason"] in ("stop", "length")
-        assert len(record["teacher"]["logprobs"]) <= 8
+        assert len(record["sampler"]["logprobs"]) <= 8
         # one entry per response token: the fake's words, without its end-of-turn entry
-        payload = sent[record["teacher"]["seed"]]
+        payload = sent[record["sampler"]["seed"]]
         key = json.dumps(payload["messages"]) if endpoint == "chat" else payload["prompt"]
         pieces = FakeOpenAI.write(key, payload)[0]
-        assert record["response"] == "".join(pieces) and len(record["teacher"]["logprobs"]) == len(pieces)
+        assert record["response"] == "".join(pieces) and len(record["sampler"]["logprobs"]) == len(pieces)
     assert any(r["finish_reason"] == "length" for r in records)
     for blob in (proc.stdout, proc.stderr, stats.read_bytes()):
         assert b"sk-very-secret" not in blob
@@ -103,7 +103,7 @@ def test_logprobs_mode_is_unknown_unless_the_server_is_declared() -> None:
                            stdin=to_jsonl(PROMPTS[:2]))
     for proc, mode in ((unknown, "unknown"), (declared, "raw"), (processed, "processed")):
         assert proc.returncode == 0, proc.stderr.decode()
-        assert {r["teacher"]["logprobs_mode"] for r in parse_records(proc.stdout)} == {mode}
+        assert {r["sampler"]["logprobs_mode"] for r in parse_records(proc.stdout)} == {mode}
     scored = run_dasd(["score", "-"], stdin=unknown.stdout)
     assert scored.returncode == 1 and b"logprobs_mode is unknown" in scored.stderr
     assert b"<stdin>:1" in scored.stderr and b"--server-logprobs raw" in scored.stderr
@@ -121,9 +121,9 @@ def test_reasoning_content_joined_with_aligned_offsets() -> None:
         assert response.startswith("<think>\n") and "\n</think>\n\nFinal:" in response
         check_contract(record)
         # every word token's offset points at that word in the joined text
-        payload = replies[record["teacher"]["seed"]]
+        payload = replies[record["sampler"]["seed"]]
         pieces, _logprobs, _finish = FakeOpenAI.write(json.dumps(payload["messages"]), payload)
-        offsets = record["teacher"]["offsets"][2:2 + len(pieces)]  # after "<think>", "\n"
+        offsets = record["sampler"]["offsets"][2:2 + len(pieces)]  # after "<think>", "\n"
         for piece, at in zip(pieces, offsets):
             if piece != "\n":
                 assert response.startswith(piece, at), (piece, at, response)
@@ -153,7 +153,7 @@ def test_every_record_exactly_once_through_faults() -> None:
         check_contract(record)
     assert {f for f in proxy.faults if f} == {"500", "429", "drop", "slow"}
     # a retried sample is the same sample: its seed is sent again, unchanged
-    assert set(server.requests) == {r["teacher"]["seed"] for r in records}
+    assert set(server.requests) == {r["sampler"]["seed"] for r in records}
 
 
 def test_retry_after_is_honoured() -> None:

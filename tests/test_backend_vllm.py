@@ -64,7 +64,7 @@ def test_many_seeded_prompts_in_one_engine_call(tmp_path: Path, model_path: str)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     records = parse_records(out.read_bytes())
     assert [r["id"] for r in records] == [f"q{i}@0.6#{k}" for i in range(300) for k in range(2)]
-    assert all(0 < len(r["teacher"]["logprobs"]) <= 2 for r in records)
+    assert all(0 < len(r["sampler"]["logprobs"]) <= 2 for r in records)
 
 
 def test_stderr_is_dasds_unless_debug(tmp_path: Path, model_path: str) -> None:
@@ -134,7 +134,7 @@ def test_openai_backend_against_vllm_server(vllm_server: str, endpoint: str) -> 
     assert proc.returncode == 0, proc.stderr.decode()
     records = parse_records(proc.stdout)
     assert [r["id"] for r in records] == [f"{p['id']}@0.6#{k}" for p in SAMPLE_PROMPTS for k in range(2)]
-    assert all(r["teacher"]["model"] == "smol" for r in records)
+    assert all(r["sampler"]["model"] == "smol" for r in records)
     canonical = contract(records)
     print(f"openai/{endpoint}: canonical re-tokenization {canonical}/{len(records)}")
     assert canonical >= len(records) - 1  # a sampled sequence may be non-canonical, rarely

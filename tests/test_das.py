@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dasd_cli.core.das import (TokenLogprobs, analyze, check_logprobs_mode, classify, das_record,
-                               geometric_mean)
+                               geometric_mean, teacher_tokens)
 from dasd_cli.errors import RecordError
 from dasd_cli.core.segment import sentence_spans
 
@@ -94,9 +94,10 @@ def test_distilled_adds_boosted_only_for_shared_sentences():
     assert das["sentences"][0]["p_distilled"] == pytest.approx(0.8)
 
 
-def test_logprobs_mode_raw_or_accepted():
+@pytest.mark.parametrize("block", ["sampler", "teacher"])  # teacher: files of earlier versions
+def test_logprobs_mode_raw_or_accepted(block):
     def record(**teacher):
-        return {"id": "r", "teacher": {"logprobs": [-0.1], "offsets": [0], **teacher}}
+        return {"id": "r", block: {"logprobs": [-0.1], "offsets": [0], **teacher}}
 
     assert check_logprobs_mode(record(logprobs_mode="raw")) == "raw"
     for teacher, mode in (({"logprobs_mode": "processed"}, "processed"), ({}, "unknown"),
@@ -108,6 +109,20 @@ def test_logprobs_mode_raw_or_accepted():
     with pytest.raises(RecordError) as caught:
         check_logprobs_mode(record(logprobs_mode="raw_logits"), accepted={"processed", "unknown"})
     assert caught.value.reason == "bad_teacher_logprobs"
+
+
+def test_sampler_tokens_are_read_under_either_name():
+    """``sampler`` (this version) and ``teacher`` (earlier files) name the same block;
+    ``sampler`` wins where a record has both."""
+    block = {"logprobs": [-0.1, -0.2], "offsets": [0, 3]}
+    new = teacher_tokens({"id": "a", "sampler": block}, "abc def")
+    old = teacher_tokens({"id": "a", "teacher": block}, "abc def")
+    assert new[0] == old[0] and new[1] == old[1] == 0
+    both = {"id": "a", "sampler": block, "teacher": {"logprobs": [-9.0], "offsets": [0]}}
+    assert list(teacher_tokens(both, "abc def")[0].logprobs) == [-0.1, -0.2]
+    with pytest.raises(RecordError) as caught:
+        teacher_tokens({"id": "a"}, "abc def")
+    assert caught.value.reason == "no_teacher_logprobs" and "sampler.logprobs" in caught.value.message
 
 
 def test_geometric_mean_empty_is_nan():

@@ -13,16 +13,18 @@ from helpers import parse_records, run_dasd, to_jsonl, write_file
 
 
 def sample(prompt: str, i: int, said: str | None, *, answer: str = "4", domain: str = "math",
-           model: str = "m1", finish: str = "stop", tokens: int | None = None) -> dict[str, Any]:
-    """Sample i of a prompt whose response states ``said`` (None: no answer at all)."""
+           model: str = "m1", finish: str = "stop", tokens: int | None = None,
+           block: str = "sampler") -> dict[str, Any]:
+    """Sample i of a prompt whose response states ``said`` (None: no answer at all).
+    ``block`` "teacher": the sampler block under its name in files of earlier versions."""
     final = "I am not sure." if said is None else f"The answer is \\boxed{{{said}}}."
     record: dict[str, Any] = {
         "id": f"{prompt}@1.0#{i}", "prompt_id": prompt, "domain": domain,
         "messages": [{"role": "user", "content": f"Question {prompt}?"}],
         "response": f"<think>\nWorking on {prompt}.\n</think>\n\n{final}", "finish_reason": finish,
-        "reference": {"answer": answer}, "teacher": {"model": model}}
+        "reference": {"answer": answer}, block: {"model": model}}
     if tokens is not None:
-        record["teacher"]["logprobs"] = [-0.5] * tokens
+        record[block]["logprobs"] = [-0.5] * tokens
     return record
 
 
@@ -34,8 +36,8 @@ def choice(prompt: str, i: int, letter: str, *, reference: str = "B") -> dict[st
 
 def run_set() -> list[dict[str, Any]]:
     """Two math prompts (4 samples each) and one science prompt, interleaved."""
-    p1 = [sample("p1", 0, "4", tokens=10), sample("p1", 1, "4", tokens=20),
-          sample("p1", 2, "5", tokens=30, finish="length"), sample("p1", 3, "4", tokens=40)]
+    p1 = [sample("p1", 0, "4", tokens=10), sample("p1", 1, "4", tokens=20, block="teacher"),
+          sample("p1", 2, "5", tokens=30, finish="length", block="teacher"), sample("p1", 3, "4", tokens=40)]
     p2 = [sample("p2", 0, "7", answer="3"), sample("p2", 1, None, answer="3"),
           sample("p2", 2, "3", answer="3"), sample("p2", 3, "7", answer="3")]
     s1 = [choice("s1", 0, "B"), choice("s1", 1, "C"), choice("s1", 2, "C"), choice("s1", 3, "B")]
@@ -63,7 +65,8 @@ def test_records_come_out_in_order_with_an_eval_object(cli, tmp_path: Path) -> N
     assert by_id["p2@1.0#1"]["eval"] == {"correct": False, "reason": "no_answer", "answer": None}
     assert by_id["s1#1"]["eval"] == {"correct": False, "reason": "wrong_answer", "answer": "C"}
     assert "eval" not in by_id["free"]  # no reference: passed through, not counted
-    assert by_id["p1@1.0#0"]["teacher"]["logprobs"] == [-0.5] * 10  # everything else carried
+    assert by_id["p1@1.0#0"]["sampler"]["logprobs"] == [-0.5] * 10  # everything else carried
+    assert by_id["p1@1.0#1"]["teacher"]["logprobs"] == [-0.5] * 20
     assert stats["verified"] == 12 and stats["unverified"] == 1
     assert stats["read"] == stats["kept"] == 13
     assert "dasd eval: read 13, kept 13, dropped 0, verified 12, unverified 1, accuracy 0.5" in err
@@ -139,14 +142,16 @@ def test_rich_table_for_a_terminal() -> None:
 
 def test_by_a_dotted_field(cli, tmp_path: Path) -> None:
     records = [sample("p", i, "4" if i < 3 else "1", model="big") for i in range(4)]
-    records += [sample("p", i, "4" if i < 1 else "1", model="small") for i in range(4)]
-    records += [{**sample("q", 0, "4"), "teacher": {}}]
-    stats, err, _out = stats_of(cli, tmp_path, ["--by", "teacher.model"], records)
-    g = groups(stats)
-    assert set(g) == {"big", "small", "(missing)", "all"}
-    assert g["big"]["avg"] == pytest.approx(0.75) and g["small"]["avg"] == pytest.approx(0.25)
-    assert g["all"]["prompts"] == 3  # one prompt per model counts as two
-    assert any(line.startswith("teacher.model") for line in err.splitlines())
+    # files of earlier versions name the sampler block "teacher": either name finds either
+    records += [sample("p", i, "4" if i < 1 else "1", model="small", block="teacher") for i in range(4)]
+    records += [{**sample("q", 0, "4"), "sampler": {}}]
+    for by in ("sampler.model", "teacher.model"):
+        stats, err, _out = stats_of(cli, tmp_path, ["--by", by], records)
+        g = groups(stats)
+        assert set(g) == {"big", "small", "(missing)", "all"}
+        assert g["big"]["avg"] == pytest.approx(0.75) and g["small"]["avg"] == pytest.approx(0.25)
+        assert g["all"]["prompts"] == 3  # one prompt per model counts as two
+        assert any(line.startswith(by) for line in err.splitlines())
     code, _out, err = cli(["eval", "--by", "teacher..model", "-"], stdin=to_jsonl(records))
     assert code == 2 and "--by" in err
 

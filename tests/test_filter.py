@@ -100,7 +100,8 @@ def test_harmony_stripped_form() -> None:
     assert normalize_harmony_text("plain text") is None
 
 
-def test_harmony_carries_logprobs_and_offsets() -> None:
+@pytest.mark.parametrize("block", ["sampler", "teacher"])  # teacher: files of earlier versions
+def test_harmony_carries_logprobs_and_offsets(block) -> None:
     raw = "<|channel|>analysis<|message|>ab cd<|end|><|start|>assistant<|channel|>final<|message|>ef<|return|>"
     pieces = ["<|channel|>", "analysis", "<|message|>", "ab", " cd", "<|end|>", "<|start|>", "assistant",
               "<|channel|>", "final", "<|message|>", "ef", "<|return|>"]
@@ -110,9 +111,10 @@ def test_harmony_carries_logprobs_and_offsets() -> None:
         pos += len(piece)
     assert "".join(pieces) == raw
     logprobs = [-float(i) for i in range(len(pieces))]
-    out = normalize_harmony(rec(raw, teacher={"logprobs": logprobs, "offsets": offsets}))
+    out = normalize_harmony(rec(raw, **{block: {"logprobs": logprobs, "offsets": offsets}}))
     response = out["response"]
-    kept = out["teacher"]
+    kept = out[block]  # rewritten under the name it came with
+    assert set(out) & {"sampler", "teacher"} == {block}
     assert response == "<think>\nab cd\n</think>\n\nef"
     assert kept["logprobs"] == [-3.0, -4.0, -11.0]  # "ab", " cd", "ef"
     assert [response[o:o + 2] for o in kept["offsets"]] == ["ab", " c", "ef"]

@@ -83,7 +83,7 @@ def test_without_logprobs_every_row_is_a_record(cli, tmp_path: Path) -> None:
     assert code == 0, err
     records = parse_records(out)
     assert [r["domain"] for r in records] == ["math", "instruction", "code", "science"]
-    assert all("logprobs" not in r["teacher"] for r in records)
+    assert all("logprobs" not in r["sampler"] for r in records)
     assert len({r["prompt_id"] for r in records}) == 4
 
 

@@ -106,8 +106,8 @@ def cases() -> list[Any]:
 # --------------------------------------------------------------------------- fixture files
 
 
-def teacher_fields(response: str, temperature: float = 0.6) -> dict[str, Any]:
-    """A teacher object with one token per word (offsets at word starts)."""
+def sampler_fields(response: str, temperature: float = 0.6) -> dict[str, Any]:
+    """A sampler object (the teacher's) with one token per word (offsets at word starts)."""
     offsets = [m.start() for m in re.finditer(r"\S+\s*", response)]
     return {"model": "teacher", "temperature": temperature, "top_p": 1.0, "seed": 0,
             "logprobs": [-0.25] * len(offsets), "offsets": offsets, "logprobs_mode": "raw"}
@@ -122,7 +122,7 @@ def response_record(record_id: str, question: str, response: str, *, domain: str
     record: dict[str, Any] = {
         "id": record_id, "prompt_id": record_id.split("@")[0], "domain": domain,
         "messages": [{"role": "user", "content": question}], "response": response,
-        "finish_reason": finish_reason, "teacher": teacher_fields(response, temperature)}
+        "finish_reason": finish_reason, "sampler": sampler_fields(response, temperature)}
     if reference is not None:
         record["reference"] = reference
     return record
@@ -361,7 +361,7 @@ def check_sample(folder: Path, out: bytes, err: str) -> None:
     samples = records(folder / "samples.jsonl.zst")
     assert sorted(r["id"] for r in samples) == sorted(
         f"{p}@{t}#{k}" for p in ("sum", "capital") for t in ("0.6", "1") for k in range(4))
-    assert all(len(r["teacher"]["logprobs"]) == len(r["teacher"]["offsets"]) for r in samples)
+    assert all(len(r["sampler"]["logprobs"]) == len(r["sampler"]["offsets"]) for r in samples)
 
 
 def check_mixed_policy(folder: Path, out: bytes, err: str) -> None:

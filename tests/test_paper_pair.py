@@ -122,7 +122,7 @@ def test_score_across_tokenizers_o200k_teacher_qwen3_student(models, imported, t
     tokenizer = AutoTokenizer.from_pretrained(str(models["qwen3"]))
     model = AutoModelForCausalLM.from_pretrained(str(models["qwen3"]), dtype=torch.float32).eval()
     for record in scored:
-        das, teacher = record["das"], record["teacher"]
+        das, sampler = record["das"], record["sampler"]
         assert sum(das["counts"].values()) == len(das["sentences"]) > 0
         # the reference: the student's template and tokenizer called directly, one forward pass
         prompt = tokenizer.apply_chat_template(record["messages"], tokenize=False, add_generation_prompt=True)
@@ -135,7 +135,7 @@ def test_score_across_tokenizers_o200k_teacher_qwen3_student(models, imported, t
         starts = [a for a, _ in response["offset_mapping"]]
         for sentence in das["sentences"]:
             a, b = sentence["start"], sentence["end"]
-            want_t = _geometric([lp for lp, o in zip(teacher["logprobs"], teacher["offsets"]) if a <= o < b])
+            want_t = _geometric([lp for lp, o in zip(sampler["logprobs"], sampler["offsets"]) if a <= o < b])
             want_s = _geometric([lp for lp, o in zip(student, starts) if a <= o < b])
             assert sentence["p_teacher"] == pytest.approx(want_t, rel=1e-5)
             assert sentence["p_student"] == pytest.approx(want_s, rel=1e-4)
@@ -163,9 +163,9 @@ def test_sample_from_gpt_oss_through_its_harmony_template(models, cli) -> None:
     records = parse_records(out)
     assert [r["id"] for r in records] == ["q@0.6#0", "q@0.6#1"]
     for record in records:
-        teacher = record["teacher"]
-        assert teacher["logprobs_mode"] == "raw" and record["finish_reason"] in ("stop", "length")
-        assert len(teacher["logprobs"]) == len(teacher["offsets"]) > 0
+        sampler = record["sampler"]
+        assert sampler["logprobs_mode"] == "raw" and record["finish_reason"] in ("stop", "length")
+        assert len(sampler["logprobs"]) == len(sampler["offsets"]) > 0
 
 
 def test_eval_of_the_students_sampled_answers(models, tmp_path) -> None:

@@ -55,8 +55,8 @@ def test_system_prompt_and_sample_fields(cli) -> None:
                    for p in server.payloads)
     records = parse_records(out)
     assert [r["id"] for r in records] == ["q@0.6#0", "q@0.6#1", "q@0.6#2"]
-    assert len({r["teacher"]["seed"] for r in records}) == 3
-    assert all(r["extra"] == [1] and r["teacher"]["top_p"] == 0.9 for r in records)
+    assert len({r["sampler"]["seed"] for r in records}) == 3
+    assert all(r["extra"] == [1] and r["sampler"]["top_p"] == 0.9 for r in records)
 
 
 # --------------------------------------------------------------------------- the library under the command
@@ -80,7 +80,7 @@ def test_planner_is_pure_and_counts_tokens_through_a_callable() -> None:
     generation = Generation(key=jobs[0].request.key, text="new", token_ids=[], logprobs=[-0.5],
                             offsets=[0], finish_reason="stop")
     built = build_record(jobs[0], generation, "teacher-model")
-    assert built["response"] == "new" and built["teacher"]["model"] == "teacher-model"
+    assert built["response"] == "new" and built["sampler"]["model"] == "teacher-model"
     assert "das" not in built and built["id"] == "s@0.6#0"
 
 
@@ -140,7 +140,7 @@ def test_records_carry_the_messages_the_backend_received(cli) -> None:
         sent = {p["seed"]: p["messages"] for p in server.payloads}
     assert len(records) == 4
     for record in records:
-        assert record["messages"] == sent[record["teacher"]["seed"]]
+        assert record["messages"] == sent[record["sampler"]["seed"]]
     q, m = records[0], records[2]
     assert q["messages"] == [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}]
     assert q["prompt"] == q["messages"][-1]["content"]  # prompt and messages agree

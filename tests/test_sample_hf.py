@@ -32,8 +32,8 @@ def requests(temperature: float, max_tokens: int = 16, n: int = 1) -> list[Gener
 
 def check_offsets(record: dict[str, Any], start: int = 0) -> None:
     """Offsets are non-decreasing, one per log-prob, inside the response."""
-    teacher = record["teacher"]
-    offsets, logprobs = teacher["offsets"], teacher["logprobs"]
+    sampler = record["sampler"]
+    offsets, logprobs = sampler["offsets"], sampler["logprobs"]
     assert len(offsets) == len(logprobs)
     assert all(a <= b for a, b in zip(offsets, offsets[1:]))
     assert not offsets or (offsets[0] == start and offsets[-1] < len(record["response"]))
@@ -56,12 +56,12 @@ def test_records_pass_the_contract(cli) -> None:
     for record in records:
         assert record["prompt_id"] == record["id"].split("@")[0] and record["domain"] == "other"
         assert record["finish_reason"] in ("stop", "length")
-        teacher = record["teacher"]
-        assert teacher["model"] == "SmolLM2-135M-Instruct" and teacher["logprobs_mode"] == "raw"
-        assert teacher["temperature"] in (0.6, 1.0) and teacher["top_p"] == 1.0
+        sampler = record["sampler"]
+        assert sampler["model"] == "SmolLM2-135M-Instruct" and sampler["logprobs_mode"] == "raw"
+        assert sampler["temperature"] in (0.6, 1.0) and sampler["top_p"] == 1.0
         check_offsets(record)
         _ids, offsets = tokenize_with_offsets(tokenizer, record["response"])
-        if offsets == teacher["offsets"]:
+        if offsets == sampler["offsets"]:
             canonical += 1
     # Sampled sequences are usually the canonical tokenization of their text.
     print(f"canonical re-tokenization: {canonical}/{len(records)}")
@@ -158,12 +158,14 @@ def test_max_tokens_ratio_caps(cli) -> None:
     assert code == 0, err
     cap = math.floor(0.5 * count)
     for out_record in parse_records(out):
-        n_tokens = len(out_record["teacher"]["logprobs"])
+        n_tokens = len(out_record["sampler"]["logprobs"])
         assert n_tokens <= cap
         assert out_record["finish_reason"] == "length" or n_tokens < cap
         assert out_record["prompt_id"] == "s1" and "das" not in out_record
-        assert out_record["teacher"]["model"] == "SmolLM2-135M-Instruct"
-    assert any(r["finish_reason"] == "length" and len(r["teacher"]["logprobs"]) == cap
+        # the input's sampler block, under its legacy name, described the response replaced
+        assert out_record["sampler"]["model"] == "SmolLM2-135M-Instruct" and "teacher" not in out_record
+        assert out_record["sampler"]["tokenizer"].startswith("sha256:")
+    assert any(r["finish_reason"] == "length" and len(r["sampler"]["logprobs"]) == cap
                for r in parse_records(out))
 
 
@@ -186,7 +188,7 @@ def test_continue_keeps_prefix_and_scores_teacher_part_only(cli) -> None:
         assert r["response"][:prefix_chars] == student[:prefix_chars]
         assert student[prefix_chars - 1] in ".\n"  # snapped to a sentence or line end
         check_offsets(r, start=prefix_chars)
-        assert len(r["teacher"]["logprobs"]) <= 16
+        assert len(r["sampler"]["logprobs"]) <= 16
     assert len(cuts) > 1  # the cut is drawn per record
     # The continuation is conditioned on the prefix: the prompt the model saw ends with it.
     from dasd_cli.backends.hf import HFBackend

@@ -64,7 +64,7 @@ def scored(n_prompts: int, per_prompt: int, seed: int = 0) -> list[dict]:
                             "domain": rng.choice(["math", "code", "science"]),
                             "messages": [{"role": "user", "content": f"question {p}"}],
                             "response": f"answer {k} " + "w " * rng.randint(1, 300),
-                            "teacher": {"logprobs": [rng.random() for _ in range(20)]},
+                            "sampler": {"logprobs": [rng.random() for _ in range(20)]},
                             "das": {"score": rng.randint(0, 3), "p_teacher": rng.random()}})
     records.append(dict(records[3]))  # a duplicate id
     return records
@@ -99,7 +99,7 @@ def test_mix_through_the_spill_equals_the_in_memory_mixer(tmp_path, flags, kwarg
     assert result.stdout == to_jsonl(kept)  # byte for byte
     got_drops = [(r["id"], r["rejected"]["reason"]) for r in parse_records(rejects.read_bytes())]
     assert got_drops == drops
-    assert all("teacher" in r for r in parse_records(rejects.read_bytes()))  # whole records
+    assert all("sampler" in r for r in parse_records(rejects.read_bytes()))  # whole records
 
 
 # --------------------------------------------------------------------------- pack

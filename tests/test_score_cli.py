@@ -80,10 +80,13 @@ def test_missing_teacher_logprobs_is_an_error_naming_the_record(cli):
     record = {"id": "q7@1.0#0", "prompt": "Hi?", "response": "Hello there."}
     code, out, err = cli(["score", "-"], stdin=to_jsonl([record]))
     assert code == 1
-    assert "q7@1.0#0" in err and "teacher.logprobs" in err and "(<stdin>:1)" in err
-    record["teacher"] = {"logprobs": [], "offsets": []}
+    assert "q7@1.0#0" in err and "sampler.logprobs" in err and "(<stdin>:1)" in err
+    record["sampler"] = {"logprobs": [], "offsets": []}
     code, out, err = cli(["score", "--on-error", "skip", "-"], stdin=to_jsonl([record]))
     assert code == 0 and "skipped 1 (no_teacher_logprobs 1)" in err
+    legacy = {k: v for k, v in record.items() if k != "sampler"} | {"teacher": record["sampler"]}
+    code, out, err = cli(["score", "--on-error", "skip", "-"], stdin=to_jsonl([legacy]))
+    assert code == 0 and "skipped 1 (no_teacher_logprobs 1)" in err  # read under the earlier name too
 
 
 def test_prefix_offsets_must_be_in_teacher_part(cli):
@@ -186,21 +189,21 @@ def test_reuse_is_keyed_on_model_content_and_beta(cli, tmp_path):
     full = fake_model(tmp_path / "full" / "student", b"weights of the full run")
     assert model_key(str(quick)) != model_key(str(full))
     record = scored_record(0)
-    record["teacher"] = {"logprobs_mode": "raw"}
+    record["sampler"] = {"logprobs_mode": "raw"}
     record["das"] |= {"student": "student", "student_key": model_key(str(quick))}
     data = to_jsonl([record])
     code, out, err = cli(["score", "--model", str(quick), "-"], stdin=data)
     assert code == 0, err
     assert parse_records(out) == [record]
     code, _, err = cli(["score", "--model", str(full), "-"], stdin=data)  # same name, other weights
-    assert code == 1 and "teacher.logprobs" in err
+    assert code == 1 and "sampler.logprobs" in err
     code, _, err = cli(["score", "--model", str(quick), "--beta", "0.05", "-"], stdin=data)
-    assert code == 1 and "teacher.logprobs" in err
+    assert code == 1 and "sampler.logprobs" in err
     old = scored_record(0)  # scored before das.student_key existed: its name alone is no proof
-    old["teacher"] = {"logprobs_mode": "raw"}
+    old["sampler"] = {"logprobs_mode": "raw"}
     old["das"]["student"] = "student"
     code, _, err = cli(["score", "--model", str(quick), "-"], stdin=to_jsonl([old]))
-    assert code == 1 and "teacher.logprobs" in err
+    assert code == 1 and "sampler.logprobs" in err
 
 
 def test_teacher_logprobs_must_be_raw_unless_accepted(cli, tmp_path):
@@ -213,9 +216,10 @@ def test_teacher_logprobs_must_be_raw_unless_accepted(cli, tmp_path):
     good["das"]["student_key"] = model_key(str(student))
     processed = scored_record(1)
     processed["das"]["student_key"] = good["das"]["student_key"]
-    processed["teacher"]["logprobs_mode"] = "processed"
+    processed["sampler"]["logprobs_mode"] = "processed"
     missing = scored_record(2)
     missing["das"]["student_key"] = good["das"]["student_key"]
+    missing["teacher"] = missing.pop("sampler")  # a file of an earlier version: the same check
     del missing["teacher"]["logprobs_mode"]
     path = tmp_path / "in.jsonl"
     path.write_bytes(to_jsonl([good, processed, missing]))
@@ -309,7 +313,7 @@ def teacher_records():
         g = out[r.key]
         records.append({"id": r.key, "prompt_id": r.key.split("@")[0], "messages": r.messages,
                         "response": g.text, "finish_reason": g.finish_reason,
-                        "teacher": {"model": DEFAULT_MODEL_NAME, "temperature": r.temperature, "top_p": 1.0,
+                        "sampler": {"model": DEFAULT_MODEL_NAME, "temperature": r.temperature, "top_p": 1.0,
                                     "seed": r.seed, "logprobs": g.logprobs, "offsets": g.offsets,
                                     "logprobs_mode": g.logprobs_mode}})
     return records
@@ -355,7 +359,7 @@ def test_real_run_scores_explains_and_plots(cli, tmp_path, teacher_records, smal
         assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
         assert 0 < das["p_teacher"] <= 1 and 0 < das["p_student"] <= 1
         assert len(das["student_logprobs"]) == len(das["student_offsets"]) > 0
-        expected = __import__("math").exp(sum(record["teacher"]["logprobs"]) / len(record["teacher"]["logprobs"]))
+        expected = __import__("math").exp(sum(record["sampler"]["logprobs"]) / len(record["sampler"]["logprobs"]))
         assert das["p_teacher"] == pytest.approx(expected, rel=1e-5)
     # the view on stdout: every sentence of the first two records, then the summary table
     plain = re.sub(r"\x1b\[[0-9;]*m", "", out.decode())

@@ -88,3 +88,40 @@ def test_zero3_ranks_leave_stderr_to_dasd_unless_debug(tmp_path):
     assert debug.returncode == 0, debug.stderr.decode()[-3000:]
     text = debug.stderr.decode()
     assert "FutureWarning: `torch.distributed." in text and "built successfully" in text
+
+
+def test_zero3_two_cpu_ranks_match_single_process_on_reverse_kl(tmp_path):
+    """On-policy data through ZeRO-3's checkpointed loss on 2 ranks = the fused loss in one process."""
+    from test_train_onpolicy import on_policy
+
+    model = make_tiny_model(tmp_path / "model")
+    samples = make_samples(8, seed=9)
+    records = [on_policy(record, model, seed=i) for i, record in enumerate(packed_records(samples, 2))]
+    data = write_file(tmp_path / "packed.jsonl", records)
+    args = ["train", "--model", str(model), "--objective", "reverse-kl", "--epochs", "2",
+            "--global-batch-size", "2", "--dtype", "fp32", "--compress", "none", "--data", str(data)]
+    single = run_dasd(args + ["--out", str(tmp_path / "single")])
+    assert single.returncode == 0, single.stderr.decode()
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    with socket.socket() as probe:  # a port no other launch holds
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
+         "-m", "dasd_cli.cli", *args, "--out", str(tmp_path / "zero3"),
+         "--deepspeed", str(ROOT / "configs" / "zero3.json")],
+        capture_output=True, env=env, timeout=900)
+    assert launched.returncode == 0, launched.stderr.decode()[-3000:]
+    want, got = parse_records(single.stdout), parse_records(launched.stdout)
+    assert [m["step"] for m in got] == [1, 2, 3, 4]
+    for a, b in zip(want, got):
+        for key in ("loss", "advantage", "reverse_kl", "clip_fraction"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    assert want[-1]["reverse_kl"] != pytest.approx(want[0]["reverse_kl"], rel=1e-3)  # later steps off-policy
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "zero3"))
+    reference = AutoModelForCausalLM.from_pretrained(str(tmp_path / "single"))
+    for (name, p), (_, q) in zip(reloaded.named_parameters(), reference.named_parameters()):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name

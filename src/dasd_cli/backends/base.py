@@ -43,6 +43,7 @@ class Backend(ABC):
 
     name: str = "?"
     model_name: str = "?"
+    tokenizer: Any = None  # the model's tokenizer, where the backend holds one (hf, vllm)
 
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Generation]:
@@ -51,6 +52,15 @@ class Backend(ABC):
     @abstractmethod
     def score(self, requests: Sequence[ScoreRequest]) -> Iterator[Scored]:
         """Teacher-forced log-probs of each response; yield each as soon as it is complete."""
+
+    def tokenizer_fingerprint(self) -> str | None:
+        """The fingerprint of the model's tokenizer and chat template (core/chat.py), or
+        None where the backend does not see the tokenizer (an HTTP server)."""
+        if self.tokenizer is None:
+            return None
+        from dasd_cli.core.chat import tokenizer_fingerprint
+
+        return tokenizer_fingerprint(self.tokenizer)
 
     def token_count(self, text: str) -> int:
         """Tokens of ``text`` under this model's tokenizer (no special tokens)."""

@@ -28,8 +28,10 @@ def eval_command(
     shared: common.Common,
     by: Annotated[str, typer.Option(
         "--by", metavar="FIELD",
-        help="Group the table by this record field, a dotted path such as teacher.model "
-        "(missing: 'other' for domain, '(missing)' otherwise).")] = "domain",
+        help="Group the table by this record field, a dotted path such as sampler.model "
+        "(teacher.X reads sampler.X of records without a teacher block, and sampler.X the "
+        "teacher block of files of earlier versions; missing: 'other' for domain, "
+        "'(missing)' otherwise).")] = "domain",
     compare_with: Annotated[Optional[str], typer.Option(
         "--compare", metavar="OTHER",
         help="Another evaluation of the same prompts (records with 'eval', or samples to "

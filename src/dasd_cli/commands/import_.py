@@ -28,7 +28,8 @@ def import_command(
     logprobs: Annotated[Optional[str], typer.Option(
         "--logprobs", metavar="PATH",
         help="The companion ...-Logprob file (plain JSONL or Parquet; it is indexed by "
-        "sample_uuid, then read row by row): adds teacher.logprobs and teacher.offsets. "
+        "sample_uuid, then read row by row): adds sampler.logprobs and sampler.offsets "
+        "(the sampler being gpt-oss-120b). "
         "Rows whose uuid it lacks are dropped as missing_logprobs.", show_default=False)] = None,
     tokenizer: Annotated[Optional[str], typer.Option(
         "--tokenizer", metavar="PATH",
@@ -38,7 +39,7 @@ def import_command(
         "files. Required with --logprobs.", show_default=False)] = None,
     logprobs_mode: Annotated[common.choice(*LOGPROB_MODES), typer.Option(
         "--logprobs-mode", metavar="|".join(LOGPROB_MODES),
-        help="teacher.logprobs_mode to record. The release does not say whether its log-probs "
+        help="sampler.logprobs_mode to record. The release does not say whether its log-probs "
         "are raw (temperature 1) or of the sampling distribution, so the default is unknown, "
         "which `dasd score` refuses unless given --accept-logprobs unknown.")] = "unknown",
 ) -> None:

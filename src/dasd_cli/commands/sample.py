@@ -1,4 +1,5 @@
-"""``dasd sample``: draw teacher responses with raw log-probs, one record per sample.
+"""``dasd sample``: draw responses with raw log-probs, one record per sample (the
+teacher's for DAS, the student's for mixed-policy caps and on-policy distillation).
 
 Reads prompt records (or, with --continue / --max-tokens-ratio, response records),
 plans one request per (prompt, temperature, sample index), hands chunks of requests to
@@ -81,18 +82,21 @@ def sample_command(
     server_logprobs: Annotated[Optional[common.choice("raw", "processed")], typer.Option(
         "--server-logprobs", metavar="raw|processed", help="openai: which log-probs the server "
         "returns, as its operator knows (vLLM: raw unless served with --logprobs-mode "
-        "processed_logprobs); recorded as teacher.logprobs_mode. Without it that is unknown, which "
+        "processed_logprobs); recorded as sampler.logprobs_mode. Without it that is unknown, which "
         "dasd score refuses unless told (a reply does not say).", show_default=False)] = None,
     tokenizer: Annotated[Optional[str], typer.Option(
         "--tokenizer", metavar="PATH", help="openai: local tokenizer (a model or tokenizer folder, or a "
         ".gguf file) for the completions endpoint and --max-tokens-ratio (default: the embedded "
         "default model's).", show_default=False)] = None,
 ) -> None:
-    """Sample teacher responses with raw log-probs: one record per sample.
+    """Sample responses with raw log-probs: one record per sample.
 
     Each record carries the prompt's fields plus prompt_id, a deterministic id
     PROMPT@T#K, messages (as sent, system turn included), response, finish_reason and
-    teacher {model, temperature, top_p, seed, logprobs, offsets, logprobs_mode}.
+    sampler {model, tokenizer, temperature, top_p, seed, logprobs, offsets, logprobs_mode}:
+    the model that wrote the response (the teacher for DAS, the student for on-policy
+    distillation) and its per-token numbers. Files of earlier versions name that block
+    teacher; every command still reads them.
     """
     settings = SampleSettings(
         model=model, backend=backend, n=n, temperature=temperature or [DEFAULT_TEMPERATURE],

@@ -16,6 +16,7 @@ from dasd_cli import io
 from dasd_cli.backends.base import BACKENDS
 from dasd_cli.commands import common
 from dasd_cli.core.das import DEFAULT_ALPHA, DEFAULT_BETA
+from dasd_cli.core.provenance import sampler_block
 from dasd_cli.errors import UsageError
 from dasd_cli.pipeline.scoring import ScoreSettings, score_stream
 
@@ -60,7 +61,7 @@ def score_command(
         "(das.student_logprobs, das.student_offsets).")] = False,
     accept_logprobs: Annotated[Optional[list[AcceptedLogprobs]], typer.Option(
         "--accept-logprobs", metavar="processed|unknown",
-        help="Also score records whose teacher.logprobs_mode is this (repeat the flag for both): "
+        help="Also score records whose sampler.logprobs_mode is this (repeat the flag for both): "
         "processed (after temperature/top-p) or unknown (not recorded, or a server that does not "
         "say). Their p_T is then the distribution the log-probs came from, not the raw (temperature 1) one DAS "
         "compares with p_S; without this flag such records are errors.", show_default=False)] = None,
@@ -114,7 +115,7 @@ def score_command(
         def observe(record: dict[str, Any]) -> None:
             if plot:
                 das = record["das"]
-                points.append(((record.get("teacher") or {}).get("temperature"),
+                points.append(((sampler_block(record) or {}).get("temperature"),
                                das.get("p_teacher"), das.get("p_student")))
             if view is not None:
                 view.add(record, show=not html_page)

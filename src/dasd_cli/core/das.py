@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
+from dasd_cli.core.provenance import sampler_block
 from dasd_cli.core.segment import sentence_spans
 
 TYPES = ("teacher", "shared", "student")
-# teacher.logprobs_mode: "raw" is what METHOD.md section 2 asks for (the unscaled, temperature-1
+# sampler.logprobs_mode: "raw" is what METHOD.md section 2 asks for (the unscaled, temperature-1
 # distribution); "processed" is after temperature / top-p; "unknown" is a sample whose
 # server did not say (a record without the field, from before it existed, counts so).
 LOGPROBS_MODES = ("raw", "processed", "unknown")
@@ -210,41 +211,50 @@ def das_record(analysis: Analysis, *, student: str, beta: float, distilled: str 
 
 
 def teacher_tokens(record: dict[str, Any], response: str) -> tuple[TokenLogprobs, int]:
-    """The teacher's token log-probs of a response record, and where its part starts.
+    """The teacher's token log-probs of a teacher-sampled response record (its sampler
+    block, DESIGN.md), and where its part starts.
 
     Raises RecordError when the record has none (scoring would be a silent zero), when
     the lists disagree, or when ``prefix_chars`` is invalid. Mixed-policy records
     (``prefix_chars`` > 0) score only ``response[prefix_chars:]``, the teacher's part.
     """
+    return sampler_tokens(record, response, reason="teacher_logprobs")
+
+
+def sampler_tokens(record: dict[str, Any], response: str,
+                   reason: str = "sampler_logprobs") -> tuple[TokenLogprobs, int]:
+    """The sampler's token log-probs of a response record and where its part starts
+    (see :func:`teacher_tokens`); ``reason`` names the codes of its errors
+    (``no_<reason>``, ``bad_<reason>``)."""
     from dasd_cli.errors import RecordError
 
     name = record.get("id", "?")
-    teacher = record.get("teacher")
-    logprobs = teacher.get("logprobs") if isinstance(teacher, dict) else None
-    offsets = teacher.get("offsets") if isinstance(teacher, dict) else None
+    sampler = sampler_block(record)
+    logprobs = sampler.get("logprobs") if sampler is not None else None
+    offsets = sampler.get("offsets") if sampler is not None else None
     if not isinstance(logprobs, list) or not isinstance(offsets, list):
-        raise RecordError(f"record {name!r} has no teacher.logprobs/offsets", reason="no_teacher_logprobs",
-                          hint="score reads `dasd sample` output (the teacher's per-token log-probs); "
-                          "APIs without log-probs cannot feed DAS")
+        raise RecordError(f"record {name!r} has no sampler.logprobs/offsets", reason=f"no_{reason}",
+                          hint="score reads `dasd sample` output (the sampling model's per-token log-probs); "
+                          "APIs without log-probs cannot feed it")
     if len(logprobs) != len(offsets):
-        raise RecordError(f"record {name!r}: {len(logprobs)} teacher.logprobs but {len(offsets)} offsets",
-                          reason="bad_teacher_logprobs")
+        raise RecordError(f"record {name!r}: {len(logprobs)} sampler.logprobs but {len(offsets)} offsets",
+                          reason=f"bad_{reason}")
     start = record.get("prefix_chars") or 0
     if not isinstance(start, int) or not 0 <= start <= len(response):
         raise RecordError(f"record {name!r}: prefix_chars {start!r} is not in 0..{len(response)}",
                           reason="bad_field")
     if not logprobs and response[start:].strip():
-        raise RecordError(f"record {name!r} has an empty teacher.logprobs for a non-empty response",
-                          reason="no_teacher_logprobs",
+        raise RecordError(f"record {name!r} has an empty sampler.logprobs for a non-empty response",
+                          reason=f"no_{reason}",
                           hint="sample with log-probs enabled (every backend of `dasd sample` records them)")
     if any(not isinstance(o, int) or o < start or o > len(response) for o in offsets):
-        raise RecordError(f"record {name!r}: teacher.offsets must index the response from "
-                          f"prefix_chars ({start}) on", reason="bad_teacher_logprobs")
+        raise RecordError(f"record {name!r}: sampler.offsets must index the response from "
+                          f"prefix_chars ({start}) on", reason=f"bad_{reason}")
     return TokenLogprobs(logprobs, offsets), start
 
 
 def check_logprobs_mode(record: dict[str, Any], accepted: Collection[str] = ()) -> str:
-    """The record's ``teacher.logprobs_mode``; raises RecordError unless it is raw or in
+    """The record's ``sampler.logprobs_mode``; raises RecordError unless it is raw or in
     ``accepted`` (what the user said to score anyway: "processed", "unknown").
 
     Processed log-probs are those of the sampling distribution (temperature, top-p), not
@@ -253,11 +263,11 @@ def check_logprobs_mode(record: dict[str, Any], accepted: Collection[str] = ()) 
     from dasd_cli.errors import RecordError
 
     name = record.get("id", "?")
-    teacher = record.get("teacher")
-    mode = teacher.get("logprobs_mode") if isinstance(teacher, dict) else None
+    sampler = sampler_block(record)
+    mode = sampler.get("logprobs_mode") if sampler is not None else None
     mode = "unknown" if mode is None else mode
     if mode not in LOGPROBS_MODES:
-        raise RecordError(f"record {name!r}: teacher.logprobs_mode {mode!r} is not one of "
+        raise RecordError(f"record {name!r}: sampler.logprobs_mode {mode!r} is not one of "
                           f"{', '.join(LOGPROBS_MODES)}", reason="bad_teacher_logprobs")
     if mode == "raw" or mode in accepted:
         return mode
@@ -268,7 +278,7 @@ def check_logprobs_mode(record: dict[str, Any], accepted: Collection[str] = ()) 
         why = "the record does not say whether they are raw (an older file, or a server that does not tell)"
         fix = ("when the server is known to return raw ones (vLLM's default), sample with "
                "`dasd sample --server-logprobs raw`")
-    raise RecordError(f"record {name!r}: teacher.logprobs_mode is {mode}, not raw: {why}",
+    raise RecordError(f"record {name!r}: sampler.logprobs_mode is {mode}, not raw: {why}",
                       reason=f"logprobs_{mode}",
                       hint=f"{fix}; or pass --accept-logprobs {mode} to score them anyway (p_T is then "
                       "not the raw distribution's that DAS compares with p_S)")

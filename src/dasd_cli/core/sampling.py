@@ -20,10 +20,12 @@ import orjson
 
 from dasd_cli.core.chat import prompt_messages, response_text
 from dasd_cli.core.continuation import DEFAULT_CUT_MIN, choose_cut, cut_rng
+from dasd_cli.core.provenance import LEGACY_SAMPLER, SAMPLER, TEACHER_SCORES
 
 DEFAULT_TEMPERATURE = 0.6  # METHOD.md section 1: the low temperature of stage 1
 DEFAULT_MAX_TOKENS = 1024  # new tokens per sample unless --max-tokens says otherwise
-STALE_FIELDS = ("das", "prefix_chars", "rejected")  # described the response being replaced
+# described the response being replaced (a --continue or --max-tokens-ratio input's)
+STALE_FIELDS = ("das", "prefix_chars", "rejected", LEGACY_SAMPLER, TEACHER_SCORES)
 
 
 @dataclass
@@ -122,10 +124,13 @@ def request_seed(seed: int, key: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
-def build_record(job: Job, generation: Generation, model_name: str) -> dict[str, Any]:
-    """The response record of one sample (DESIGN.md "Response")."""
+def build_record(job: Job, generation: Generation, model_name: str,
+                 tokenizer: str | None = None) -> dict[str, Any]:
+    """The response record of one sample (DESIGN.md "Response"): the sampling model's
+    name, tokenizer fingerprint (when known), settings and per-token log-probs go to its
+    ``sampler`` block."""
     record = {k: v for k, v in job.record.items() if k not in STALE_FIELDS}
-    shift = len(job.prefix)  # teacher offsets index the full response
+    shift = len(job.prefix)  # sampler offsets index the full response
     request = job.request
     record.update({
         "id": request.key,
@@ -135,10 +140,11 @@ def build_record(job: Job, generation: Generation, model_name: str) -> dict[str,
         "messages": [dict(m) for m in request.messages],
         "response": job.prefix + generation.text,
         "finish_reason": generation.finish_reason,
-        "teacher": {"model": model_name, "temperature": request.temperature, "top_p": request.top_p,
-                    "seed": request.seed, "logprobs": generation.logprobs,
-                    "offsets": [o + shift for o in generation.offsets],
-                    "logprobs_mode": generation.logprobs_mode},
+        SAMPLER: {"model": model_name, **({"tokenizer": tokenizer} if tokenizer else {}),
+                  "temperature": request.temperature, "top_p": request.top_p,
+                  "seed": request.seed, "logprobs": generation.logprobs,
+                  "offsets": [o + shift for o in generation.offsets],
+                  "logprobs_mode": generation.logprobs_mode},
     })
     if job.prefix:
         record["prefix_chars"] = shift

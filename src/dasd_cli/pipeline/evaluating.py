@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from dasd_cli import io
 from dasd_cli.core.evaluate import Evaluation, compare
+from dasd_cli.core.provenance import LEGACY_SAMPLER, SAMPLER, sampler_block
 from dasd_cli.core.tally import Tally
 from dasd_cli.core.verify import Verdict, judge_record, reference_kind
 from dasd_cli.errors import RecordError, UsageError
@@ -130,13 +131,16 @@ def verify_all(lines: Iterable[io.Line], judge: Judge, workers: int) -> Iterator
 def field_path(by: str) -> list[str]:
     parts = by.split(".")
     if not by or any(not part for part in parts):
-        raise UsageError(f"--by must be a field name or dotted path (e.g. teacher.model), not {by!r}")
+        raise UsageError(f"--by must be a field name or dotted path (e.g. sampler.model), not {by!r}")
     return parts
 
 
 def group_of(record: dict[str, Any], path: list[str]) -> str:
-    """The record's value at the dotted ``path`` as table text."""
+    """The record's value at the dotted ``path`` as table text. A path into the sampler
+    block finds it under either name (``sampler``, or ``teacher`` in earlier files)."""
     value: object = record
+    if path[0] in (SAMPLER, LEGACY_SAMPLER) and path[0] not in record:
+        value, path = sampler_block(record), path[1:]
     for part in path:
         value = value.get(part) if isinstance(value, dict) else None
     if value is None:
@@ -145,8 +149,8 @@ def group_of(record: dict[str, Any], path: list[str]) -> str:
 
 
 def count(evaluation: Evaluation, record: dict[str, Any], verdict: Verdict, path: list[str]) -> None:
-    teacher = record.get("teacher")
-    logprobs = teacher.get("logprobs") if isinstance(teacher, dict) else None
+    sampler = sampler_block(record)
+    logprobs = sampler.get("logprobs") if sampler is not None else None
     evaluation.add(group_of(record, path), record["prompt_id"], verdict.correct, verdict.answer,
                    votable=reference_kind(record) != "tests",
                    truncated=record.get("finish_reason") == "length",

@@ -28,7 +28,7 @@ class ImportSettings:
 
     logprobs: str | None  # the companion ...-Logprob file, joined by uuid
     tokenizer: str | None  # gpt-oss's tokenizer, to decode the Logprob file's token_ids
-    logprobs_mode: str  # teacher.logprobs_mode to record: unknown | raw | processed
+    logprobs_mode: str  # sampler.logprobs_mode to record: unknown | raw | processed
 
 
 class ImportSession(Protocol):

@@ -158,6 +158,8 @@ class ChunkRunner:
 
     def _run(self, jobs: list[Job]) -> None:
         by_key = {job.request.key: job for job in jobs}
+        fingerprint = getattr(self.engine, "tokenizer_fingerprint", None)  # Backend's; None elsewhere
+        tokenizer = fingerprint() if fingerprint is not None else None
         done: dict[str, dict[str, Any]] = {}
         next_index = 0
         started = time.monotonic()
@@ -165,7 +167,7 @@ class ChunkRunner:
         try:
             for generation in self.engine.generate([job.request for job in jobs]):
                 job = by_key[generation.key]
-                record = build_record(job, generation, self.engine.model_name)
+                record = build_record(job, generation, self.engine.model_name, tokenizer)
                 tokens += len(generation.logprobs)  # one per generated token, on every backend
                 self.session.tally.extra["tokens"] += len(generation.logprobs)
                 if not self.ordered:

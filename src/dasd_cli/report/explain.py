@@ -15,6 +15,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from dasd_cli.core.provenance import sampler_block
+
 # ANSI colors per type (terminal) and fill colors (HTML).
 ANSI = {"teacher": "\x1b[32m", "shared": "\x1b[37m", "student": "\x1b[34m", "boosted": "\x1b[33m"}
 FILL = {"teacher": "#c8f0c8", "shared": "#e8e8e8", "student": "#c8d8f8", "boosted": "#f8e8a8"}
@@ -157,7 +159,7 @@ def html_record(record: dict[str, Any], index: int) -> str:
     das = record["das"]
     response = record.get("response", "")
     counts = ", ".join(f"{k} {v}" for k, v in das.get("counts", {}).items())
-    temperature = (record.get("teacher") or {}).get("temperature")
+    temperature = (sampler_block(record) or {}).get("temperature")
     parts = [f'<section><h2>{html.escape(_label(record, index))}</h2>',
              f'<p>score {das.get("score")} ({html.escape(counts)}); p_T {_p(das.get("p_teacher"))}, '
              f'p_S {_p(das.get("p_student"))}'

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from dasd_cli.core.provenance import sampler_name
+
 _MESSAGE = re.compile(
     r"(?:<\|start\|>assistant)?<\|channel\|>(?P<channel>\w+)(?P<header>[^<]*)"
     r"(?:<\|constrain\|>[^<]*)?<\|message\|>(?P<body>.*?)(?=<\|end\|>|<\|return\|>|<\|call\|>|<\|start\|>|$)",
@@ -76,10 +78,11 @@ def normalize_harmony(record: dict[str, Any]) -> dict[str, Any]:
     text, segments = result
     out = dict(record)
     out["response"] = text
-    teacher = record.get("teacher")
-    if isinstance(teacher, dict) and isinstance(teacher.get("offsets"), list):
-        logprobs, offsets = remap_tokens(teacher.get("logprobs") or [], teacher["offsets"], segments)
-        out["teacher"] = {**teacher, "logprobs": logprobs, "offsets": offsets}
+    name = sampler_name(record)  # the block keeps its name (a legacy file's "teacher")
+    sampler = record[name] if name is not None else None
+    if sampler is not None and isinstance(sampler.get("offsets"), list):
+        logprobs, offsets = remap_tokens(sampler.get("logprobs") or [], sampler["offsets"], segments)
+        out[name] = {**sampler, "logprobs": logprobs, "offsets": offsets}
     return out
 
 

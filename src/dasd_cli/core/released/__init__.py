@@ -19,6 +19,7 @@ import orjson
 
 from dasd_cli.core.filters.harmony import Segment, normalize_harmony_text, remap_tokens
 from dasd_cli.core.filters.structure import THINK_CLOSE, THINK_OPEN
+from dasd_cli.core.provenance import LEGACY_SAMPLER, SAMPLER, sampler_block
 from dasd_cli.core.sampling import derived_id
 from dasd_cli.errors import RecordError
 
@@ -159,13 +160,13 @@ def to_record(row: dict[str, Any]) -> dict[str, Any]:
         record["source_domain"] = row["domain"]
     if "meta" in row:
         record["meta"] = meta_value(row["meta"])
-    record["teacher"] = {"model": TEACHER_MODEL}
+    record[SAMPLER] = {"model": TEACHER_MODEL}
     return record
 
 
 def add_logprobs(record: dict[str, Any], logprobs: list[float], offsets: list[int],
                  mode: str) -> dict[str, Any]:
-    """``record`` with its teacher log-probs and offsets."""
-    teacher = {**record.get("teacher", {}), "logprobs": logprobs, "offsets": offsets,
+    """``record`` with its sampler's (the teacher's) log-probs and offsets."""
+    sampler = {**(sampler_block(record) or {}), "logprobs": logprobs, "offsets": offsets,
                "logprobs_mode": mode}
-    return {**record, "teacher": teacher}
+    return {**{k: v for k, v in record.items() if k != LEGACY_SAMPLER}, SAMPLER: sampler}
