@@ -3,7 +3,9 @@
 Reads response records, tokenizes each as the student sees it in training and packs
 the samples into packed records (DESIGN.md "Packed sequence"), never truncating: the
 work is pipeline/packing.py's. The tokens wait on disk, not in memory, until every
-length is known.
+length is known. On-policy samples (records with ``teacher_scores``, METHOD.md section 5)
+also carry the sampler's and the teacher's log-prob of every response token into the
+packed records.
 """
 
 from __future__ import annotations
@@ -44,7 +46,11 @@ def pack_command(
     Writes records {input_ids, labels, position_ids, ids, tokenizer}: labels are -100
     except on each response and its end-of-turn token; position_ids restart at 0 per
     sample; tokenizer is the fingerprint of the student tokenizer and chat template
-    (dasd train refuses data packed for another). Reads all input before writing
+    (dasd train refuses data packed for another). On-policy samples (records with
+    teacher_scores, from dasd score --role teacher) also get sampler_logprobs and
+    teacher_logprobs per token (0.0 where no loss) and labels on the sampled response
+    tokens only; a sample whose tokens do not line up with the student tokenizer's is
+    dropped (tokens_misaligned). Reads all input before writing
     (best-fit decreasing needs every length), keeping the tokens in a temporary store in
     $TMPDIR (4 bytes per token) and only per-sample lengths and ids in memory.
     """

@@ -1,8 +1,10 @@
-"""``dasd score``: divergence-aware sampling scores (METHOD.md section 2).
+"""``dasd score``: divergence-aware sampling scores (METHOD.md section 2), or a teacher's
+scores of student samples for on-policy distillation (section 5, ``--role teacher``).
 
 Adds a ``das`` object to each response record: sentences of the teacher's text with
-p_T (from the record's teacher log-probs) and p_S (one teacher-forced pass of the
-student), typed teacher / shared / student; ``das.score`` is the teacher-sentence count.
+p_T (from the record's sampler log-probs, the teacher's) and p_S (one teacher-forced
+pass of the student), typed teacher / shared / student; ``das.score`` is the
+teacher-sentence count. With ``--role teacher`` it adds ``teacher_scores`` instead.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dasd_cli.core.das import DEFAULT_ALPHA, DEFAULT_BETA
 from dasd_cli.core.provenance import sampler_block
 from dasd_cli.errors import UsageError
 from dasd_cli.pipeline.scoring import ScoreSettings, score_stream
+from dasd_cli.pipeline.teacher_scoring import score_as_teacher
 
 
 class AcceptedLogprobs(str, Enum):
@@ -32,8 +35,17 @@ class AcceptedLogprobs(str, Enum):
 def score_command(
     shared: common.Common,
     model: Annotated[Optional[str], typer.Option(
-        "--model", metavar="PATH", help="The STUDENT (before distillation): a model folder or .gguf "
-        "file (default: the embedded default model).", show_default=False)] = None,
+        "--model", metavar="PATH", help="The STUDENT (before distillation), or with --role teacher the "
+        "TEACHER: a model folder or .gguf file (default: the embedded default model).",
+        show_default=False)] = None,
+    role: Annotated[common.choice("student", "teacher"), typer.Option(
+        "--role", metavar="student|teacher",
+        help="What --model is to the model that sampled the records. student: DAS (the records "
+        "are the teacher's samples; adds das). teacher: on-policy distillation (the records are "
+        "the student's samples at temperature 1; adds teacher_scores, the teacher's log-prob of "
+        "every sampled token, and counts teacher tokens, aligned and misaligned records and the "
+        "sampled reverse KL per token in the summary). The teacher must have the student's "
+        "tokenizer: records sampled with another are errors (tokenizer_mismatch).")] = "student",
     beta: Annotated[float, typer.Option(
         "--beta", min=0.0, help="Margin on p_T - p_S: above it a teacher sentence, below minus it "
         "a student sentence, else shared.")] = DEFAULT_BETA,
@@ -79,12 +91,13 @@ def score_command(
         "temperature and of p_student (without --model: from the das each record holds).",
         show_default=False)] = None,
 ) -> None:
-    """Score teacher responses sentence by sentence against a student (DAS).
+    """Score teacher responses sentence by sentence against a student (DAS), or student
+    responses token by token under a teacher (--role teacher).
 
     Records that already carry a das object for the same student content, beta and
-    distilled model are not scored again. --explain and --plot without --model show the
-    das each record holds; with --model they score what has none for that model.
-    Records keep their input order.
+    distilled model (or teacher_scores of the same teacher content) are not scored
+    again. --explain and --plot without --model show the das each record holds; with
+    --model they score what has none for that model. Records keep their input order.
     """
     output, shard, quiet = shared.output, shared.shard, shared.quiet
     html_page = explain and output is not None and output.endswith((".html", ".htm"))
@@ -98,7 +111,7 @@ def score_command(
                              enforce_eager=enforce_eager, keep_token_logprobs=keep_token_logprobs,
                              system_prompt=system_prompt,
                              accept_logprobs=frozenset(mode.value for mode in accept_logprobs or ()),
-                             explain=explain, limit=limit, color=color, plot=plot, shard=shard)
+                             role=role, explain=explain, limit=limit, color=color, plot=plot, shard=shard)
     if not records_out:
         shared.output = None  # the view (or the HTML page) is what goes out; no records
 
@@ -106,6 +119,13 @@ def score_command(
         if backend == "openai":
             raise UsageError("--backend openai cannot score: it has no teacher-forced log-probs",
                              hint="use --backend hf or vllm")
+        if role == "teacher" and (distilled is not None or explain or plot or keep_token_logprobs):
+            raise UsageError("--role teacher writes teacher_scores; --distilled, --explain, --plot and "
+                             "--keep-token-logprobs are DAS's (--role student)",
+                             hint="teacher_scores always keeps the per-token log-probs")
+        if role == "teacher":
+            score_as_teacher(session, settings, shard=common.parse_shard(shard))
+            return
         if distilled is not None and not scoring:
             raise UsageError("--distilled with --explain or --plot needs --model",
                              hint="without --model they show the das each record holds")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dasd_cli.core.chat import IGNORE_INDEX, Tokenizer, encode_ids, end_of_turn, render_prompt
+from dasd_cli.core.chat import IGNORE_INDEX, Tokenizer, encode_ids, end_of_turn, render_prompt, tokenize_with_offsets
 from dasd_cli.core.sorting import stable_argsort
 
 _WORD = 64  # bits per bitmap word of the capacity index
@@ -53,6 +53,23 @@ def encode_batch(tokenizer: Tokenizer, examples: Sequence[tuple[list[dict[str, s
     for p_ids, r_ids in zip(prompt_ids, response_ids):
         parts = [np.asarray(p_ids, dtype=np.int32), np.asarray(r_ids, dtype=np.int32), end_ids]
         out.append((np.concatenate(parts), len(p_ids)))
+    return out
+
+
+def encode_batch_with_offsets(tokenizer: Tokenizer, examples: Sequence[tuple[list[dict[str, str]], str]]
+                              ) -> list[tuple[np.ndarray, int, list[int]]]:
+    """:func:`encode_batch`, and each response token's start character in the response
+    (the offsets ``dasd score`` gives its tokens: core.chat.tokenize_with_offsets)."""
+    if not examples:
+        return []
+    prompts = [render_prompt(tokenizer, messages) for messages, _ in examples]
+    end_ids = np.asarray(encode_ids(tokenizer, end_of_turn(tokenizer)), dtype=np.int32)
+    prompt_ids = _ids_batch(tokenizer, prompts)
+    out = []
+    for p_ids, (_, response) in zip(prompt_ids, examples):
+        r_ids, offsets = tokenize_with_offsets(tokenizer, response)
+        parts = [np.asarray(p_ids, dtype=np.int32), np.asarray(r_ids, dtype=np.int32), end_ids]
+        out.append((np.concatenate(parts), len(p_ids), offsets))
     return out
 
 
@@ -267,11 +284,16 @@ def plan_sequences(lengths: np.ndarray, capacity: int, pack: bool = True
 
 
 def packed_record(parts: Sequence[np.ndarray], prompt_lens: Sequence[int], ids: Sequence[str],
-                  tokenizer: str | None = None) -> dict[str, Any]:
+                  tokenizer: str | None = None,
+                  streams: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
     """One packed sequence of the given samples, in that order (numpy int32 arrays).
 
     ``parts[k]`` are sample k's token ids, of which the first ``prompt_lens[k]`` carry
-    no loss; ``tokenizer`` is the fingerprint of the tokenizer that made them.
+    no loss; ``tokenizer`` is the fingerprint of the tokenizer that made them. With
+    ``streams`` (on-policy samples: per sample the sampler's and the teacher's log-prob of
+    each token, NaN where there is none) the record also has ``sampler_logprobs`` and
+    ``teacher_logprobs``, 0.0 where there is no loss, and only tokens with both log-probs
+    carry a label.
     """
     input_ids = np.concatenate([np.asarray(p, dtype=np.int32) for p in parts])
     lens = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
@@ -283,6 +305,13 @@ def packed_record(parts: Sequence[np.ndarray], prompt_lens: Sequence[int], ids: 
         labels[start:start + int(prompt_len)] = IGNORE_INDEX
     record: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
                               "ids": list(ids)}
+    if streams is not None:
+        sampler = np.concatenate([np.asarray(s, dtype=np.float32) for s, _ in streams])
+        teacher = np.concatenate([np.asarray(t, dtype=np.float32) for _, t in streams])
+        scored = ~(np.isnan(sampler) | np.isnan(teacher))
+        labels[~scored] = IGNORE_INDEX
+        record["sampler_logprobs"] = np.where(scored, sampler, 0.0).astype(np.float32)
+        record["teacher_logprobs"] = np.where(scored, teacher, 0.0).astype(np.float32)
     if tokenizer is not None:
         record["tokenizer"] = tokenizer
     return record

@@ -89,7 +89,7 @@ def resolve_tokenizer(spec: str | None, flag: str = "--tokenizer") -> Path:
 
 
 def model_name(spec: str | None) -> str:
-    """The name recorded in records (``teacher.model``, ``das.student``)."""
+    """The name recorded in records (``sampler.model``, ``das.student``, ``teacher_scores.model``)."""
     if spec is None or spec == "default":
         return DEFAULT_MODEL_NAME
     return Path(spec).name

@@ -4,7 +4,8 @@
 ``das`` each holds, and writes or counts them. :class:`Scorer` loads the backends on first need, turns each window of records into
 teacher-forced score requests, and adds the ``das`` object (DESIGN.md "Score") to each
 record; a record that already carries a matching ``das`` is passed through unscored.
-Bad records go to the caller's session.
+Bad records go to the caller's session. ``role`` "teacher" (on-policy distillation) is
+pipeline/teacher_scoring.py's.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class ScoreSettings:
     enforce_eager: bool = False
     keep_token_logprobs: bool = False
     system_prompt: str | None = None
-    accept_logprobs: frozenset[str] = frozenset()  # teacher log-probs other than raw to score anyway
+    accept_logprobs: frozenset[str] = frozenset()  # sampler log-probs other than raw to score anyway
+    role: str = "student"  # what the model is to the records' sampler: student (DAS) | teacher (on-policy)
     # What `dasd score` shows and reads besides (the command's; the scorer does not use them).
     explain: bool = False  # the first `limit` records sentence by sentence
     limit: int = 1
