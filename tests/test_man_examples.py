@@ -166,7 +166,7 @@ BEST = [{**r, "das": {"student": "other-student", "beta": 0.0, "counts": {"teach
 
 def response_mean(sentences: list[dict[str, Any]], record: dict[str, Any], key: str) -> float:
     """The response's geometric-mean probability: its sentences' weighted by their tokens."""
-    offsets = record["teacher"]["offsets"]
+    offsets = record["sampler"]["offsets"]
     tokens = [sum(s["start"] <= o < s["end"] for o in offsets) for s in sentences]
     log_sum = sum(n * math.log(s[key]) for n, s in zip(tokens, sentences))
     return round(math.exp(log_sum / sum(tokens)), 6)
@@ -447,6 +447,19 @@ def check_gloo(folder: Path, out: bytes, err: str) -> None:
     trained(folder, "ckpt/test")
 
 
+def check_on_policy(folder: Path, out: bytes, err: str) -> None:
+    """./student and ./teacher are one model here: every advantage is 0 (up to float noise)."""
+    packed = records(folder / "onpolicy.packed.jsonl.zst")
+    assert packed and all("sampler_logprobs" in r and "teacher_logprobs" in r for r in packed)
+    targets = [(s, t) for r in packed for label, s, t in zip(r["labels"], r["sampler_logprobs"],
+                                                            r["teacher_logprobs"]) if label != -100]
+    # sampling (with a KV cache) and teacher-forced scoring differ by float noise (bf16 where fast)
+    assert targets and abs(sum(t - s for s, t in targets) / len(targets)) < 0.05
+    trained(folder, "ckpt/onpolicy", "onpolicy.metrics.jsonl")
+    steps = records(folder / "onpolicy.metrics.jsonl")
+    assert all(abs(m["advantage"]) < 0.05 and "clip_fraction" in m for m in steps)
+
+
 def check_readme(folder: Path, out: bytes, err: str) -> None:
     packed = records(folder / "stage1.packed.jsonl.zst")
     assert packed and all(len(r["input_ids"]) <= 65536 for r in packed)
@@ -477,6 +490,7 @@ CHECKS: dict[str, Callable[[Path, bytes, str], None]] = {
     "--init-from ckpt/stage1": check_stages,
     "--out ckpt/stage1 --resume": check_resume,
     "--out ckpt/test": check_gloo,
+    "--objective reverse-kl --init-from ./student": check_on_policy,
     "dasd sample --model TEACHER": check_readme,
 }
 

@@ -91,8 +91,10 @@ def score_command(
         "temperature and of p_student (without --model: from the das each record holds).",
         show_default=False)] = None,
 ) -> None:
-    """Score teacher responses sentence by sentence against a student (DAS), or student
-    responses token by token under a teacher (--role teacher).
+    """Score teacher responses by sentence against a student (DAS), or student ones by token.
+
+    With --role teacher, the teacher scores every token of the student's own samples
+    (on-policy distillation).
 
     Records that already carry a das object for the same student content, beta and
     distilled model (or teacher_scores of the same teacher content) are not scored

@@ -178,7 +178,7 @@ class Summary:
     pass_at: dict[int, float]  # k up to min_samples
     maj_at: dict[int, float] | None  # None when some prompt has no votable answers (code)
     truncation: float | None  # share of samples with finish_reason "length"
-    mean_tokens: float | None  # mean len(teacher.logprobs) over samples that have them
+    mean_tokens: float | None  # mean len(sampler.logprobs) over samples that have them
     avg_ci95: tuple[float, float] | None = None  # bootstrap over prompts
     truncation_ci95: tuple[float, float] | None = None  # bootstrap over prompts
 
