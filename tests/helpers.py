@@ -240,6 +240,79 @@ def make_trainer(model: Path, out: Path, records: list[dict], **kwargs):
     return trainer
 
 
+# ---------------------------------------------------------------- on-policy distillation
+# A char-level tokenizer: byte-level BPE without merges, one printable ASCII character per
+# token, so every token sequence a model samples is its own canonical tokenization
+# (re-tokenizing a sample gives the sampled tokens back, as for most samples of a real
+# model); a chat template with special tokens frames the turns, and the end-of-turn
+# token is the end-of-sequence token.
+
+
+def char_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    printable = [chr(c) for c in range(33, 127)] + ["\u0120"]  # byte-level's stand-in for a space
+    tokenizer = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(printable)}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+    fast.add_special_tokens({"eos_token": "<|end|>",
+                             "additional_special_tokens": ["<|user|>", "<|assistant|>", "<|system|>"]})
+    fast.chat_template = ("{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}"
+                          "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    return fast
+
+
+def char_model(folder: Path, seed: int = 0, layers: int = 2) -> Path:
+    """A random Llama over :func:`char_tokenizer`, saved with it as a transformers folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = char_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def sample_logprobs(model_folder: Path, tokens: list[int]) -> list[float]:
+    """log pi(token_i | tokens_<i) under the model at ``model_folder`` (0.0 at i = 0)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_folder), dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([tokens])).logits[0].double()
+    picked = torch.log_softmax(logits[:-1], dim=-1).gather(1, torch.tensor(tokens[1:])[:, None]).squeeze(1)
+    return [0.0] + picked.tolist()
+
+
+def on_policy(record: dict, model_folder: Path, teacher_shift: float | None = None, seed: int = 0) -> dict:
+    """``record`` (from ``pack``) with the log-prob streams of on-policy data: the sampler is the
+    model itself; the teacher's log-probs are the sampler's plus noise (or plus a constant)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    sampler, teacher = [], []
+    starts = [i for i, p in enumerate(record["position_ids"]) if p == 0] + [len(record["input_ids"])]
+    for a, b in zip(starts[:-1], starts[1:]):
+        own = sample_logprobs(model_folder, record["input_ids"][a:b])
+        for i, lp in enumerate(own):
+            target = record["labels"][a + i] != -100
+            sampler.append(lp if target else 0.0)
+            if not target:
+                teacher.append(0.0)
+            elif teacher_shift is not None:
+                teacher.append(lp + teacher_shift)
+            else:
+                teacher.append(lp + float(torch.randn(1, generator=gen, dtype=torch.float64)))
+    return {**record, "sampler_logprobs": sampler, "teacher_logprobs": teacher}
+
+
 def tiny_llama(attn: str, seed: int = 0):
     """A random 2-layer Llama (the same shape as :func:`make_tiny_model`'s), in eval mode."""
     import torch

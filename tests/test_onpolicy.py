@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import parse_records, to_jsonl, write_file
-from onpolicy_models import char_model
+from helpers import char_model, make_tiny_model, parse_records, to_jsonl, write_file
 
 PROMPTS = [{"id": f"q{i}", "prompt": text} for i, text in
            enumerate(["what is 2+2?", "say hi", "name a color", "count to 3", "spell cat"])]
@@ -145,7 +144,6 @@ def test_on_policy_and_sft_records_do_not_mix_in_one_pack(cli, tmp_path, samples
 
 
 def test_a_teacher_with_another_tokenizer_is_refused(cli, tmp_path, samples):
-    from test_train_recipe import make_tiny_model
     from transformers import AutoTokenizer
 
     other = make_tiny_model(tmp_path / "word-level")

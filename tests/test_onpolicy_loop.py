@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, parse_records, decode
-from onpolicy_models import char_model
+from helpers import ROOT, char_model, decode, parse_records
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from helpers import ROOT, make_samples, make_tiny_model, packed_records, parse_records, run_dasd, write_file
+from helpers import (ROOT, make_samples, make_tiny_model, on_policy, packed_records, parse_records, run_dasd,
+                     write_file)
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
@@ -92,8 +93,6 @@ def test_zero3_ranks_leave_stderr_to_dasd_unless_debug(tmp_path):
 
 def test_zero3_two_cpu_ranks_match_single_process_on_reverse_kl(tmp_path):
     """On-policy data through ZeRO-3's checkpointed loss on 2 ranks = the fused loss in one process."""
-    from test_train_onpolicy import on_policy
-
     model = make_tiny_model(tmp_path / "model")
     samples = make_samples(8, seed=9)
     records = [on_policy(record, model, seed=i) for i, record in enumerate(packed_records(samples, 2))]

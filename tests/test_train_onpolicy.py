@@ -8,50 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import parse_records, run_dasd, write_file
-from dasd_cli.core.train.batching import packed_from_record
+from helpers import (make_samples, make_tiny_model, make_trainer, on_policy, pack, parse_records, run_dasd,
+                     write_file)
+
 from dasd_cli.training import recipe
-from dasd_cli.training.distributed import Ranks
-from test_train_recipe import make_samples, make_tiny_model, pack
-
-
-def sample_logprobs(model_folder: Path, tokens: list[int]) -> list[float]:
-    """log pi(token_i | tokens_<i) under the model at ``model_folder`` (0.0 at i = 0)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(model_folder), dtype=torch.float32).eval()
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([tokens])).logits[0].double()
-    picked = torch.log_softmax(logits[:-1], dim=-1).gather(1, torch.tensor(tokens[1:])[:, None]).squeeze(1)
-    return [0.0] + picked.tolist()
-
-
-def on_policy(record: dict, model_folder: Path, teacher_shift: float | None = None, seed: int = 0) -> dict:
-    """``record`` (from ``pack``) with the log-prob streams of on-policy data: the sampler is the
-    model itself; the teacher's log-probs are the sampler's plus noise (or plus a constant)."""
-    gen = torch.Generator().manual_seed(seed)
-    sampler, teacher = [], []
-    starts = [i for i, p in enumerate(record["position_ids"]) if p == 0] + [len(record["input_ids"])]
-    for a, b in zip(starts[:-1], starts[1:]):
-        own = sample_logprobs(model_folder, record["input_ids"][a:b])
-        for i, lp in enumerate(own):
-            target = record["labels"][a + i] != -100
-            sampler.append(lp if target else 0.0)
-            if not target:
-                teacher.append(0.0)
-            elif teacher_shift is not None:
-                teacher.append(lp + teacher_shift)
-            else:
-                teacher.append(lp + float(torch.randn(1, generator=gen, dtype=torch.float64)))
-    return {**record, "sampler_logprobs": sampler, "teacher_logprobs": teacher}
 
 
 def _trainer(model: Path, out: Path, records: list[dict], **kwargs) -> recipe.Trainer:
-    config = recipe.TrainConfig(out=out, model=str(model), dtype="fp32", objective="reverse-kl", **kwargs)
-    trainer = recipe.Trainer(config, Ranks())
-    trainer.setup_model()
-    trainer.setup_data([packed_from_record(r, trainer.vocab_size) for r in records])
-    return trainer
+    return make_trainer(model, out, records, objective="reverse-kl", **kwargs)
 
 
 def _capture_grads(trainer: recipe.Trainer) -> dict[str, torch.Tensor]:

@@ -20,9 +20,12 @@ reverse KL at any token whose boundaries differ).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from dasd_cli.core.das import check_logprobs_mode, sampler_tokens
 from dasd_cli.core.provenance import TEACHER_SCORES, sampler_block
@@ -36,12 +39,12 @@ ON_POLICY_TOP_P = 1.0
 class SampledTokens:
     """The sampler's tokens of a response record, as the teacher must score them."""
 
-    logprobs: Sequence[float]
-    offsets: Sequence[int]
+    logprobs: Sequence[float] | np.ndarray
+    offsets: Sequence[int] | np.ndarray
     tokenizer: str | None  # the sampler's tokenizer fingerprint, when the record has it
 
 
-def sampled_tokens(record: dict[str, Any], response: str, accepted: Sequence[str] = ()) -> SampledTokens:
+def sampled_tokens(record: dict[str, Any], response: str, accepted: Collection[str] = ()) -> SampledTokens:
     """The sampler's tokens of an on-policy record, or RecordError naming why it is none.
 
     The record must hold the sampler's raw log-probs (``accepted`` as in ``dasd score
@@ -78,7 +81,7 @@ def check_same_tokenizer(record: dict[str, Any], sampled: SampledTokens, teacher
         hint="on-policy distillation needs a teacher with the student's tokenizer and chat template")
 
 
-def aligned(sampler_offsets: Sequence[int], offsets: Sequence[int]) -> bool:
+def aligned(sampler_offsets: Sequence[int] | np.ndarray, offsets: Sequence[int]) -> bool:
     """Whether two tokenizations of one text have the same tokens: as many, starting at the
     same characters."""
     return len(sampler_offsets) == len(offsets) and all(int(a) == int(b) for a, b in zip(sampler_offsets, offsets))
@@ -142,8 +145,8 @@ def is_on_policy(record: dict[str, Any]) -> bool:
 class ScoredSample:
     """The two log-prob streams of an on-policy record, per sampled token."""
 
-    sampler_logprobs: Sequence[float]
-    sampler_offsets: Sequence[int]
+    sampler_logprobs: Sequence[float] | np.ndarray
+    sampler_offsets: Sequence[int] | np.ndarray
     teacher_logprobs: Sequence[float]
     teacher_offsets: Sequence[int]
 
@@ -160,8 +163,9 @@ def scored_sample(record: dict[str, Any], response: str, tokenizer: str) -> Scor
                           "the response", reason="has_prefix",
                           hint="on-policy distillation trains on whole samples of the student")
     scores = record.get(TEACHER_SCORES)
-    logprobs = scores.get("logprobs") if isinstance(scores, dict) else None
-    offsets = scores.get("offsets") if isinstance(scores, dict) else None
+    if not isinstance(scores, dict):
+        scores = {}
+    logprobs, offsets = scores.get("logprobs"), scores.get("offsets")
     if not isinstance(logprobs, list) or not isinstance(offsets, list) or len(logprobs) != len(offsets):
         raise RecordError(f"record {name!r}: teacher_scores needs logprobs and offsets lists of one "
                           "length", reason="bad_teacher_scores",

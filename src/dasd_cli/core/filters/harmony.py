@@ -79,8 +79,8 @@ def normalize_harmony(record: dict[str, Any]) -> dict[str, Any]:
     out = dict(record)
     out["response"] = text
     name = sampler_name(record)  # the block keeps its name (a legacy file's "teacher")
-    sampler = record[name] if name is not None else None
-    if sampler is not None and isinstance(sampler.get("offsets"), list):
+    if name is not None and isinstance(record[name].get("offsets"), list):
+        sampler = record[name]
         logprobs, offsets = remap_tokens(sampler.get("logprobs") or [], sampler["offsets"], segments)
         out[name] = {**sampler, "logprobs": logprobs, "offsets": offsets}
     return out

@@ -91,7 +91,7 @@ def shifted_targets(labels: Positions, position_ids: Positions) -> torch.Tensor:
     return targets
 
 
-def shifted_values(values: Any) -> Any:
+def shifted_values(values: torch.Tensor | Sequence[float]) -> torch.Tensor:
     """Per-token values aligned with :func:`shifted_targets`: ``out[i] = values[i + 1]``
     (0 at the end of each row; positions whose target is -100 are never read)."""
     import torch
