@@ -6,11 +6,10 @@
 #
 # Round K (1..ROUNDS) starts from the model of round K-1 (round 0's is STUDENT):
 #   1. the student samples the training prompts at temperature 1, top_p 1, recording its
-#      raw log-prob of every token (`sampler`); SHARDS shards, each resumable;
+#      raw log-prob and id of every token (`sampler`); SHARDS shards, each resumable;
 #   2. the teacher scores every sampled token teacher-forced (`dasd score --role
 #      teacher`: `teacher_scores`, and the teacher tokens spent in the --stats);
-#   3. `dasd pack` carries both log-probs into the packed sequences (samples whose tokens
-#      the student tokenizer does not reproduce are dropped and counted);
+#   3. `dasd pack` carries both log-probs into the packed sequences, on the sampled tokens;
 #   4. `dasd train --objective reverse-kl`: one pass over the round's samples in STEPS
 #      optimizer steps at a constant LR, from the last round's model, with a checkpoint
 #      every SAVE_EVERY steps (a killed round resumes from the newest);
@@ -111,7 +110,7 @@ $(WORK)/round-%/.dir:
 # ---- held-out measurement of round K's model (K = 0: STUDENT)
 define HELDOUT_RULES
 $(WORK)/round-$(1)/heldout.samples.jsonl.zst: $(HELDOUT) $(call model_dep,$(1)) | $(WORK)/round-$(1)/.dir
-	$(SAMPLER) --model $(call model_of,$(1)) --temperature 1.0 --top-p 1.0 -n $(HELDOUT_SAMPLES) \
+	$(SAMPLER) --model $(call model_of,$(1)) --temperature 1.0 --top-p 1.0 --token-ids -n $(HELDOUT_SAMPLES) \
 	  --max-tokens $(MAX_TOKENS) --seed $(SEED) $(SYSTEM_ARG) $(COMMON) \
 	  --stats $(WORK)/round-$(1)/stats/heldout-sample.json -o $$@ $(HELDOUT)
 
@@ -126,7 +125,7 @@ endef
 # ---- one training round: K = $(1), from the model of round K - 1
 define ROUND_RULES
 $(WORK)/round-$(1)/samples.shard-%.jsonl.done: $(PROMPTS) $(call model_dep,$(call prev,$(1))) | $(WORK)/round-$(1)/.dir
-	$(SAMPLER) --model $(call model_of,$(call prev,$(1))) --temperature 1.0 --top-p 1.0 -n $(SAMPLES) \
+	$(SAMPLER) --model $(call model_of,$(call prev,$(1))) --temperature 1.0 --top-p 1.0 --token-ids -n $(SAMPLES) \
 	  --max-tokens $(MAX_TOKENS) --seed $(call round_seed,$(1)) --shard $$*/$(SHARDS) $(SYSTEM_ARG) \
 	  $(COMMON) --resume --stats $(WORK)/round-$(1)/stats/sample.shard-$$*.json \
 	  -o $(WORK)/round-$(1)/samples.shard-$$*.jsonl $(PROMPTS)

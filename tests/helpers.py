@@ -279,6 +279,24 @@ def char_model(folder: Path, seed: int = 0, layers: int = 2) -> Path:
     return folder
 
 
+def smollm2_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """A random 2-layer Llama with the embedded default's tokenizer (byte-level BPE with
+    merges): its samples are often not the tokenizer's own tokenization of their text."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from dasd_cli.model.load import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(None)))
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def sample_logprobs(model_folder: Path, tokens: list[int]) -> list[float]:
     """log pi(token_i | tokens_<i) under the model at ``model_folder`` (0.0 at i = 0)."""
     import torch

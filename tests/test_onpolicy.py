@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import char_model, make_tiny_model, parse_records, to_jsonl, write_file
+from helpers import char_model, make_tiny_model, parse_records, smollm2_tiny_model, to_jsonl, write_file
 
 PROMPTS = [{"id": f"q{i}", "prompt": text} for i, text in
            enumerate(["what is 2+2?", "say hi", "name a color", "count to 3", "spell cat"])]
@@ -199,3 +199,35 @@ def test_reverse_kl_training_on_packed_student_samples_moves_toward_the_teacher(
     assert metrics[0]["advantage"] == pytest.approx(-before["reverse_kl"], rel=1e-4, abs=1e-6)
     assert metrics[-1]["reverse_kl"] < metrics[0]["reverse_kl"]
     assert all(math.isfinite(m["loss"]) and 0 <= m["clip_fraction"] <= 1 for m in metrics)
+
+
+@pytest.mark.slow
+def test_sampled_token_ids_keep_every_non_canonical_sample(cli, tmp_path):
+    """A random model over a BPE tokenizer with merges samples many token sequences that
+    its tokenizer would split otherwise. Re-tokenizing such a response gives other tokens,
+    so the teacher's scores cannot be laid over the sampled ones and pack drops it; with
+    `dasd sample --token-ids` the teacher scores, and pack trains on, the sampled tokens."""
+    model = smollm2_tiny_model(tmp_path / "model")
+    runs = {}
+    for name, extra in (("retokenized", []), ("token_ids", ["--token-ids"])):
+        code, out, err = cli(["sample", "--model", str(model), "-t", "1.0", "-n", "3", "--max-tokens", "24",
+                              "--dtype", "fp32", "--compress", "none", *extra, "-"], stdin=to_jsonl(PROMPTS))
+        assert code == 0, err
+        samples = parse_records(out)
+        code, scored, err, stats = score(cli, tmp_path, samples, model)
+        assert code == 0, err
+        code, packed, err = pack(cli, tmp_path, scored, model, "--no-pack")
+        assert code == 0, err
+        runs[name] = (samples, stats, packed, err)
+    (plain, plain_stats, plain_packed, plain_err), (ided, stats, packed, err) = runs["retokenized"], runs["token_ids"]
+    assert [r["response"] for r in plain] == [r["response"] for r in ided]  # the same samples
+    assert plain_stats["misaligned"] > 0 and f"tokens_misaligned {plain_stats['misaligned']}" in plain_err
+    assert len(plain_packed) == len(plain) - plain_stats["misaligned"]
+    assert stats["aligned"] == len(ided) == 15 and stats["misaligned"] == 0 and abs(stats["reverse_kl"]) < 1e-4
+    by_id = {r["id"]: r for r in ided}
+    assert len(packed) == 15 and "dropped 0" in err
+    for record in packed:
+        source = by_id[record["ids"][0]]["sampler"]
+        kept = [i for i, label in enumerate(record["labels"]) if label != -100]
+        assert [record["input_ids"][i] for i in kept] == source["token_ids"]  # the sampled tokens
+        assert [record["sampler_logprobs"][i] for i in kept] == pytest.approx(source["logprobs"], abs=1e-6)

@@ -26,6 +26,9 @@ class ScoreRequest:
     key: str
     messages: list[dict[str, str]]
     response: str
+    # the response's tokens as sampled (ids, start characters): scored as they are, not
+    # tokenized again (on-policy distillation scores exactly the student's tokens)
+    response_tokens: tuple[list[int], list[int]] | None = None
 
 
 @dataclass

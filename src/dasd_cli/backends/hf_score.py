@@ -138,7 +138,8 @@ def score_batches(model: Any, tokenizer: Any, requests: Iterable[ScoreRequest],
     """
     items = []
     for req in requests:
-        enc = encode_example(tokenizer, req.messages, req.response, add_end_of_turn=False)
+        enc = encode_example(tokenizer, req.messages, req.response, add_end_of_turn=False,
+                             response_tokens=req.response_tokens)
         if enc.prompt_len == 0 and enc.response_len:
             raise ValueError(f"{req.key}: the chat template rendered an empty prompt; "
                              "the first response token has no context to be scored in")

@@ -42,7 +42,8 @@ def score_batches(llm: Any, tokenizer: Any, requests: Iterable[ScoreRequest],
     from vllm import SamplingParams
 
     requests = list(requests)
-    encoded = [encode_example(tokenizer, r.messages, r.response, add_end_of_turn=False) for r in requests]
+    encoded = [encode_example(tokenizer, r.messages, r.response, add_end_of_turn=False,
+                              response_tokens=r.response_tokens) for r in requests]
     params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
     for group in _calls([len(e.input_ids) for e in encoded], batch_tokens):
         prompts = [{"prompt_token_ids": encoded[i].input_ids} for i in group]

@@ -88,6 +88,12 @@ def sample_command(
         "--tokenizer", metavar="PATH", help="openai: local tokenizer (a model or tokenizer folder, or a "
         ".gguf file) for the completions endpoint and --max-tokens-ratio (default: the embedded "
         "default model's).", show_default=False)] = None,
+    token_ids: Annotated[bool, typer.Option(
+        "--token-ids", help="Also record the sampled token ids (sampler.token_ids; hf and vllm). "
+        "On-policy distillation needs them: dasd score --role teacher then scores, and dasd pack "
+        "trains on, exactly the tokens the student sampled, where re-tokenizing the response "
+        "would give other tokens whenever a sample is not its tokenizer's own tokenization of "
+        "its text.")] = False,
 ) -> None:
     """Sample responses with raw log-probs: one record per sample.
 
@@ -102,8 +108,9 @@ def sample_command(
         model=model, backend=backend, n=n, temperature=temperature or [DEFAULT_TEMPERATURE],
         top_p=top_p, max_tokens=max_tokens, max_tokens_ratio=max_tokens_ratio, continue_=continue_,
         cut_min=cut_min, system_prompt=system_prompt, shard=shared.shard, resume=resume,
-        server_logprobs=server_logprobs, dtype=dtype, device=device, batch_size=batch_size,
-        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+        server_logprobs=server_logprobs, token_ids=token_ids, dtype=dtype, device=device,
+        batch_size=batch_size, tensor_parallel_size=tensor_parallel_size,
+        gpu_memory_utilization=gpu_memory_utilization,
         max_model_len=max_model_len, enforce_eager=enforce_eager, base_url=base_url,
         endpoint=endpoint, api_key_env=api_key_env, concurrency=concurrency,
         max_retries=max_retries, timeout=timeout, tokenizer=tokenizer)
@@ -115,6 +122,9 @@ def sample_command(
             raise UsageError("--temperature must be >= 0")
         if top_p <= 0:
             raise UsageError("--top-p must be above 0", hint="1.0 samples from the whole distribution")
+        if token_ids and backend == "openai":
+            raise UsageError("--token-ids needs --backend hf or vllm",
+                             hint="an OpenAI-compatible reply gives token strings, not the model's token ids")
         if server_logprobs is not None and backend != "openai":
             raise UsageError("--server-logprobs is for --backend openai",
                              hint="hf and vllm always record raw log-probs")

@@ -130,11 +130,20 @@ class Encoded:
 
 
 def encode_example(tokenizer: Tokenizer, messages: list[dict[str, str]], response: str, *,
-                   add_end_of_turn: bool = True) -> Encoded:
-    """Tokenize prompt + response (+ end of turn) the way dasd scores and trains."""
+                   add_end_of_turn: bool = True,
+                   response_tokens: tuple[list[int], list[int]] | None = None) -> Encoded:
+    """Tokenize prompt + response (+ end of turn) the way dasd scores and trains.
+
+    ``response_tokens`` (ids, start characters) are the response's tokens as a model
+    sampled them: used as they are instead of tokenizing ``response`` again, which gives
+    other tokens when a sample is not its tokenizer's own tokenization of its text.
+    """
     prompt_text = render_prompt(tokenizer, messages)
     prompt_ids = encode_ids(tokenizer, prompt_text)
-    response_ids, offsets = tokenize_with_offsets(tokenizer, response)
+    if response_tokens is not None:
+        response_ids, offsets = list(response_tokens[0]), list(response_tokens[1])
+    else:
+        response_ids, offsets = tokenize_with_offsets(tokenizer, response)
     end_text = end_of_turn(tokenizer) if add_end_of_turn else ""
     end_ids = encode_ids(tokenizer, end_text)
     return Encoded(prompt_ids + response_ids + end_ids, len(prompt_ids), len(response_ids), offsets)

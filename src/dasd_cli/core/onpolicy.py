@@ -6,11 +6,15 @@ tokens teacher-forced (``teacher_scores``), and training minimizes the per-token
 KL on them. Everything here is pure: checks on a record, the ``teacher_scores`` block,
 and the token alignment that ``dasd pack`` needs.
 
-Tokens line up when the teacher's tokenization of the response has exactly the
-sampler's tokens: the same number, starting at the same characters. With the same
-tokenizer (the fingerprints in ``sampler.tokenizer`` and ``teacher_scores.tokenizer``
+With the sampled token ids in the record (``dasd sample --token-ids``), the teacher
+scores exactly those tokens and ``dasd pack`` packs them: the tokens always line up.
+Without them the response is tokenized again, and the tokens line up when that gives
+exactly the sampler's tokens: the same number, starting at the same characters. With the
+same tokenizer (the fingerprints in ``sampler.tokenizer`` and ``teacher_scores.tokenizer``
 are equal) that holds whenever the sampled token sequence is the tokenizer's canonical
-tokenization of its own text, the common case. Different tokenizers are refused: the
+tokenization of its own text; a weak or small model at temperature 1 often samples
+sequences that are not (a merge split in two), and those records are dropped by pack.
+Different tokenizers are refused: the
 per-token reverse KL needs the teacher's log-prob of each of the student's tokens
 ``y_t`` given ``y_<t``, and a teacher with another vocabulary has none (a log-prob
 spread over characters, as DAS does for sentences, would not be the gradient of the
@@ -42,6 +46,13 @@ class SampledTokens:
     logprobs: Sequence[float] | np.ndarray
     offsets: Sequence[int] | np.ndarray
     tokenizer: str | None  # the sampler's tokenizer fingerprint, when the record has it
+    token_ids: list[int] | None = None  # the sampled ids (`dasd sample --token-ids`), when recorded
+
+    def response_tokens(self) -> tuple[list[int], list[int]] | None:
+        """(ids, start characters) to score as they are, when the ids were recorded."""
+        if self.token_ids is None:
+            return None
+        return self.token_ids, [int(o) for o in self.offsets]
 
 
 def sampled_tokens(record: dict[str, Any], response: str, accepted: Collection[str] = ()) -> SampledTokens:
@@ -67,7 +78,26 @@ def sampled_tokens(record: dict[str, Any], response: str, accepted: Collection[s
                           hint="sample the student with -t 1.0 (and top_p 1.0) for on-policy distillation")
     check_logprobs_mode(record, accepted)
     tokenizer = sampler.get("tokenizer")
-    return SampledTokens(tokens.logprobs, tokens.offsets, tokenizer if isinstance(tokenizer, str) else None)
+    tokenizer = tokenizer if isinstance(tokenizer, str) else None
+    return SampledTokens(tokens.logprobs, tokens.offsets, tokenizer, sampled_ids(record, sampler, tokenizer))
+
+
+def sampled_ids(record: dict[str, Any], sampler: dict[str, Any], tokenizer: str | None) -> list[int] | None:
+    """``sampler.token_ids`` checked (one non-negative int per log-prob, and the tokenizer
+    that made them named), or None when the record has none."""
+    ids = sampler.get("token_ids")
+    if ids is None:
+        return None
+    name = record.get("id", "?")
+    if (not isinstance(ids, list) or not all(isinstance(t, int) and t >= 0 for t in ids)
+            or len(ids) != len(sampler.get("logprobs") or [])):
+        raise RecordError(f"record {name!r}: sampler.token_ids must be one token id per log-prob",
+                          reason="bad_sampler_logprobs")
+    if tokenizer is None:
+        raise RecordError(f"record {name!r} has sampler.token_ids but no sampler.tokenizer: ids mean "
+                          "nothing without the tokenizer that made them", reason="bad_sampler_logprobs",
+                          hint="dasd sample --token-ids records both")
+    return ids
 
 
 def check_same_tokenizer(record: dict[str, Any], sampled: SampledTokens, teacher_tokenizer: str | None) -> None:
@@ -149,6 +179,13 @@ class ScoredSample:
     sampler_offsets: Sequence[int] | np.ndarray
     teacher_logprobs: Sequence[float]
     teacher_offsets: Sequence[int]
+    token_ids: list[int] | None = None  # the sampled ids, when recorded: packed as they are
+
+    def response_tokens(self) -> tuple[list[int], list[int]] | None:
+        """(ids, start characters) to pack as they are, when the ids were recorded."""
+        if self.token_ids is None:
+            return None
+        return self.token_ids, [int(o) for o in self.sampler_offsets]
 
 
 def scored_sample(record: dict[str, Any], response: str, tokenizer: str) -> ScoredSample:
@@ -176,7 +213,10 @@ def scored_sample(record: dict[str, Any], response: str, tokenizer: str) -> Scor
             raise RecordError(f"record {name!r}: {block_name} used tokenizer {used}, the packing "
                               f"tokenizer is {tokenizer}", reason="tokenizer_mismatch",
                               hint="pack on-policy samples with the student's tokenizer (--tokenizer STUDENT)")
-    return ScoredSample(sampler.logprobs, sampler.offsets, logprobs, offsets)
+    block = sampler_block(record) or {}
+    used = block.get("tokenizer")
+    ids = sampled_ids(record, block, used if isinstance(used, str) else None)
+    return ScoredSample(sampler.logprobs, sampler.offsets, logprobs, offsets, ids)
 
 
 def token_streams(sample: ScoredSample, response_offsets: Sequence[int], prompt_len: int,

@@ -56,18 +56,24 @@ def encode_batch(tokenizer: Tokenizer, examples: Sequence[tuple[list[dict[str, s
     return out
 
 
-def encode_batch_with_offsets(tokenizer: Tokenizer, examples: Sequence[tuple[list[dict[str, str]], str]]
+def encode_batch_with_offsets(tokenizer: Tokenizer, examples: Sequence[tuple[list[dict[str, str]], str]],
+                              tokens: Sequence[tuple[list[int], list[int]] | None] | None = None
                               ) -> list[tuple[np.ndarray, int, list[int]]]:
     """:func:`encode_batch`, and each response token's start character in the response
-    (the offsets ``dasd score`` gives its tokens: core.chat.tokenize_with_offsets)."""
+    (the offsets ``dasd score`` gives its tokens: core.chat.tokenize_with_offsets).
+
+    ``tokens[i]`` (ids, start characters), when given, are response i's tokens as they
+    were sampled: used as they are instead of tokenizing the response again.
+    """
     if not examples:
         return []
     prompts = [render_prompt(tokenizer, messages) for messages, _ in examples]
     end_ids = np.asarray(encode_ids(tokenizer, end_of_turn(tokenizer)), dtype=np.int32)
     prompt_ids = _ids_batch(tokenizer, prompts)
     out = []
-    for p_ids, (_, response) in zip(prompt_ids, examples):
-        r_ids, offsets = tokenize_with_offsets(tokenizer, response)
+    for i, (p_ids, (_, response)) in enumerate(zip(prompt_ids, examples)):
+        given = tokens[i] if tokens is not None else None
+        r_ids, offsets = given if given is not None else tokenize_with_offsets(tokenizer, response)
         parts = [np.asarray(p_ids, dtype=np.int32), np.asarray(r_ids, dtype=np.int32), end_ids]
         out.append((np.concatenate(parts), len(p_ids), offsets))
     return out

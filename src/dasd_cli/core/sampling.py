@@ -125,10 +125,10 @@ def request_seed(seed: int, key: str) -> int:
 
 
 def build_record(job: Job, generation: Generation, model_name: str,
-                 tokenizer: str | None = None) -> dict[str, Any]:
+                 tokenizer: str | None = None, token_ids: bool = False) -> dict[str, Any]:
     """The response record of one sample (DESIGN.md "Response"): the sampling model's
     name, tokenizer fingerprint (when known), settings and per-token log-probs go to its
-    ``sampler`` block."""
+    ``sampler`` block, and with ``token_ids`` the ids of the tokens it generated."""
     record = {k: v for k, v in job.record.items() if k not in STALE_FIELDS}
     shift = len(job.prefix)  # sampler offsets index the full response
     request = job.request
@@ -146,6 +146,8 @@ def build_record(job: Job, generation: Generation, model_name: str,
                   "offsets": [o + shift for o in generation.offsets],
                   "logprobs_mode": generation.logprobs_mode},
     })
+    if token_ids:
+        record[SAMPLER]["token_ids"] = [int(t) for t in generation.token_ids]
     if job.prefix:
         record["prefix_chars"] = shift
     return record

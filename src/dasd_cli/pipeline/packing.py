@@ -221,7 +221,8 @@ def tokenize_chunk(chunk: list[io.RawLine], *, tokenizer_path: str, system_promp
     encoded = encode_batch(tok, [(messages, response) for _, _, messages, response in todo])
     for (k, sid, _, _), (input_ids, prompt_len) in zip(todo, encoded):
         results[k] = (sid, input_ids, prompt_len, None)
-    encoded_scored = encode_batch_with_offsets(tok, [(messages, response) for _, _, messages, response, _ in scored])
+    encoded_scored = encode_batch_with_offsets(tok, [(messages, response) for _, _, messages, response, _ in scored],
+                                               [sample.response_tokens() for *_, sample in scored])
     for (k, sid, _, _, sample), (input_ids, prompt_len, offsets) in zip(scored, encoded_scored):
         streams = token_streams(sample, offsets, prompt_len, len(input_ids))
         results[k] = (sid, input_ids, prompt_len, MISALIGNED if streams is None else streams)

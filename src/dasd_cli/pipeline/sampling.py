@@ -31,7 +31,8 @@ DEFAULT_CHUNK = 256  # requests handed to a backend at once unless it asks other
 class SampleSettings:
     """How ``dasd sample`` samples: its flags, every one given (the command builds it)."""
 
-    model: str | None  # the teacher: a folder or .gguf file, or the served model name (openai)
+    model: str | None  # the sampler (the teacher for DAS, the student on-policy): a folder or
+    # .gguf file, or the served model name (openai)
     backend: str  # hf | vllm | openai
     n: int  # samples per prompt and temperature
     temperature: list[float]  # every temperature sampled
@@ -44,6 +45,7 @@ class SampleSettings:
     shard: str | None  # K/N: only the input records i with i mod N == K
     resume: bool  # sample only the ids -o does not hold yet, appending as they complete
     server_logprobs: str | None  # openai: raw | processed, as the server's operator knows
+    token_ids: bool  # also record the sampled token ids (sampler.token_ids; hf and vllm)
     # The backend's own settings: hf, vllm or openai each take the ones it uses.
     dtype: str
     device: str
@@ -79,7 +81,7 @@ def sample_with_teacher(session: SamplingSession, settings: SampleSettings, *, s
                           ratio=s.max_tokens_ratio, continue_=s.continue_, cut_min=s.cut_min,
                           system_prompt=s.system_prompt, seed=seed, token_count=engine.token_count)
         sample_records(session, engine, planner, shard=shard, done=done, ordered=not s.resume,
-                       quiet=quiet)
+                       quiet=quiet, token_ids=s.token_ids)
 
 
 class SamplingSession(Protocol):
@@ -99,17 +101,18 @@ class SamplingSession(Protocol):
 
 def sample_records(session: SamplingSession, engine: Backend, planner: Planner, *,
                    shard: tuple[int, int] | None = None, done: frozenset[str] | set[str] = frozenset(),
-                   ordered: bool = True, quiet: bool = False) -> None:
+                   ordered: bool = True, quiet: bool = False, token_ids: bool = False) -> None:
     """Sample every record of ``session`` with ``engine`` and write the response records.
 
     ``done`` holds ids already written (skipped and counted as ``resumed``); ``ordered``
-    keeps input order, otherwise each record is written as soon as it completes. Counts
+    keeps input order, otherwise each record is written as soon as it completes;
+    ``token_ids`` also records the sampled token ids. Counts
     ``tokens``, ``resumed`` and ``tokens_per_s`` in ``session.tally.extra``.
     """
     session.tally.extra.update(resumed=0, tokens=0)
     display = io.progress(quiet)
     started = time.monotonic()
-    run = ChunkRunner(session, engine, ordered=ordered, display=display)
+    run = ChunkRunner(session, engine, ordered=ordered, display=display, token_ids=token_ids)
     try:
         if display is not None:
             display.start()
@@ -137,8 +140,9 @@ class ChunkRunner:
     """Feeds jobs to the backend in chunks and writes records in order (or as completed)."""
 
     def __init__(self, session: SamplingSession, engine: Backend, *, ordered: bool,
-                 display: Progress | None = None) -> None:
+                 display: Progress | None = None, token_ids: bool = False) -> None:
         self.session, self.engine, self.ordered, self.display = session, engine, ordered, display
+        self.token_ids = token_ids  # record the sampled token ids too
         self.chunk_size = getattr(engine, "chunk_requests", DEFAULT_CHUNK)
         self.pending: list[Job] = []
         self.task = display.add_task("sampling", total=None, rate="") if display is not None else None
@@ -167,7 +171,8 @@ class ChunkRunner:
         try:
             for generation in self.engine.generate([job.request for job in jobs]):
                 job = by_key[generation.key]
-                record = build_record(job, generation, self.engine.model_name, tokenizer)
+                record = build_record(job, generation, self.engine.model_name, tokenizer,
+                                      token_ids=self.token_ids)
                 tokens += len(generation.logprobs)  # one per generated token, on every backend
                 self.session.tally.extra["tokens"] += len(generation.logprobs)
                 if not self.ordered:

@@ -104,7 +104,7 @@ class TeacherScorer:
                 outcomes.append(err)
                 continue
             todo[len(outcomes)] = sampled
-            requests.append(ScoreRequest(str(len(outcomes)), messages, response))
+            requests.append(ScoreRequest(str(len(outcomes)), messages, response, sampled.response_tokens()))
             outcomes.append(None)
         if requests:
             backend = self._backend()
