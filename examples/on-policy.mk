@@ -160,5 +160,7 @@ $(WORK)/summary.json: $(foreach k,$(ROUND_IDS),$(WORK)/round-$(k)/round.json) \
     $(foreach k,0 $(ROUND_IDS),$(WORK)/round-$(k)/heldout-kl.json)
 	$(ON_POLICY) summary $(WORK) $(ROUNDS)
 
-# Keep every intermediate file: each is a step a re-run resumes from.
-.SECONDARY:
+# Keep the sampling shards' marks, which only pattern rules name: each is a step a re-run
+# resumes from. Every other file is an explicit target, so a missing one is made again (a
+# round whose training stopped before its final model resumes from its checkpoint).
+.SECONDARY: $(foreach k,$(ROUND_IDS),$(foreach j,$(SHARD_IDS),$(WORK)/round-$(k)/samples.shard-$(j).jsonl.done))
