@@ -100,6 +100,27 @@ def scored_record(i: int) -> dict:
                                    "type": "student"}]}}
 
 
+@functools.cache
+def default_model_key() -> str:
+    """The content key of the embedded default model (what reuse of scores is decided on)."""
+    from dasd_cli.model.load import model_key
+
+    return model_key(None)
+
+
+def teacher_scored_record(i: int) -> dict:
+    """A student sample (temperature 1) already scored by the default model as its teacher:
+    `dasd score --role teacher` passes it through and counts its tokens, without a model."""
+    response = f"The answer is {i}."
+    offsets = [0, 4, 11, 14]
+    return {"id": f"p{i}@1.0#0", "prompt_id": f"p{i}", "prompt": f"Question {i}?", "response": response,
+            "finish_reason": "stop",
+            "sampler": {"model": "S", "temperature": 1.0, "top_p": 1.0, "seed": 0,
+                        "logprobs": [-0.5, -0.4, -0.3, -0.2], "offsets": offsets, "logprobs_mode": "raw"},
+            "teacher_scores": {"model": "SmolLM2-135M-Instruct", "model_key": default_model_key(),
+                               "logprobs": [-0.25, -0.5, -0.25, -0.5], "offsets": offsets, "aligned": True}}
+
+
 # Prompts a teacher samples in the backend tests (one of them not ASCII).
 SAMPLE_PROMPTS = [{"id": "a", "prompt": "What is 2+2?"}, {"id": "b", "prompt": "Name a color."},
                   {"id": "c", "prompt": "¿Cuál es la capital de Francia?"}]

@@ -24,7 +24,8 @@ import orjson
 import pytest
 
 from dasd_cli.errors import UsageError
-from helpers import dasd_bin, decode, parse_records, run_dasd, scored_record, to_jsonl, write_file, zstd_bytes
+from helpers import (dasd_bin, decode, parse_records, run_dasd, scored_record, teacher_scored_record, to_jsonl,
+                     write_file, zstd_bytes)
 
 
 def response_record(i: int) -> dict[str, Any]:
@@ -61,9 +62,10 @@ class StreamCase:
     # Whether each input record ends kept, dropped or skipped (read = kept + dropped + skipped);
     # sample writes several records per prompt.
     one_outcome_per_record: bool = True
+    name: str = ""  # the test id, when one command has several cases (default: the command)
 
     def __str__(self) -> str:
-        return self.command
+        return self.name or self.command
 
 
 STREAMING_COMMANDS: list[StreamCase] = [
@@ -76,9 +78,11 @@ STREAMING_COMMANDS: list[StreamCase] = [
                lambda recs: [r["prompt_id"] for r in recs], big_records=600, marks=[pytest.mark.slow],
                one_outcome_per_record=False),
     StreamCase("score", scored_record),  # pre-scored: the stream contract without a model
+    # on-policy scores held already: the teacher's record loop without a model
+    StreamCase("score", teacher_scored_record, ["--role", "teacher"], name="score-teacher"),
 ]
 
-CASES = [pytest.param(case, id=case.command, marks=case.marks) for case in STREAMING_COMMANDS]
+CASES = [pytest.param(case, id=str(case), marks=case.marks) for case in STREAMING_COMMANDS]
 
 
 def wait_for_signal_handlers(proc: subprocess.Popen, timeout: float = 120.0) -> None:
