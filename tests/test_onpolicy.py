@@ -231,3 +231,60 @@ def test_sampled_token_ids_keep_every_non_canonical_sample(cli, tmp_path):
         kept = [i for i, label in enumerate(record["labels"]) if label != -100]
         assert [record["input_ids"][i] for i in kept] == source["token_ids"]  # the sampled tokens
         assert [record["sampler_logprobs"][i] for i in kept] == pytest.approx(source["logprobs"], abs=1e-6)
+
+
+def _scored_records(tokenizer, n: int) -> list[dict]:
+    """On-policy records as `dasd score --role teacher` writes them, without a model: every
+    third one without its sampled ids (pack tokenizes its response again)."""
+    import random
+
+    from dasd_cli.core.chat import tokenize_with_offsets, tokenizer_fingerprint
+
+    rng = random.Random(0)
+    words = ["so", "the", "sum", "is", "12", "wait", "let", "me", "check", "then"]
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    records = []
+    for i in range(n):
+        response = " ".join(rng.choice(words) for _ in range(rng.randint(1, 30)))
+        ids, offsets = tokenize_with_offsets(tokenizer, response)
+        sampler = {"model": "student", "temperature": 1.0, "top_p": 1.0, "seed": 0, "logprobs_mode": "raw",
+                   "tokenizer": fingerprint, "logprobs": [round(-rng.random(), 4) for _ in ids], "offsets": offsets}
+        if i % 3:
+            sampler["token_ids"] = ids
+        records.append({"id": f"r{i}", "prompt_id": f"q{i}", "prompt": f"Question {i}?", "response": response,
+                        "finish_reason": "stop", "sampler": sampler,
+                        "teacher_scores": {"model": "teacher", "model_key": "k", "tokenizer": fingerprint,
+                                           "logprobs": [round(-rng.random(), 4) for _ in ids],
+                                           "offsets": offsets, "aligned": True}})
+    return records
+
+
+@pytest.mark.slow
+def test_pack_in_worker_processes_carries_the_same_log_probs(tmp_path):
+    """Three chunks of on-policy records: `pack --workers 2` tokenizes them in processes and
+    writes what one process writes; each response token holds its sampler's and teacher's
+    log-prob."""
+    import orjson
+
+    from helpers import run_dasd
+
+    from dasd_cli.model.load import load_tokenizer
+
+    records = _scored_records(load_tokenizer(None), 600)
+    data = write_file(tmp_path / "scored.jsonl", records)
+    outs = {}
+    for workers in ("1", "2"):
+        result = run_dasd(["pack", "--cutoff-len", "256", "--workers", workers, "--compress", "none", str(data)])
+        assert result.returncode == 0, result.stderr.decode()
+        assert b"read 600, packed 600" in result.stderr
+        outs[workers] = result.stdout
+    assert outs["1"] == outs["2"]
+    by_id = {r["id"]: r for r in records}
+    for packed in map(orjson.loads, outs["2"].splitlines()):
+        starts = [i for i, p in enumerate(packed["position_ids"]) if p == 0] + [len(packed["input_ids"])]
+        for sid, a, b in zip(packed["ids"], starts, starts[1:]):
+            kept = [i for i in range(a, b) if packed["labels"][i] != -100]
+            record = by_id[sid]
+            assert [packed["sampler_logprobs"][i] for i in kept] == pytest.approx(record["sampler"]["logprobs"])
+            assert [packed["teacher_logprobs"][i] for i in kept] == pytest.approx(
+                record["teacher_scores"]["logprobs"])
