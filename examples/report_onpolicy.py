@@ -90,8 +90,8 @@ def lines(found: dict[str, Any] | None, tokens: dict[str, int | None]) -> list[s
     """The report's on-policy section."""
     if found is None:
         return ["The on-policy arm did not run (RUN/on-policy/das/summary.json is missing)."]
-    out = ["| round | held-out reverse KL / token: all tokens | mean over prompts | minus round 0 "
-           "(95% CI) | prompts | training samples | optimizer steps | teacher tokens scored |",
+    out = [("| round | held-out reverse KL / token: all tokens | mean over prompts | minus round 0 "
+            "(95% CI) | prompts | training samples | optimizer steps | teacher tokens scored |"),
            "|---|---|---|---|---|---|---|---|"]
     for r in found["rounds"]:
         mean = f"{r['per_prompt_mean']:.4f}" if r["per_prompt_mean"] is not None else "-"
@@ -102,6 +102,6 @@ def lines(found: dict[str, Any] | None, tokens: dict[str, int | None]) -> list[s
                    f"{r['teacher_tokens'] if r['teacher_tokens'] is not None else '-'} |")
     out += ["", "| arm, after stage 2 | teacher tokens |", "|---|---|"]
     out += [f"| {name} | {count if count is not None else '-'} |" for name, count in tokens.items()]
-    out += ["", f"Held-out measurement: {found['teacher_tokens']['heldout']} teacher tokens scored over "
-            f"{len(found['rounds'])} rounds."]
+    heldout = found["teacher_tokens"]["heldout"]
+    out += ["", f"Held-out measurement: {heldout} teacher tokens scored over {len(found['rounds'])} rounds."]
     return out
