@@ -180,7 +180,8 @@ $(RUN)/ckpt/%-mp/config.json: $(RUN)/packed/%.mp.jsonl.zst $(RUN)/ckpt/%-s2/conf
 # as mixed-policy: examples/on-policy.mk's rounds (the student samples the training
 # questions at T=1.0, the teacher scores every token, reverse-KL training), each round's
 # reverse KL measured on every third held-out question. The last round's model is das-op.
-# Training is most of its time: one sample per question and round keeps it to minutes.
+# Training is most of its time: one sample per question and round, packed into CUTOFF-token
+# sequences (one short sample per sequence trains several times slower per token).
 OP_ROUNDS  := 2        # sample -> score -> pack -> train rounds
 OP_STEPS   := 4        # optimizer steps per round (one pass over the round's samples)
 OP_SAMPLES := 1        # student samples per training question and round
@@ -193,7 +194,7 @@ $(RUN)/on-policy/%/summary.json: $(RUN)/ckpt/%-s2/config.json $(RUN)/train.promp
 	$(MAKE) --no-print-directory -f examples/on-policy.mk BIN=$(BIN) STUDENT=$(RUN)/ckpt/$*-s2 \
 	  PROMPTS=$(RUN)/train.prompts.jsonl HELDOUT=$(RUN)/heldout.kl.prompts.jsonl WORK=$(RUN)/on-policy/$* \
 	  ROUNDS=$(OP_ROUNDS) STEPS=$(OP_STEPS) SAMPLES=$(OP_SAMPLES) HELDOUT_SAMPLES=$(OP_KL_SAMPLES) \
-	  MAX_TOKENS=$(MAX_TOKENS) LR=$(OP_LR) \
+	  MAX_TOKENS=$(MAX_TOKENS) LR=$(OP_LR) PACK_FLAGS=--pack \
 	  CUTOFF=$(CUTOFF) SEED=$(SEED) SYSTEM="$(SYSTEM)" SAMPLER="$(SAMPLER)" TRAIN_FLAGS="--dtype fp32"
 
 $(RUN)/ckpt/%-op/config.json: $(RUN)/on-policy/%/summary.json
