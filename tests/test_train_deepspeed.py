@@ -88,7 +88,9 @@ def test_zero3_ranks_leave_stderr_to_dasd_unless_debug(tmp_path):
     debug = launch("--out", str(tmp_path / "debug"), "--debug")
     assert debug.returncode == 0, debug.stderr.decode()[-3000:]
     text = debug.stderr.decode()
-    assert "FutureWarning: `torch.distributed." in text and "built successfully" in text
+    # ZeRO-3 calls the deprecated collectives every step on every rank; DeepSpeed's op-build
+    # note ("built successfully") is not printed on every run, so it is no control
+    assert "FutureWarning: `torch.distributed." in text, text[-3000:]
 
 
 def test_zero3_two_cpu_ranks_match_single_process_on_reverse_kl(tmp_path):
