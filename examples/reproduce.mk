@@ -198,7 +198,7 @@ $(RUN)/on-policy/%/summary.json: $(RUN)/ckpt/%-s2/config.json $(RUN)/train.promp
 	  CUTOFF=$(CUTOFF) SEED=$(SEED) SYSTEM="$(SYSTEM)" SAMPLER="$(SAMPLER)" TRAIN_FLAGS="--dtype fp32"
 
 $(RUN)/ckpt/%-op/config.json: $(RUN)/on-policy/%/summary.json
-	ln -sfn ../on-policy/$*/round-$(OP_ROUNDS)/model $(RUN)/ckpt/$*-op
+	ln -sfn ../on-policy/$*/round-$(strip $(OP_ROUNDS))/model $(RUN)/ckpt/$*-op
 	touch $@  # the model's own config.json, now newer than the summary
 
 # ---- 7. evaluate: answers to the held-out questions, checked by `dasd eval`; the NLL of
