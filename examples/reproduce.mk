@@ -1,7 +1,7 @@
 # The whole DASD pipeline on the embedded default, as plain dasd pipelines.
 #
 #   make reproduce            # default run (RUN=runs/full), with the on-policy arm; README has its time
-#   make reproduce QUICK=1    # the DAS arm only, smaller (RUN=runs/quick), 15-18 minutes
+#   make reproduce QUICK=1    # the DAS arm only, smaller (RUN=runs/quick), 12 minutes after setup
 #
 # Every target is a file, so re-running resumes: finished stages are not redone, and
 # `dasd sample --resume` continues a killed sampling run where it stopped. Every step
@@ -29,7 +29,7 @@ RUN ?= runs/$(if $(QUICK),quick,full)
 
 , := ,
 
-# ---- sizes (QUICK: 15-18 minutes on 2 cores; default: 60-75, README has the stages' times)
+# ---- sizes (README has the measured times of both)
 TRAIN_COUNTS   := $(if $(QUICK),arithmetic=40$(,)sciq=15$(,)arc=15,arithmetic=100$(,)sciq=40$(,)arc=40)
 HELDOUT_COUNTS := $(if $(QUICK),arithmetic=24$(,)sciq=12$(,)arc=12,arithmetic=100$(,)sciq=60$(,)arc=60$(,)gsm8k=20)
 SAMPLES      := $(if $(QUICK),4,8)     # teacher samples per question and temperature: the pool
