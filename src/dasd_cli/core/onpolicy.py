@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-from dasd_cli.core.das import check_logprobs_mode, sampler_tokens
+from dasd_cli.core.das import TokenLogprobs, check_logprobs_mode, sampler_tokens
 from dasd_cli.core.provenance import TEACHER_SCORES, sampler_block
 from dasd_cli.errors import RecordError
 
@@ -55,6 +55,17 @@ class SampledTokens:
         return self.token_ids, [int(o) for o in self.offsets]
 
 
+def _whole_sample(record: dict[str, Any], response: str, verb: str) -> TokenLogprobs:
+    """The sampler's tokens of ``record`` (sampler_tokens), or RecordError ``has_prefix``
+    when its sampler wrote only part of the response (a mixed-policy continuation)."""
+    tokens, start = sampler_tokens(record, response)
+    if start:
+        raise RecordError(f"record {record.get('id', '?')!r} has prefix_chars {start}: its sampler wrote "
+                          "only part of the response", reason="has_prefix",
+                          hint=f"on-policy distillation {verb} whole samples of the student")
+    return tokens
+
+
 def sampled_tokens(record: dict[str, Any], response: str, accepted: Collection[str] = ()) -> SampledTokens:
     """The sampler's tokens of an on-policy record, or RecordError naming why it is none.
 
@@ -64,11 +75,7 @@ def sampled_tokens(record: dict[str, Any], response: str, accepted: Collection[s
     tokens were drawn from: the importance ratio and the advantage need exactly those.
     """
     name = record.get("id", "?")
-    tokens, start = sampler_tokens(record, response)
-    if start:
-        raise RecordError(f"record {name!r} has prefix_chars {start}: its sampler wrote only part "
-                          "of the response", reason="has_prefix",
-                          hint="on-policy distillation scores whole samples of the student")
+    tokens = _whole_sample(record, response, "scores")
     sampler = sampler_block(record) or {}
     temperature, top_p = sampler.get("temperature"), sampler.get("top_p")
     if temperature != ON_POLICY_TEMPERATURE or top_p not in (ON_POLICY_TOP_P, None):
@@ -194,11 +201,7 @@ def scored_sample(record: dict[str, Any], response: str, tokenizer: str) -> Scor
     record was sampled or scored with another tokenizer than ``tokenizer`` (the fingerprint
     of the student's, which ``dasd pack`` packs with)."""
     name = record.get("id", "?")
-    sampler, start = sampler_tokens(record, response)
-    if start:
-        raise RecordError(f"record {name!r} has prefix_chars {start}: its sampler wrote only part of "
-                          "the response", reason="has_prefix",
-                          hint="on-policy distillation trains on whole samples of the student")
+    sampler = _whole_sample(record, response, "trains on")
     scores = record.get(TEACHER_SCORES)
     if not isinstance(scores, dict):
         scores = {}
