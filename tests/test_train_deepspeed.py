@@ -19,23 +19,32 @@ pytestmark = [pytest.mark.slow,
                                  reason="deepspeed not installed (DS_BUILD_OPS=0 pip install deepspeed)")]
 
 
-# global batch 2: one micro-batch per rank and step; 4: two, accumulated by ZeRO-3
-@pytest.mark.parametrize("global_batch,port", [(2, "29561"), (4, "29562")])
-def test_zero3_two_cpu_ranks_match_single_process(tmp_path, global_batch, port):
-    model = make_tiny_model(tmp_path / "model")
-    data = write_file(tmp_path / "packed.jsonl", packed_records(make_samples(20, seed=7), 2))
-    args = ["train", "--model", str(model), "--epochs", "1", "--global-batch-size", str(global_batch),
-            "--dtype", "fp32", "--compress", "none", "--data", str(data)]
+def single_and_zero3(args: list[str], tmp_path) -> tuple[list[dict], list[dict]]:
+    """``dasd train ARGS`` in one process (--out tmp_path/single) and under torchrun with 2
+    CPU ranks and ZeRO-3 (--out tmp_path/zero3, a free rendezvous port): both metrics lists."""
     single = run_dasd(args + ["--out", str(tmp_path / "single")])
     assert single.returncode == 0, single.stderr.decode()
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    with socket.socket() as probe:  # a port no other launch holds
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
     launched = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
          "-m", "dasd_cli.cli", *args, "--out", str(tmp_path / "zero3"),
          "--deepspeed", str(ROOT / "configs" / "zero3.json")],
         capture_output=True, env=env, timeout=900)
     assert launched.returncode == 0, launched.stderr.decode()[-3000:]
-    want, got = parse_records(single.stdout), parse_records(launched.stdout)  # stdout: records only
+    return parse_records(single.stdout), parse_records(launched.stdout)  # stdout: records only
+
+
+# global batch 2: one micro-batch per rank and step; 4: two, accumulated by ZeRO-3
+@pytest.mark.parametrize("global_batch", [2, 4])
+def test_zero3_two_cpu_ranks_match_single_process(tmp_path, global_batch):
+    model = make_tiny_model(tmp_path / "model")
+    data = write_file(tmp_path / "packed.jsonl", packed_records(make_samples(20, seed=7), 2))
+    args = ["train", "--model", str(model), "--epochs", "1", "--global-batch-size", str(global_batch),
+            "--dtype", "fp32", "--compress", "none", "--data", str(data)]
+    want, got = single_and_zero3(args, tmp_path)
     steps = -(-10 // global_batch)  # 10 packed sequences; a last partial step counts
     assert [m["step"] for m in want] == [m["step"] for m in got] == list(range(1, steps + 1))
     for a, b in zip(want, got):
@@ -101,19 +110,7 @@ def test_zero3_two_cpu_ranks_match_single_process_on_reverse_kl(tmp_path):
     data = write_file(tmp_path / "packed.jsonl", records)
     args = ["train", "--model", str(model), "--objective", "reverse-kl", "--epochs", "2",
             "--global-batch-size", "2", "--dtype", "fp32", "--compress", "none", "--data", str(data)]
-    single = run_dasd(args + ["--out", str(tmp_path / "single")])
-    assert single.returncode == 0, single.stderr.decode()
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    with socket.socket() as probe:  # a port no other launch holds
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
-    launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
-         "-m", "dasd_cli.cli", *args, "--out", str(tmp_path / "zero3"),
-         "--deepspeed", str(ROOT / "configs" / "zero3.json")],
-        capture_output=True, env=env, timeout=900)
-    assert launched.returncode == 0, launched.stderr.decode()[-3000:]
-    want, got = parse_records(single.stdout), parse_records(launched.stdout)
+    want, got = single_and_zero3(args, tmp_path)
     assert [m["step"] for m in got] == [1, 2, 3, 4]
     for a, b in zip(want, got):
         for key in ("loss", "advantage", "reverse_kl", "clip_fraction"):
