@@ -10,22 +10,25 @@ import pytest
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _token_stores(tmp_path_factory):
+def _session_environment(tmp_path_factory) -> dict[str, str]:
     """`dasd train` converts packed data into token stores: the tests' go to a temp folder
-    (inherited by every subprocess), not the user's cache."""
+    (inherited by every subprocess), not the user's cache. Returns the environment every
+    test starts from."""
     os.environ["DASD_TOKEN_STORE"] = str(tmp_path_factory.mktemp("token-stores"))
-    yield
+    return dict(os.environ)
 
 
 @pytest.fixture(autouse=True)
-def _environment():
-    """A command run in-process sets the variables that quiet libraries (io.quiet_libraries);
-    each test starts from the session's environment, so a subprocess run with --debug later
-    gets what a user's shell would give it."""
-    saved = dict(os.environ)
+def _environment(_session_environment):
+    """A command run in-process sets the variables that quiet libraries (io.quiet_libraries),
+    from a test or from a module's fixture; each test starts from the session's environment
+    and leaves it as it found it, so a subprocess run with --debug gets what a user's shell
+    would give it."""
+    os.environ.clear()
+    os.environ.update(_session_environment)
     yield
     os.environ.clear()
-    os.environ.update(saved)
+    os.environ.update(_session_environment)
 
 
 @pytest.fixture
