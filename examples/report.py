@@ -208,7 +208,7 @@ def comparisons(units: dict[str, dict]) -> list[tuple[str, str, str, tuple | Non
 def commentary(summaries: dict[str, dict], diffs: list[tuple], stats: dict[str, dict[str, Any]],
                probabilities: list[tuple[str, int, float, float]], loss_means: dict[str, float],
                found: dict[str, dict[str, Any]], detectable: dict[str, Any] | None,
-               entering: dict[str, Any] | None) -> list[str]:
+               entering: dict[str, Any] | None, repeats: dict[str, Any] | None) -> list[str]:
     """What this run's numbers show and do not show, stated from the numbers themselves."""
     def acc(name: str) -> tuple | None:
         return eval_interval(summaries.get(name), "avg")
@@ -258,7 +258,9 @@ def commentary(summaries: dict[str, dict], diffs: list[tuple], stats: dict[str, 
         line = f"- DAS vs random students at equal budget: {said('DAS minus random, stage 2')} after stage 2"
         if "DAS minus random, stage 1" in diff:
             line += f", {said('DAS minus random, stage 1')} after stage 1"
-        line += " (one training seed)."
+        line += (" (one training seed)." if repeats is None else
+                 f" (the run's training seed; over {len(repeats['seeds'])} training seeds on the same pools it "
+                 f"ranged from {100 * repeats['min']:+.1f} to {100 * repeats['max']:+.1f} points).")
         if detectable is not None:
             mdd = detectable["minimum_detectable_difference"]
             line += (f" The run detects a difference of {100 * mdd:.1f} points or more with 80% power at "
@@ -384,6 +386,10 @@ def main(argv: list[str]) -> int:
     detectable = (effects.power(units["das-s2"], units["random-s2"], SEED)
                   if "das-s2" in units and "random-s2" in units else None)
     results["power"] = detectable
+    for evaluated in sorted((run / "eval").glob("*-s2-seed*.eval.jsonl.zst")):  # REPEAT_SEEDS
+        units[evaluated.name.removesuffix(".eval.jsonl.zst")] = per_prompt(read_records(evaluated))
+    repeats = effects.seed_repeats(units, SEED)
+    results["seed_repeats"] = repeats
     entering = effects.entering_cap_hits(run, read_records, SEED)
     results["mixed_policy_entering_cap_hits"] = entering
 
@@ -427,6 +433,10 @@ def main(argv: list[str]) -> int:
         "",
         *power_lines(detectable),
         "",
+        "## DAS minus random over training seeds (same pools; paired by question, 95% CI)",
+        "",
+        *effects.seed_lines(repeats, ci_text),
+        "",
         "## DAS's mechanism on the training pools (paired by question, 95% CI)",
         "",
         "Every filtered teacher response to a training question, checked by `dasd eval` (a",
@@ -452,7 +462,7 @@ def main(argv: list[str]) -> int:
         "",
         "## What this run shows, and what it does not",
         "",
-        *commentary(summaries, diffs, stats, probabilities, loss_means, found, detectable, entering),
+        *commentary(summaries, diffs, stats, probabilities, loss_means, found, detectable, entering, repeats),
         "",
         "## Response probability by sampling temperature (Fig. 3a style)",
         "",

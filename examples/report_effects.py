@@ -130,3 +130,51 @@ def entering_cap_hits(run: Path, read: Records, seed: int) -> dict[str, Any] | N
         hits[record["prompt_id"]].append(float(record.get("finish_reason") == "length"))
     per_question = [sum(v) / len(v) for v in hits.values()]
     return {"questions": len(per_question), "cap_hits": _bootstrap(per_question, seed)}
+
+
+def seed_repeats(units: dict[str, dict[str, dict]], seed: int) -> dict[str, Any] | None:
+    """DAS minus random after stage 2, once per training seed on the same pools.
+
+    ``units`` maps a setting name to `dasd eval`'s per-question tally: ``das-s2`` and
+    ``random-s2`` (the run's own training seed, named ``main``) and ``das-s2-seedS`` and
+    ``random-s2-seedS`` for each repeated seed S. Returns each seed's two accuracies and
+    their paired difference with its interval, and the spread of the differences across
+    seeds (None when no seed was repeated)."""
+    seeds = sorted(name.removeprefix("das-s2-seed") for name in units
+                   if name.startswith("das-s2-seed") and f"random-s2-seed{name.removeprefix('das-s2-seed')}" in units)
+    if not seeds:
+        return None
+    pairs = {"main": ("das-s2", "random-s2"), **{s: (f"das-s2-seed{s}", f"random-s2-seed{s}") for s in seeds}}
+    rows = {}
+    for label, (das, random) in pairs.items():
+        if das not in units or random not in units:
+            continue
+        shared = sorted(units[das].keys() & units[random].keys())
+        rows[label] = {
+            "questions": len(shared),
+            "das": sum(units[das][q]["acc"] for q in shared) / len(shared),
+            "random": sum(units[random][q]["acc"] for q in shared) / len(shared),
+            "difference": _bootstrap([units[das][q]["acc"] - units[random][q]["acc"] for q in shared], seed)}
+    differences = [row["difference"][0] for row in rows.values()]
+    mean = sum(differences) / len(differences)
+    spread = math.sqrt(sum((d - mean) ** 2 for d in differences) / (len(differences) - 1)) if len(differences) > 1 else None
+    return {"seeds": rows, "mean_difference": mean, "min": min(differences), "max": max(differences),
+            "sd_across_seeds": spread}
+
+
+def seed_lines(repeats: dict[str, Any] | None, ci: Callable[..., str]) -> list[str]:
+    """The per-seed table of DAS minus random (markdown rows) and its spread, in words."""
+    if repeats is None:
+        return ["Not measured: no training seed was repeated (REPEAT_SEEDS=\"43 44\" repeats two)."]
+    lines = ["| training seed | questions | DAS, stage 2 | random, stage 2 | DAS minus random (95% CI) |",
+             "|---|---|---|---|---|"]
+    for label, row in repeats["seeds"].items():
+        name = "the run's own (TRAIN_SEED)" if label == "main" else label
+        lines.append(f"| {name} | {row['questions']} | "
+                     f"{100 * row['das']:.1f}% | {100 * row['random']:.1f}% | {ci(row['difference'], signed=True)} |")
+    sd = repeats["sd_across_seeds"]
+    lines += ["", f"Across {len(repeats['seeds'])} training seeds on the same pools, DAS minus random ranges "
+              f"from {100 * repeats['min']:+.1f} to {100 * repeats['max']:+.1f} points (mean "
+              f"{100 * repeats['mean_difference']:+.1f}"
+              + ("" if sd is None else f", standard deviation across seeds {100 * sd:.1f}") + ")."]
+    return lines

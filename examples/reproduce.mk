@@ -69,14 +69,21 @@ endif
 STUDENT := $(RUN)/student
 COMMON  = --quiet
 SAMPLE  = $(SAMPLER) --system-prompt "$(SYSTEM)" --seed $(SEED) $(COMMON)
-TRAIN   = $(DASD) train --epochs $(EPOCHS) --global-batch-size $(GLOBAL_BATCH) --lr $(LR) --min-lr $(MIN_LR) \
-          --dtype fp32 --save-every 0 --keep-checkpoints 1 --delete-checkpoints --compress none --seed $(TRAIN_SEED)
+TRAIN_AT = $(DASD) train --epochs $(EPOCHS) --global-batch-size $(GLOBAL_BATCH) --lr $(LR) --min-lr $(MIN_LR) \
+          --dtype fp32 --save-every 0 --keep-checkpoints 1 --delete-checkpoints --compress none --seed
+TRAIN   = $(TRAIN_AT) $(TRAIN_SEED)
 STAGE_TEMPS := 0.6 1.0
 ARMS := das random
 TRAINED := $(if $(QUICK),das-s1 das-s2,$(foreach a,$(ARMS),$(a)-s1 $(a)-s2) das-t1) das-mp \
            $(if $(QUICK),,das-op)
 # Checkpoints evaluated on the held-out questions (QUICK: the DAS arm after stage 2 only).
 EVALUATED := base $(if $(QUICK),das-s2 das-mp,das-s1 das-t1 das-s2 random-s2 das-mp das-op)
+# Training seeds over which the DAS and random arms' stages 1 and 2 are trained again on
+# the same pools and evaluated (none by default: each seed adds four trainings and two
+# evaluations to the hour), e.g. REPEAT_SEEDS="43 44"; the report gives DAS minus random
+# per seed. Not in QUICK.
+REPEAT_SEEDS ?=
+REPEATED := $(if $(QUICK),,$(foreach s,$(REPEAT_SEEDS),$(foreach a,$(ARMS),$(a)-s2-seed$(s))))
 # Checkpoints whose held-out NLL of the teacher's answers is measured, one scoring pass
 # each (none by default, to keep the run in its hour): e.g. NLL="base das-s1 das-s2".
 NLL ?=
@@ -148,6 +155,17 @@ $(RUN)/ckpt/%-t1/config.json: $(RUN)/packed/%.t1.0.jsonl.zst $(STUDENT)/config.j
 $(RUN)/ckpt/%-s2/config.json: $(RUN)/packed/%.t1.0.jsonl.zst $(RUN)/ckpt/%-s1/config.json
 	$(TRAIN) --init-from $(RUN)/ckpt/$*-s1 --data $< --out $(RUN)/ckpt/$*-s2 > $(RUN)/ckpt/$*-s2.metrics.tmp
 	mv $(RUN)/ckpt/$*-s2.metrics.tmp $(RUN)/ckpt/$*-s2/metrics.jsonl
+
+# The same two stages with another data order (REPEAT_SEEDS): checkpoints ARM-s1-seedS, ARM-s2-seedS.
+define seed_rules
+$(RUN)/ckpt/%-s1-seed$(1)/config.json: $(RUN)/packed/%.t0.6.jsonl.zst $(STUDENT)/config.json
+	$(TRAIN_AT) $(1) --model $(STUDENT) --data $$< --out $(RUN)/ckpt/$$*-s1-seed$(1) > $(RUN)/ckpt/$$*-s1-seed$(1).metrics.tmp
+	mv $(RUN)/ckpt/$$*-s1-seed$(1).metrics.tmp $(RUN)/ckpt/$$*-s1-seed$(1)/metrics.jsonl
+$(RUN)/ckpt/%-s2-seed$(1)/config.json: $(RUN)/packed/%.t1.0.jsonl.zst $(RUN)/ckpt/%-s1-seed$(1)/config.json
+	$(TRAIN_AT) $(1) --init-from $(RUN)/ckpt/$$*-s1-seed$(1) --data $$< --out $(RUN)/ckpt/$$*-s2-seed$(1) > $(RUN)/ckpt/$$*-s2-seed$(1).metrics.tmp
+	mv $(RUN)/ckpt/$$*-s2-seed$(1).metrics.tmp $(RUN)/ckpt/$$*-s2-seed$(1)/metrics.jsonl
+endef
+$(foreach s,$(REPEAT_SEEDS),$(eval $(call seed_rules,$(s))))
 
 # ---- 6. mixed-policy (DAS arm): the stage-2 student re-answers the training questions,
 # capped at CAP_RATIO (1.5) times the teacher's answer; capped answers are cut beyond half and continued
@@ -230,8 +248,8 @@ $(RUN)/eval/%.nll.jsonl.zst: $(RUN)/eval/teacher.eval.jsonl.zst $$(call ckpt_of,
 
 # Prerequisites in pipeline order: training data and checkpoints first, evaluation last.
 $(RUN)/report.md: $(foreach t,$(STAGE_TEMPS),$(RUN)/pool.t$(t).jsonl.zst $(foreach a,$(ARMS),$(RUN)/data/$(a).t$(t).jsonl.zst)) \
-    $(foreach c,$(TRAINED),$(RUN)/ckpt/$(c)/config.json) \
-    $(foreach c,teacher $(EVALUATED),$(RUN)/eval/$(c).eval.jsonl.zst) \
+    $(foreach c,$(TRAINED) $(REPEATED),$(RUN)/ckpt/$(c)/config.json) \
+    $(foreach c,teacher $(EVALUATED) $(REPEATED),$(RUN)/eval/$(c).eval.jsonl.zst) \
     $(foreach c,$(CAPPED),$(RUN)/eval/$(c).capped.eval.jsonl.zst) \
     $(foreach c,$(NLL),$(RUN)/eval/$(c).nll.jsonl.zst)
 	$(PY) examples/report.py $(RUN)

@@ -145,6 +145,29 @@ def test_power_is_the_paired_minimum_detectable_difference() -> None:
     assert found["questions_for_target"] == pytest.approx(200 * (found["minimum_detectable_difference"] / 0.04) ** 2, abs=1)
 
 
+def test_seed_repeats_pair_das_with_random_within_each_seed() -> None:
+    def tally(accuracies: list[float]) -> dict[str, dict]:
+        return {f"q{i}": {"acc": a} for i, a in enumerate(accuracies)}
+
+    units = {"das-s2": tally([1, 0, 0.5, 0.5]), "random-s2": tally([0, 0, 0.5, 0.5]),            # +0.25
+             "das-s2-seed43": tally([0, 0, 0.5, 0.5]), "random-s2-seed43": tally([1, 0, 0.5, 0.5]),  # -0.25
+             "das-s2-seed44": tally([1, 1, 0.5, 0]), "random-s2-seed44": tally([1, 0, 0.5, 0.5]),    # +0.125
+             "das-s2-seed45": tally([1, 1, 1, 1])}  # no random arm for this seed: not a pair
+    found = report_effects.seed_repeats(units, seed=0)
+    assert list(found["seeds"]) == ["main", "43", "44"]
+    assert found["seeds"]["43"]["das"] == 0.25 and found["seeds"]["43"]["random"] == 0.5
+    assert [row["difference"][0] for row in found["seeds"].values()] == pytest.approx([0.25, -0.25, 0.125])
+    assert (found["min"], found["max"]) == (-0.25, 0.25)
+    assert found["mean_difference"] == pytest.approx(0.125 / 3)
+    mean = 0.125 / 3
+    sd = (((0.25 - mean) ** 2 + (-0.25 - mean) ** 2 + (0.125 - mean) ** 2) / 2) ** 0.5
+    assert found["sd_across_seeds"] == pytest.approx(sd)
+    lines = report_effects.seed_lines(found, lambda r, signed=False: f"{100 * r[0]:+.1f}")
+    assert lines[2].startswith("| the run's own (TRAIN_SEED) | 4 | 50.0% | 25.0% | +25.0 |")
+    assert "from -25.0 to +25.0 points" in lines[-1]
+    assert report_effects.seed_repeats({"das-s2": units["das-s2"], "random-s2": units["random-s2"]}, 0) is None
+
+
 def scored_sample(prompt: str, k: int, sampled: list[float], teacher: list[float], aligned: bool = True) -> dict:
     return {"id": f"{prompt}#{k}", "prompt_id": prompt, "sampler": {"logprobs": sampled},
             "teacher_scores": {"logprobs": teacher, "aligned": aligned}}
