@@ -133,6 +133,26 @@ def test_misaligned_samples_are_dropped_and_counted_by_pack(cli, tmp_path, sampl
     assert {r["rejected"]["reason"] for r in parse_records(rejects.read_bytes())} == {"tokens_misaligned"}
 
 
+def continuation(record: dict) -> dict:
+    """``record`` as a mixed-policy continuation: its sampler wrote the response from its
+    second token on (the first token's characters are the prefix)."""
+    sampler = record["sampler"]
+    cut = {key: sampler[key][1:] for key in ("logprobs", "offsets", "token_ids") if key in sampler}
+    return {**record, "prefix_chars": sampler["offsets"][1], "sampler": {**sampler, **cut}}
+
+
+def test_pack_refuses_a_continuation_as_an_on_policy_sample(cli, tmp_path, samples, models):
+    """A mixed-policy continuation's sampler wrote only its tail: its log-probs do not cover
+    the tokens the student would train on."""
+    code, scored, err, _ = score(cli, tmp_path, samples[:3], models["teacher"])
+    assert code == 0, err
+    continued = continuation(scored[0])
+    code, out, err = cli(["pack", "--tokenizer", str(models["student"]), "--on-error", "skip",
+                          "--compress", "none", "-"], stdin=to_jsonl(scored[1:] + [continued]))
+    assert code == 0 and "skipped 1 (has_prefix 1)" in err, err
+    assert sorted(i for r in parse_records(out) for i in r["ids"]) == sorted(r["id"] for r in scored[1:])
+
+
 def test_on_policy_and_sft_records_do_not_mix_in_one_pack(cli, tmp_path, samples, models):
     code, scored, err, _ = score(cli, tmp_path, samples[:2], models["teacher"])
     assert code == 0, err
@@ -162,9 +182,8 @@ def test_records_the_teacher_cannot_score_on_policy_are_errors(cli, tmp_path, sa
     cold = [{**samples[0], "sampler": {**samples[0]["sampler"], "temperature": 0.6}}]
     code, _, err, _ = score(cli, tmp_path, cold, models["teacher"])
     assert code == 1 and "sampled at temperature 0.6" in err and "-t 1.0" in err
-    continued = [{**samples[1], "prefix_chars": 1}]
-    code, _, err, _ = score(cli, tmp_path, continued, models["teacher"])
-    assert code == 1 and "prefix_chars" in err
+    code, _, err, _ = score(cli, tmp_path, [continuation(samples[1])], models["teacher"])
+    assert code == 1 and "its sampler wrote only part of the response" in err, err
     code, _, err = cli(["score", "--role", "teacher", "--explain", "-"], stdin=to_jsonl(samples[:1]))
     assert code == 2 and "--role teacher writes teacher_scores" in err
 
