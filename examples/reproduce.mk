@@ -254,5 +254,16 @@ $(RUN)/report.md: $(foreach t,$(STAGE_TEMPS),$(RUN)/pool.t$(t).jsonl.zst $(forea
     $(foreach c,$(NLL),$(RUN)/eval/$(c).nll.jsonl.zst)
 	$(PY) examples/report.py $(RUN)
 
-# Keep every intermediate file: each is a stage a re-run resumes from.
-.SECONDARY:
+# Keep every intermediate file: each is a stage a re-run resumes from. .PRECIOUS takes
+# the rules' own target patterns. (Not `.SECONDARY:`, which makes every target
+# intermediate: a missing one that a finished run gains, a REPEAT_SEEDS checkpoint or an
+# NLL pass, would then never be built.)
+.PRECIOUS: $(RUN)/teacher.t%.jsonl.done $(RUN)/filtered.t%.jsonl.zst $(RUN)/scored.t%.jsonl.zst \
+    $(RUN)/pool.t%.jsonl.zst $(RUN)/data/das.t%.jsonl.zst $(RUN)/data/random.t%.jsonl.zst \
+    $(RUN)/packed/%.jsonl.zst $(RUN)/ckpt/%-s1/config.json $(RUN)/ckpt/%-t1/config.json \
+    $(RUN)/ckpt/%-s2/config.json $(RUN)/ckpt/%-mp/config.json $(RUN)/ckpt/%-op/config.json \
+    $(foreach s,$(REPEAT_SEEDS),$(RUN)/ckpt/%-s1-seed$(s)/config.json $(RUN)/ckpt/%-s2-seed$(s)/config.json) \
+    $(RUN)/mp/%.student.jsonl.zst $(RUN)/mp/%.capped.jsonl.zst $(RUN)/mp/%.continued.jsonl.zst \
+    $(RUN)/mp/%.kept.jsonl.zst $(RUN)/data/%.mp.jsonl.zst $(RUN)/on-policy/%/summary.json \
+    $(RUN)/eval/%.answers.jsonl.zst $(RUN)/eval/%.eval.jsonl.zst $(RUN)/eval/%.capped.answers.jsonl.zst \
+    $(RUN)/eval/%.capped.eval.jsonl.zst $(RUN)/eval/%.nll.jsonl.zst
