@@ -3,7 +3,7 @@
 #   make reproduce            # default run (RUN=runs/full), with the on-policy arm; README has its time
 #   make reproduce QUICK=1    # the DAS arm only, smaller (RUN=runs/quick), 12 minutes after setup
 #   make reproduce REPEAT_SEEDS="43 44"   # also DAS and random stages 1-2 with those training
-#                                         # seeds, same pools (about 10 minutes per seed)
+#                                         # seeds, same pools (about 9 minutes per seed)
 #
 # Every target is a file, so re-running resumes: finished stages are not redone, and
 # `dasd sample --resume` continues a killed sampling run where it stopped. Every step
