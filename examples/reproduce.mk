@@ -145,29 +145,24 @@ $(RUN)/packed/%.jsonl.zst: $(RUN)/data/%.jsonl.zst $(STUDENT)/config.json
 	$(DASD) pack --tokenizer $(STUDENT) --cutoff-len $(CUTOFF) $(COMMON) \
 	  --stats $(RUN)/stats/5-pack-$*.json -o $@ $<
 
-$(RUN)/ckpt/%-s1/config.json: $(RUN)/packed/%.t0.6.jsonl.zst $(STUDENT)/config.json
-	$(TRAIN) --model $(STUDENT) --data $< --out $(RUN)/ckpt/$*-s1 > $(RUN)/ckpt/$*-s1.metrics.tmp
-	mv $(RUN)/ckpt/$*-s1.metrics.tmp $(RUN)/ckpt/$*-s1/metrics.jsonl
-
 # The same first stage on T=1.0 data, for the training-loss comparison (Fig. 3b).
 $(RUN)/ckpt/%-t1/config.json: $(RUN)/packed/%.t1.0.jsonl.zst $(STUDENT)/config.json
 	$(TRAIN) --model $(STUDENT) --data $< --out $(RUN)/ckpt/$*-t1 > $(RUN)/ckpt/$*-t1.metrics.tmp
 	mv $(RUN)/ckpt/$*-t1.metrics.tmp $(RUN)/ckpt/$*-t1/metrics.jsonl
 
-$(RUN)/ckpt/%-s2/config.json: $(RUN)/packed/%.t1.0.jsonl.zst $(RUN)/ckpt/%-s1/config.json
-	$(TRAIN) --init-from $(RUN)/ckpt/$*-s1 --data $< --out $(RUN)/ckpt/$*-s2 > $(RUN)/ckpt/$*-s2.metrics.tmp
-	mv $(RUN)/ckpt/$*-s2.metrics.tmp $(RUN)/ckpt/$*-s2/metrics.jsonl
-
-# The same two stages with another data order (REPEAT_SEEDS): checkpoints ARM-s1-seedS, ARM-s2-seedS.
-define seed_rules
-$(RUN)/ckpt/%-s1-seed$(1)/config.json: $(RUN)/packed/%.t0.6.jsonl.zst $(STUDENT)/config.json
-	$(TRAIN_AT) $(1) --model $(STUDENT) --data $$< --out $(RUN)/ckpt/$$*-s1-seed$(1) > $(RUN)/ckpt/$$*-s1-seed$(1).metrics.tmp
-	mv $(RUN)/ckpt/$$*-s1-seed$(1).metrics.tmp $(RUN)/ckpt/$$*-s1-seed$(1)/metrics.jsonl
-$(RUN)/ckpt/%-s2-seed$(1)/config.json: $(RUN)/packed/%.t1.0.jsonl.zst $(RUN)/ckpt/%-s1-seed$(1)/config.json
-	$(TRAIN_AT) $(1) --init-from $(RUN)/ckpt/$$*-s1-seed$(1) --data $$< --out $(RUN)/ckpt/$$*-s2-seed$(1) > $(RUN)/ckpt/$$*-s2-seed$(1).metrics.tmp
-	mv $(RUN)/ckpt/$$*-s2-seed$(1).metrics.tmp $(RUN)/ckpt/$$*-s2-seed$(1)/metrics.jsonl
+# Stage 1 (T=0.6 data) and stage 2 (T=1.0 data, from stage 1) of one arm: ARM-s1$(1) and
+# ARM-s2$(1), trained with seed $(2). Made for the run's TRAIN_SEED (no suffix) and for each
+# of REPEAT_SEEDS (suffix -seedS: the same two stages with another data order).
+define stage_rules
+$(RUN)/ckpt/%-s1$(1)/config.json: $(RUN)/packed/%.t0.6.jsonl.zst $(STUDENT)/config.json
+	$(TRAIN_AT) $(2) --model $(STUDENT) --data $$< --out $(RUN)/ckpt/$$*-s1$(1) > $(RUN)/ckpt/$$*-s1$(1).metrics.tmp
+	mv $(RUN)/ckpt/$$*-s1$(1).metrics.tmp $(RUN)/ckpt/$$*-s1$(1)/metrics.jsonl
+$(RUN)/ckpt/%-s2$(1)/config.json: $(RUN)/packed/%.t1.0.jsonl.zst $(RUN)/ckpt/%-s1$(1)/config.json
+	$(TRAIN_AT) $(2) --init-from $(RUN)/ckpt/$$*-s1$(1) --data $$< --out $(RUN)/ckpt/$$*-s2$(1) > $(RUN)/ckpt/$$*-s2$(1).metrics.tmp
+	mv $(RUN)/ckpt/$$*-s2$(1).metrics.tmp $(RUN)/ckpt/$$*-s2$(1)/metrics.jsonl
 endef
-$(foreach s,$(REPEAT_SEEDS),$(eval $(call seed_rules,$(s))))
+$(eval $(call stage_rules,,$(TRAIN_SEED)))
+$(foreach s,$(REPEAT_SEEDS),$(eval $(call stage_rules,-seed$(s),$(s))))
 
 # ---- 6. mixed-policy (DAS arm): the stage-2 student re-answers the training questions,
 # capped at CAP_RATIO (1.5) times the teacher's answer; capped answers are cut beyond half and continued
