@@ -82,8 +82,8 @@ def interval(values: list[float]) -> tuple[float, float, float] | None:
 
 def difference(here: dict[str, dict], other: dict[str, dict], key: str) -> tuple[tuple | None, int]:
     """Paired by prompt: mean of here[key] - other[key] with its 95% bootstrap interval."""
-    shared = sorted(here.keys() & other.keys())
-    return interval([here[p][key] - other[p][key] for p in shared]), len(shared)
+    diffs = effects.paired(here, other, key)
+    return interval(diffs), len(diffs)
 
 
 def token_nll(records: list[dict[str, Any]]) -> float:

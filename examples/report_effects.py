@@ -103,6 +103,12 @@ def number_ci(result: Interval | None) -> str:
     return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
+def paired(here: dict[str, dict], other: dict[str, dict], key: str = "acc") -> list[float]:
+    """here[q][key] - other[q][key] for every question q both settings answered, in
+    question order (the per-question differences every paired interval is taken over)."""
+    return [here[q][key] - other[q][key] for q in sorted(here.keys() & other.keys())]
+
+
 def power(here: dict[str, dict], other: dict[str, dict], seed: int, target: float = 0.04
           ) -> dict[str, Any] | None:
     """The minimum detectable difference (80% power, two-sided 5%) of accuracy here minus
@@ -110,13 +116,12 @@ def power(here: dict[str, dict], other: dict[str, dict], seed: int, target: floa
     to ``target``."""
     from dasd_cli.core.evaluate import minimum_detectable_difference
 
-    shared = sorted(here.keys() & other.keys())
-    if len(shared) < 2:
+    diffs = paired(here, other)
+    if len(diffs) < 2:
         return None
-    diffs = [here[p]["acc"] - other[p]["acc"] for p in shared]
     mdd = minimum_detectable_difference(diffs, seed=seed)
-    return {"questions": len(shared), "minimum_detectable_difference": mdd, "target": target,
-            "questions_for_target": math.ceil(len(shared) * (mdd / target) ** 2) if mdd > 0 else len(shared)}
+    return {"questions": len(diffs), "minimum_detectable_difference": mdd, "target": target,
+            "questions_for_target": math.ceil(len(diffs) * (mdd / target) ** 2) if mdd > 0 else len(diffs)}
 
 
 def entering_cap_hits(run: Path, read: Records, seed: int) -> dict[str, Any] | None:
@@ -154,7 +159,7 @@ def seed_repeats(units: dict[str, dict[str, dict]], seed: int) -> dict[str, Any]
             "questions": len(shared),
             "das": sum(units[das][q]["acc"] for q in shared) / len(shared),
             "random": sum(units[random][q]["acc"] for q in shared) / len(shared),
-            "difference": _bootstrap([units[das][q]["acc"] - units[random][q]["acc"] for q in shared], seed)}
+            "difference": _bootstrap(paired(units[das], units[random]), seed)}
     differences = [row["difference"][0] for row in rows.values()]
     mean = sum(differences) / len(differences)
     spread = math.sqrt(sum((d - mean) ** 2 for d in differences) / (len(differences) - 1)) if len(differences) > 1 else None
