@@ -14,6 +14,7 @@ import gzip
 import io
 import os
 import random
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -28,6 +29,13 @@ from dasd_cli.core.segment import sentence_spans
 
 # ---------------------------------------------------------------- dasd and its streams
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A loopback port no process holds now (for a server or a torchrun rendezvous)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def dasd_bin() -> list[str]:

@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import ROOT, routed_records, write_file
+from helpers import ROOT, free_port, routed_records, write_file
 
 FAMILIES = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "gpt_oss", "granitemoe")
 VOCAB = 97
@@ -141,7 +141,9 @@ def save_with_tokenizer(model: nn.Module, folder: Path) -> Path:
 # ---------------------------------------------------------------- ZeRO-3 on two ranks
 GROUPS = {0: (0, 1), 1: (2, 3), 2: (4, 5), 3: (6, 7)}  # token % 4 -> the experts it picks
 RANK_TOKENS = ((0,), (2, 3))  # rank 0's records use experts 0-1; rank 1's, experts 4-7
-ZERO3_ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}  # ranks on CPU over gloo
+def zero3_env() -> dict[str, str]:
+    """This test's environment (read now, not at import) for ranks on CPU over gloo."""
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
 
 
 def zero3_config(folder: Path) -> Path:
@@ -181,11 +183,14 @@ def _check_ranks_route_apart(model, records) -> None:
     assert used[0] == {0, 1} and used[1] == {4, 5, 6, 7}, used
 
 
-def launch_two_ranks(args: list[str], port: int, timeout: float, env: dict[str, str] = ZERO3_ENV,
+def launch_two_ranks(args: list[str], timeout: float, port: int | None = None, env: dict[str, str] | None = None,
                      deepspeed: bool = False) -> subprocess.CompletedProcess | None:
     """torchrun with 2 ranks, or the deepspeed launcher on 2 GPUs (LOCAL_RANK from the
     environment, ``-m`` as its ``--module``); None when it runs past ``timeout`` (then its
-    group is killed)."""
+    group is killed). ``port``: the rendezvous port, a free one by default; ``env``:
+    :func:`zero3_env` by default."""
+    port = free_port() if port is None else port
+    env = zero3_env() if env is None else env
     if deepspeed:
         launcher = ["deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(port),
                     "--no_local_rank", "--quiet"]

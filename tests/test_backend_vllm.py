@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -19,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from helpers import ROOT, SAMPLE_PROMPTS, contract, parse_records, run_dasd, teacher_forced_gap, to_jsonl
+from helpers import (ROOT, SAMPLE_PROMPTS, contract, free_port, parse_records, run_dasd, teacher_forced_gap,
+                     to_jsonl)
 
 VENV = ROOT / ".venv-vllm"
 VLLM_PYTHON = VENV / "bin" / "python"
@@ -85,16 +85,10 @@ def test_stderr_is_dasds_unless_debug(tmp_path: Path, model_path: str) -> None:
     assert "\ndasd sample: read 1, wrote 1" in text
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_server(model_path: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A real vLLM OpenAI server on 127.0.0.1, stopped by PID at the end."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     with open(log, "wb") as sink:
         proc = subprocess.Popen([str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",

@@ -17,8 +17,8 @@ import sys
 import pytest
 
 from helpers import parse_records, run_dasd
-from moe_models import (ZERO3_ENV, compare_steps, launch_two_ranks, metrics_lines, rank_script, zero3_config,
-                        zero3_setup, zero3_train_args)
+from moe_models import (compare_steps, launch_two_ranks, metrics_lines, rank_script, zero3_config,
+                        zero3_env, zero3_setup, zero3_train_args)
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
@@ -31,7 +31,7 @@ def test_fused_experts_zero3_two_ranks_match_one_process(tmp_path):
     single = run_dasd(args + ["--out", str(tmp_path / "single")], timeout=300)
     assert single.returncode == 0, single.stderr.decode()[-3000:]
     launched = launch_two_ranks(["-m", "dasd_cli.cli", *args, "--out", str(tmp_path / "zero3"), "--debug",
-                        "--deepspeed", str(zero3_config(tmp_path))], port=29581, timeout=600)
+                        "--deepspeed", str(zero3_config(tmp_path))], timeout=600)
     assert launched is not None, "ZeRO-3 on fused experts hung"
     assert launched.returncode == 0, launched.stderr.decode()[-3000:]
     assert "no ZeRO-3 leaf module for Qwen3MoeSparseMoeBlock" in launched.stderr.decode()
@@ -41,11 +41,11 @@ def test_fused_experts_zero3_two_ranks_match_one_process(tmp_path):
 def test_per_expert_modules_zero3_two_ranks_match_one_process_and_hang_without_leaves(tmp_path):
     model, data = zero3_setup(tmp_path)
     single = subprocess.run([sys.executable, *rank_script(model, data, tmp_path / "single")],
-                            capture_output=True, env=ZERO3_ENV, timeout=300)
+                            capture_output=True, env=zero3_env(), timeout=300)
     assert single.returncode == 0, single.stderr.decode()[-3000:]
     want = metrics_lines(single.stdout)
     config = str(zero3_config(tmp_path))
-    launched = launch_two_ranks(rank_script(model, data, tmp_path / "zero3", "--deepspeed", config), port=29582,
+    launched = launch_two_ranks(rank_script(model, data, tmp_path / "zero3", "--deepspeed", config),
                                 timeout=600)
     assert launched is not None, "ZeRO-3 on per-expert modules hung with leaf modules set"
     assert launched.returncode == 0, launched.stderr.decode()[-3000:]
@@ -55,7 +55,7 @@ def test_per_expert_modules_zero3_two_ranks_match_one_process_and_hang_without_l
     # to, so the ranks' collectives stop matching. NCCL waits forever (the hang the leaf
     # modules prevent); gloo compares sizes and aborts. Either way the run must not finish.
     control = launch_two_ranks(rank_script(model, data, tmp_path / "control", "--deepspeed", config,
-                                           "--no-leaf-modules"), port=29583, timeout=180)
+                                           "--no-leaf-modules"), timeout=180)
     if control is not None:
         assert control.returncode != 0, "ZeRO-3 on per-expert modules finished without leaf modules"
         assert "collective mismatch" in control.stderr.decode(), control.stderr.decode()[-3000:]

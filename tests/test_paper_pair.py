@@ -193,7 +193,7 @@ def test_eval_of_the_students_sampled_answers(models, tmp_path) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                     reason="deepspeed not installed (DS_BUILD_OPS=0 pip install deepspeed)")
 def test_moe_student_trains_under_zero3_on_two_cpu_ranks(models, paper_tokenizers, cli, tmp_path) -> None:
-    from moe_models import ZERO3_ENV, launch_two_ranks, zero3_config
+    from moe_models import launch_two_ranks, zero3_config, zero3_env
 
     code, out, err = cli(["pack", "--tokenizer", str(paper_tokenizers["qwen3"]), "--cutoff-len", "64",
                           "--compress", "none", "-"], stdin=to_jsonl(_records()))
@@ -204,10 +204,10 @@ def test_moe_student_trains_under_zero3_on_two_cpu_ranks(models, paper_tokenizer
     args = ["train", "--model", str(models["qwen3-moe"]), "--epochs", "1", "--global-batch-size", "2",
             "--no-shuffle", "--dtype", "fp32", "--compress", "none", "--router-aux-loss-coef", "0.01",
             "--data", str(data)]
-    single = run_dasd(args + ["--out", str(tmp_path / "single")], env=ZERO3_ENV, timeout=300)
+    single = run_dasd(args + ["--out", str(tmp_path / "single")], env=zero3_env(), timeout=300)
     assert single.returncode == 0, single.stderr.decode()[-3000:]
     launched = launch_two_ranks(["-m", "dasd_cli.cli", *args, "--out", str(tmp_path / "zero3"),
-                                 "--deepspeed", str(zero3_config(tmp_path))], port=29585, timeout=600)
+                                 "--deepspeed", str(zero3_config(tmp_path))], timeout=600)
     assert launched is not None, "ZeRO-3 on the Qwen3-MoE student hung"
     assert launched.returncode == 0, launched.stderr.decode()[-3000:]
     want, got = parse_records(single.stdout), parse_records(launched.stdout)

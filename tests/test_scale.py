@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -14,7 +13,8 @@ import numpy as np
 import orjson
 import pytest
 
-from helpers import make_samples, make_tiny_model, packed_records, parse_records, run_dasd, to_jsonl, write_file
+from helpers import (free_port, make_samples, make_tiny_model, packed_records, parse_records, run_dasd, to_jsonl,
+                     write_file)
 from dasd_cli.core.mix import Mixer
 from dasd_cli.store import RecordSpill, TokenStore, TokenStoreWriter
 
@@ -240,12 +240,6 @@ def test_train_vocabulary_check_names_the_record(tmp_path, tiny):
     assert f"{data}:3" in err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_torchrun_two_nodes_match_one_process(tmp_path, tiny):
     """Two torchrun "nodes" of one CPU rank each, on loopback over gloo, share one token
@@ -259,7 +253,7 @@ def test_torchrun_two_nodes_match_one_process(tmp_path, tiny):
     single = run_dasd(args + [str(data)])
     assert single.returncode == 0, single.stderr.decode()
     shutil.rmtree(store)  # the nodes convert afresh
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     nodes = []
     for node_rank in (0, 1):

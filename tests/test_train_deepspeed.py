@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from helpers import (ROOT, make_samples, make_tiny_model, on_policy, packed_records, parse_records, run_dasd,
                      write_file)
+from moe_models import launch_two_ranks
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                                  reason="deepspeed not installed (DS_BUILD_OPS=0 pip install deepspeed)")]
+
+
+def zero3_ranks(*args: str):
+    """``dasd ARGS --deepspeed configs/zero3.json`` on 2 CPU ranks under torchrun; asserts it
+    finished and succeeded."""
+    launched = launch_two_ranks(["-m", "dasd_cli.cli", *args, "--deepspeed", str(ROOT / "configs" / "zero3.json")],
+                                timeout=900)
+    assert launched is not None, "ZeRO-3 on 2 CPU ranks ran past 900 s"
+    assert launched.returncode == 0, launched.stderr.decode()[-3000:]
+    return launched
 
 
 def single_and_zero3(args: list[str], tmp_path) -> tuple[list[dict], list[dict]]:
@@ -24,16 +31,7 @@ def single_and_zero3(args: list[str], tmp_path) -> tuple[list[dict], list[dict]]
     CPU ranks and ZeRO-3 (--out tmp_path/zero3, a free rendezvous port): both metrics lists."""
     single = run_dasd(args + ["--out", str(tmp_path / "single")])
     assert single.returncode == 0, single.stderr.decode()
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    with socket.socket() as probe:  # a port no other launch holds
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
-    launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
-         "-m", "dasd_cli.cli", *args, "--out", str(tmp_path / "zero3"),
-         "--deepspeed", str(ROOT / "configs" / "zero3.json")],
-        capture_output=True, env=env, timeout=900)
-    assert launched.returncode == 0, launched.stderr.decode()[-3000:]
+    launched = zero3_ranks(*args, "--out", str(tmp_path / "zero3"))
     return parse_records(single.stdout), parse_records(launched.stdout)  # stdout: records only
 
 
@@ -68,21 +66,9 @@ def test_zero3_ranks_leave_stderr_to_dasd_unless_debug(tmp_path):
 
     model = make_tiny_model(tmp_path / "model")
     data = write_file(tmp_path / "packed.jsonl", packed_records(make_samples(8, seed=7), 2))
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-
-    def launch(*flags: str) -> subprocess.CompletedProcess:
-        with socket.socket() as probe:  # a port no other launch holds
-            probe.bind(("127.0.0.1", 0))
-            port = str(probe.getsockname()[1])
-        return subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
-             "-m", "dasd_cli.cli", "train", "--model", str(model), "--epochs", "2", "--global-batch-size", "2",
-             "--dtype", "fp32", "--compress", "none", "--data", str(data),
-             "--deepspeed", str(ROOT / "configs" / "zero3.json"), *flags],
-            capture_output=True, env=env, timeout=600)
-
-    quiet = launch("--out", str(tmp_path / "quiet"), "--tensorboard", str(tmp_path / "tb"))
-    assert quiet.returncode == 0, quiet.stderr.decode()[-3000:]
+    args = ["train", "--model", str(model), "--epochs", "2", "--global-batch-size", "2", "--dtype", "fp32",
+            "--compress", "none", "--data", str(data)]
+    quiet = zero3_ranks(*args, "--out", str(tmp_path / "quiet"), "--tensorboard", str(tmp_path / "tb"))
     lines = quiet.stderr.decode().splitlines()
     assert [line for line in lines if not line.startswith("dasd train: ")] == []
     assert lines[-1].startswith("dasd train: read 4, trained on 4")
@@ -94,8 +80,7 @@ def test_zero3_ranks_leave_stderr_to_dasd_unless_debug(tmp_path):
     assert [(e.step, e.value) for e in events.Scalars("loss")] == [
         (m["step"], pytest.approx(m["loss"], rel=1e-6)) for m in metrics]  # float32 scalars
     # the same run with --debug: the chatter above was there to hide
-    debug = launch("--out", str(tmp_path / "debug"), "--debug")
-    assert debug.returncode == 0, debug.stderr.decode()[-3000:]
+    debug = zero3_ranks(*args, "--out", str(tmp_path / "debug"), "--debug")
     text = debug.stderr.decode()
     # ZeRO-3 calls the deprecated collectives every step on every rank; DeepSpeed's op-build
     # note ("built successfully") is not printed on every run, so it is no control
